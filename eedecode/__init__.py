@@ -1,0 +1,21 @@
+"""eedecode: self-speculative (early-exit) decoding for LLaMA-family models.
+
+``eedecode.generate(model, **inputs, exit_layer=E, num_speculations=k, max_new_tokens=n)`` is a
+drop-in for Hugging Face ``model.generate(**inputs, max_new_tokens=n)``: the model drafts with its
+own first ``E`` layers and LM head and verifies the drafts in one pass of its remaining layers.
+"""
+
+from .generation import DecodingConfig, GenerateOutput, GenerationStats, generate
+from .runner import SUPPORTED_ARCHITECTURES, ModelRunner
+from .sampling import SamplingParams
+
+__all__ = [
+    "DecodingConfig",
+    "GenerateOutput",
+    "GenerationStats",
+    "ModelRunner",
+    "SUPPORTED_ARCHITECTURES",
+    "SamplingParams",
+    "generate",
+]
+__version__ = "0.1.0"

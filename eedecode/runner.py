@@ -1,0 +1,153 @@
+"""The model runner: any contiguous range of decoder layers over the KV cache, and the exit head.
+
+One code path serves drafting (layers ``[0, E)``), verification (layers ``[E, L)`` over the exit
+query cache), plain decoding (``[0, L)``) and the layer-agreement studies. It reuses the Hugging
+Face model's own submodules — projections, MLP, norms, rotary embedding — so quantized linear
+layers keep working, and it never calls a decoder layer's ``forward`` (whose private signature
+changes between transformers releases). Attention is ``scaled_dot_product_attention`` over
+eedecode's own :class:`~eedecode.cache.KVCache`.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .cache import BlockContext, KVCache
+
+Tensor = torch.Tensor
+
+#: Architectures whose decoder layer is the LLaMA block (pre-norm attention + gated MLP, RoPE).
+SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM")
+
+
+def check_supported(model) -> None:
+    name = type(model).__name__
+    if name not in SUPPORTED_ARCHITECTURES:
+        raise ValueError(
+            f"model: unsupported architecture {name!r}; "
+            f"eedecode supports {', '.join(SUPPORTED_ARCHITECTURES)}"
+        )
+
+
+def _rotate_half(x: Tensor) -> Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+def _sliding_windows(config, num_layers: int) -> list[int | None]:
+    """Per-layer sliding attention window, as the HF model applies it (Mistral: every layer;
+    Qwen2: the layers whose ``layer_types`` entry is ``sliding_attention``)."""
+    window = getattr(config, "sliding_window", None)
+    if window is None:
+        return [None] * num_layers
+    layer_types = getattr(config, "layer_types", None)
+    if layer_types is None:
+        return [window] * num_layers
+    return [window if t == "sliding_attention" else None for t in layer_types[:num_layers]]
+
+
+class ModelRunner:
+    """Runs a Hugging Face LLaMA-family causal LM layer range by layer range.
+
+    >>> runner = ModelRunner(model)
+    >>> cache = runner.new_cache(batch_size=1, max_len=128)
+    >>> h = runner.run_layers(runner.embed(ids), 0, runner.num_layers, cache)  # [B, T, H]
+    >>> logits = runner.logits(h[:, -1])                                        # [B, V] fp32
+    """
+
+    def __init__(self, model):
+        check_supported(model)
+        self.model = model
+        inner = model.model
+        config = model.config
+        self.config = config
+        self.embed_tokens = inner.embed_tokens
+        self.layers = inner.layers
+        self.norm = inner.norm
+        self.lm_head = model.lm_head
+        self.rotary_emb = inner.rotary_emb
+        self.num_layers = len(self.layers)
+        self.num_heads = config.num_attention_heads
+        self.num_kv_heads = getattr(config, "num_key_value_heads", None) or self.num_heads
+        self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.num_heads
+        self.vocab_size = config.vocab_size
+        self.max_positions = getattr(config, "max_position_embeddings", None)
+        self.windows = _sliding_windows(config, self.num_layers)
+        self.layer_devices = [layer.input_layernorm.weight.device for layer in self.layers]
+        self.device = self.embed_tokens.weight.device
+        self.dtype = self.embed_tokens.weight.dtype
+
+    # -- cache -----------------------------------------------------------------------------------
+    def new_cache(self, batch_size: int, max_len: int) -> KVCache:
+        return KVCache(
+            self.num_layers,
+            batch_size,
+            max_len,
+            self.num_kv_heads,
+            self.head_dim,
+            dtype=self.dtype,
+            devices=self.layer_devices,
+        )
+
+    # -- forward pieces --------------------------------------------------------------------------
+    def embed(self, input_ids: Tensor) -> Tensor:
+        """``[B, T]`` token ids -> ``[B, T, H]`` input hidden states."""
+        return self.embed_tokens(input_ids.to(self.device))
+
+    @torch.no_grad()
+    def run_layers(self, hidden: Tensor, start: int, end: int, cache: KVCache) -> Tensor:
+        """Run layers ``[start, end)`` over a block of tokens.
+
+        hidden: ``[B, T, H]`` states entering layer ``start``; the block goes into every row's
+        cache right after that row's current length for these layers (which must all be equal).
+        Returns the states leaving layer ``end - 1``, ``[B, T, H]``.
+        """
+        ctx = cache.block(start, hidden.shape[1])
+        cos, sin = self.rotary_emb(hidden, ctx.position_ids.to(hidden.device))  # [B, T, D] each
+        for i in range(start, end):
+            hidden = self._layer(i, hidden, cos, sin, cache, ctx)
+        cache.advance(start, end, hidden.shape[1])
+        return hidden
+
+    def _layer(
+        self, i: int, x: Tensor, cos: Tensor, sin: Tensor, cache: KVCache, ctx: BlockContext
+    ) -> Tensor:
+        layer = self.layers[i]
+        attn = layer.self_attn
+        if x.device != self.layer_devices[i]:  # models split across devices by accelerate
+            x, cos, sin = (t.to(self.layer_devices[i]) for t in (x, cos, sin))
+        B, T, _ = x.shape
+        h = layer.input_layernorm(x)
+        q = attn.q_proj(h).view(B, T, -1, self.head_dim).transpose(1, 2)  # [B, Hq, T, D]
+        k = attn.k_proj(h).view(B, T, -1, self.head_dim).transpose(1, 2)  # [B, Hkv, T, D]
+        v = attn.v_proj(h).view(B, T, -1, self.head_dim).transpose(1, 2)
+        c, s = cos[:, None], sin[:, None]
+        q = q * c + _rotate_half(q) * s
+        k = k * c + _rotate_half(k) * s
+        keys, values = cache.write(i, ctx, k, v)  # [B, Hkv, S, D]
+        mask = ctx.mask(self.windows[i])
+        if mask is not None and mask.device != q.device:
+            mask = mask.to(q.device)
+        o = F.scaled_dot_product_attention(
+            q,
+            keys,
+            values,
+            attn_mask=mask,
+            scale=attn.scaling,
+            enable_gqa=self.num_heads != self.num_kv_heads,
+        )
+        x = x + attn.o_proj(o.transpose(1, 2).reshape(B, T, -1))
+        return x + layer.mlp(layer.post_attention_layernorm(x))
+
+    @torch.no_grad()
+    def logits(self, hidden: Tensor) -> Tensor:
+        """Final norm + LM head on any hidden state ``[..., H]`` -> fp32 logits ``[..., V]``."""
+        hidden = hidden.to(self.norm.weight.device)
+        return self.lm_head(self.norm(hidden)).float()
+
+    @torch.no_grad()
+    def prefill(self, input_ids: Tensor, cache: KVCache, end: int | None = None) -> Tensor:
+        """Run the prompt ``[B, P]`` through layers ``[0, end)``; return the last state ``[B, H]``."""
+        end = self.num_layers if end is None else end
+        return self.run_layers(self.embed(input_ids), 0, end, cache)[:, -1]

@@ -1,0 +1,127 @@
+"""Token choice and acceptance rules: pure functions of tensors, batched, no host synchronisation.
+
+* Greedy acceptance (LayerSkip, Elhoushi et al. 2024): the longest prefix on which the drafts equal
+  the full model's argmax, plus one token from the full model (the correction, or a bonus token
+  when every draft matched).
+* Speculative sampling (Leviathan et al. 2023; Chen et al. 2023): accept draft ``x_i ~ q_i`` with
+  probability ``min(1, p_i(x_i) / q_i(x_i))``; at the first rejection draw from
+  ``normalize(max(0, p_i - q_i))``; when every draft is accepted draw the bonus token from
+  ``p_k``. ``p`` and ``q`` are the target and draft distributions *after* temperature, top-k and
+  top-p. The emitted tokens then follow ``p`` exactly.
+
+Shapes: ``B`` rows, ``k`` drafts, ``V`` vocabulary. Drafts ``[B, k]``; draft distributions ``q``
+``[B, k, V]``; target distributions ``p`` ``[B, k + 1, V]`` (one more: the bonus position).
+Acceptance rules return ``tokens [B, k + 1]`` (row ``b`` emits ``tokens[b, :num_emitted[b]]``;
+the rest is filler) and ``num_emitted [B]`` (between 1 and ``k + 1``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+Tensor = torch.Tensor
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """Hugging Face's sampling knobs, applied in HF's order: temperature, top-k, top-p."""
+
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_k: int | None = None  # None or 0: no top-k filter
+    top_p: float | None = None  # None or 1.0: no nucleus filter
+
+    def validate(self) -> None:
+        if not self.do_sample:
+            return
+        if not (isinstance(self.temperature, (int, float)) and self.temperature > 0):
+            raise ValueError(f"temperature: must be a float > 0, got {self.temperature!r}")
+        if self.top_k is not None and not (isinstance(self.top_k, int) and self.top_k >= 0):
+            raise ValueError(f"top_k: must be an int >= 0 (0 disables it), got {self.top_k!r}")
+        if self.top_p is not None and not (isinstance(self.top_p, (int, float)) and 0 < self.top_p <= 1):
+            raise ValueError(f"top_p: must be a float in (0, 1], got {self.top_p!r}")
+
+
+def warp_logits(logits: Tensor, params: SamplingParams) -> Tensor:
+    """Temperature, then top-k, then top-p, as HF's logits warpers; filtered entries become -inf.
+
+    logits: ``[..., V]`` fp32. Returns a new tensor of the same shape.
+    """
+    if params.temperature != 1.0:
+        logits = logits / params.temperature
+    V = logits.shape[-1]
+    if params.top_k:
+        k = min(params.top_k, V)
+        kth = torch.topk(logits, k, dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if params.top_p is not None and params.top_p < 1.0:
+        sorted_logits, sorted_idx = torch.sort(logits, dim=-1, descending=False)
+        cum = sorted_logits.softmax(-1).cumsum(-1)
+        remove_sorted = cum <= (1 - params.top_p)
+        remove_sorted[..., -1] = False  # keep at least the most likely token
+        remove = remove_sorted.scatter(-1, sorted_idx, remove_sorted)
+        logits = logits.masked_fill(remove, float("-inf"))
+    return logits
+
+
+def probabilities(logits: Tensor, params: SamplingParams) -> Tensor:
+    """The sampling distribution ``softmax(warp(logits))``, fp32 ``[..., V]``."""
+    return warp_logits(logits.float(), params).softmax(-1)
+
+
+def sample(probs: Tensor, generator: torch.Generator | None) -> Tensor:
+    """One draw per row from ``probs`` ``[..., V]`` -> ``[...]`` int64."""
+    flat = probs.reshape(-1, probs.shape[-1])
+    return torch.multinomial(flat, 1, generator=generator).view(probs.shape[:-1])
+
+
+def greedy_accept(drafts: Tensor, target_logits: Tensor) -> tuple[Tensor, Tensor]:
+    """Greedy acceptance.
+
+    drafts: ``[B, k]``; target_logits: ``[B, k + 1, V]``. The emitted tokens are the target's own
+    argmax tokens (on the accepted prefix they equal the drafts), so ``tokens`` is simply the
+    target argmax and only the count needs computing.
+    """
+    target = target_logits.argmax(-1)  # [B, k+1]
+    k = drafts.shape[1]
+    matched = (drafts == target[:, :k]).long().cumprod(1)  # [B, k]: 1 while the prefix agrees
+    return target, matched.sum(1) + 1
+
+
+def speculative_accept(
+    drafts: Tensor, q: Tensor, p: Tensor, generator: torch.Generator | None
+) -> tuple[Tensor, Tensor]:
+    """Speculative sampling acceptance (Leviathan et al. 2023, Algorithm 1), batched.
+
+    drafts ``[B, k]`` drawn from ``q`` ``[B, k, V]``; target ``p`` ``[B, k + 1, V]``.
+    Uniforms are drawn in float64: a float32 uniform can be exactly 0, which would accept a draft
+    the target gives probability 0.
+    """
+    B, k = drafts.shape
+    p_x = p[:, :k].gather(-1, drafts[..., None])[..., 0].double()  # [B, k]
+    q_x = q.gather(-1, drafts[..., None])[..., 0].double()  # [B, k]
+    u = torch.rand(B, k, dtype=torch.float64, device=p.device, generator=generator)
+    accepted = (u * q_x < p_x).long().cumprod(1)  # u < p/q without dividing by q
+    n = accepted.sum(1)  # [B] accepted drafts
+    # Distribution of the token after the accepted prefix: the residual max(0, p - q) at a
+    # rejection, p itself at the bonus position.
+    residual = torch.cat([(p[:, :k] - q).clamp_min(0), p[:, k:]], dim=1)  # [B, k+1, V]
+    last = residual.gather(1, n[:, None, None].expand(B, 1, p.shape[-1]))[:, 0]  # [B, V]
+    total = last.sum(-1, keepdim=True)
+    # p == q at the rejected position has probability zero of being rejected; guard the division.
+    p_n = p.gather(1, n[:, None, None].expand(B, 1, p.shape[-1]))[:, 0]
+    last = torch.where(total > 0, last / total.clamp_min(1e-30), p_n)
+    extra = sample(last, generator)  # [B]
+    tokens = torch.cat([drafts, drafts[:, :1]], dim=1)  # [B, k+1]; filler past the prefix
+    tokens = tokens.scatter(1, n[:, None], extra[:, None])
+    return tokens, n + 1
+
+
+def always_accept(drafts: Tensor, q: Tensor, p: Tensor, generator: torch.Generator | None):
+    """A deliberately *wrong* rule (accept every draft, bonus from p) that tests use to show the
+    statistical test can fail. Never use it for decoding."""
+    B, k = drafts.shape
+    bonus = sample(p[:, k], generator)
+    return torch.cat([drafts, bonus[:, None]], dim=1), torch.full((B,), k + 1, device=drafts.device)

@@ -1,0 +1,86 @@
+"""Bad input: a clear error naming the argument, raised before anything reaches the streamer."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import cached_tiny_model
+from transformers import GPT2Config, GPT2LMHeadModel
+
+import eedecode
+
+
+class Recorder:
+    def __init__(self):
+        self.calls = []
+
+    def put(self, value):
+        self.calls.append(value)
+
+    def end(self):
+        self.calls.append("end")
+
+
+def ids(n=5, batch=1):
+    return torch.randint(3, 97, (batch, n), generator=torch.Generator().manual_seed(0))
+
+
+CASES = [
+    # (kwargs, exception, words the message must contain)
+    (dict(exit_layer=0), ValueError, ["exit_layer", "1..5"]),
+    (dict(exit_layer=6), ValueError, ["exit_layer", "1..5"]),
+    (dict(exit_layer=-2), ValueError, ["exit_layer", "1..5"]),
+    (dict(exit_layer=2.5), ValueError, ["exit_layer", "int"]),
+    (dict(exit_layer=None), ValueError, ["exit_layer", "required", "autoregressive"]),
+    (dict(num_speculations=0), ValueError, ["num_speculations", ">= 1"]),
+    (dict(input_ids=torch.zeros(1, 0, dtype=torch.long)), ValueError, ["input_ids", "empty prompt"]),
+    (dict(input_ids=torch.zeros(0, 4, dtype=torch.long)), ValueError, ["input_ids", "empty prompt"]),
+    (dict(input_ids=torch.ones(5, dtype=torch.long)), ValueError, ["input_ids", "[batch, prompt_length]"]),
+    (dict(max_new_tokens=-1), ValueError, ["max_new_tokens", ">= 0"]),
+    (dict(max_new_tokens=252), ValueError, ["max_new_tokens", "max_position_embeddings", "256"]),
+    (
+        dict(attention_mask=torch.ones(1, 4, dtype=torch.long)),
+        ValueError,
+        ["attention_mask", "does not match"],
+    ),
+    (dict(attention_mask=torch.tensor([[1, 1, 1, 1, 0]])), ValueError, ["attention_mask", "left"]),
+    (dict(mode="beam"), ValueError, ["mode", "self_speculative", "autoregressive"]),
+    (dict(do_sample=True, temperature=0.0), ValueError, ["temperature", "> 0"]),
+    (dict(do_sample=True, top_p=1.5), ValueError, ["top_p", "(0, 1]"]),
+    (dict(do_sample=True, top_k=-3), ValueError, ["top_k", ">= 0"]),
+    (dict(num_beams=4), ValueError, ["num_beams"]),
+    (dict(exit_layer=2, assistant_early_exit=3), ValueError, ["exit_layer", "assistant_early_exit"]),
+    (dict(frobnicate=1), TypeError, ["frobnicate"]),
+    (dict(eos_token_id="x"), ValueError, ["eos_token_id"]),
+]
+
+
+@pytest.mark.parametrize("kwargs,exc,words", CASES, ids=[",".join(c[0]) for c in CASES])
+def test_bad_input_is_rejected_before_streaming(kwargs, exc, words):
+    model = cached_tiny_model("llama")
+    streamer = Recorder()
+    args = dict(input_ids=ids(), exit_layer=2, num_speculations=3, max_new_tokens=5, streamer=streamer)
+    args.update(kwargs)
+    with pytest.raises(exc) as info:
+        eedecode.generate(model, **args)
+    for word in words:
+        assert word in str(info.value), f"{word!r} not in: {info.value}"
+    assert streamer.calls == []
+
+
+def test_unsupported_architecture_names_the_supported_ones():
+    model = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=16, n_head=2, vocab_size=50)).eval()
+    with pytest.raises(ValueError) as info:
+        eedecode.generate(model, ids(), exit_layer=1, max_new_tokens=3)
+    message = str(info.value)
+    assert "GPT2LMHeadModel" in message
+    for name in eedecode.SUPPORTED_ARCHITECTURES:
+        assert name in message
+
+
+def test_streamer_with_a_batch_is_rejected():
+    model = cached_tiny_model("llama")
+    streamer = Recorder()
+    with pytest.raises(ValueError, match="streamer"):
+        eedecode.generate(model, ids(batch=2), exit_layer=2, max_new_tokens=3, streamer=streamer)
+    assert streamer.calls == []
