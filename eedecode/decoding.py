@@ -152,6 +152,15 @@ class SelfSpeculativeDecoder(Decoder):
         super().__init__(runner, chooser, batch_size, max_len)
         self.exit_layer = exit_layer
 
+    def deactivate(self, rows: list[int]) -> None:
+        """Stopped rows are rewound to an empty cache: what they hold no longer matters, and the
+        attention extent of the batch then follows the rows still running."""
+        super().deactivate(rows)
+        for b in rows:
+            self.host_len[b] = 0
+        self.seq_len = self.seq_len * self.active
+        self.cache.rollback(self.seq_len, self.host_len)
+
     def step(self, num_drafts: int) -> list[list[int]]:
         runner, cache, E = self.runner, self.cache, self.exit_layer
         # 1) draft: layers [0, E) and the exit head, keeping the layer-E states.

@@ -114,7 +114,7 @@ def speculative_accept(
     p_n = p.gather(1, n[:, None, None].expand(B, 1, p.shape[-1]))[:, 0]
     last = torch.where(total > 0, last / total.clamp_min(1e-30), p_n)
     extra = sample(last, generator)  # [B]
-    tokens = torch.cat([drafts, drafts[:, :1]], dim=1)  # [B, k+1]; filler past the prefix
+    tokens = torch.cat([drafts, extra[:, None]], dim=1)  # [B, k+1]; past the prefix: filler
     tokens = tokens.scatter(1, n[:, None], extra[:, None])
     return tokens, n + 1
 
