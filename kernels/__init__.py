@@ -1,0 +1,10 @@
+"""Fused kernels of eedecode, each a Triton kernel beside its torch reference.
+
+Installed as `eedecode.kernels` (never as a top-level `kernels`: bitsandbytes probes that name).
+Importing this package does not import Triton; the Triton backend is loaded on first use.
+"""
+
+from .exit_head import BACKEND_ENV, BACKENDS, exit_head
+from .exit_head_reference import ExitHeadStats, exit_head_reference
+
+__all__ = ["BACKEND_ENV", "BACKENDS", "ExitHeadStats", "exit_head", "exit_head_reference"]
