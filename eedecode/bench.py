@@ -1,0 +1,521 @@
+"""Tokens-per-second benchmark: HF ``generate``, HF ``assistant_early_exit``, eedecode autoregressive
+and eedecode self-speculative, on one model and a prompt set.
+
+Per method, after a warm-up, every prompt is decoded greedily and timed (clocks read after a device
+synchronisation); tokens/s is the median over prompts. Beside the measured speed-up the benchmark
+reports the *ideal* speed-up of self-speculation (DESIGN.md; Leviathan et al. 2023)::
+
+    ideal = mean(n) / (mean(d) * c + v)
+
+with n the tokens a round produces, d the drafts it makes, c the cost of one draft step and v the
+cost of one verification pass, both measured relative to one autoregressive step of the same
+engine; *efficiency* = measured speed-up over eedecode autoregressive / ideal. A sweep over exit
+layers x draft lengths draws a heatmap. Results: a markdown table and a JSON record with the
+machine, versions and settings. Nothing here asserts a time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from .generation import DecodingConfig, generate
+from .runner import ModelRunner
+from .sampling import greedy_accept
+
+METHODS = ("hf", "hf_early_exit", "eedecode_ar", "eedecode_ss")
+METHOD_NAMES = {
+    "hf": "HF generate",
+    "hf_early_exit": "HF assistant_early_exit",
+    "eedecode_ar": "eedecode autoregressive",
+    "eedecode_ss": "eedecode self-speculative",
+}
+DEFAULT_PROMPTS = Path(__file__).resolve().parent / "data" / "prompts.jsonl"
+
+
+# -- bookkeeping (pure, unit-tested) ---------------------------------------------------------------
+def speedup(tokens_per_s: float, baseline_tokens_per_s: float) -> float:
+    return tokens_per_s / baseline_tokens_per_s if baseline_tokens_per_s > 0 else float("nan")
+
+
+def ideal_speedup(mean_tokens_per_round: float, mean_drafts_per_round: float, draft_cost: float, verify_cost: float) -> float:
+    """``mean(n) / (mean(d)·c + v)``: tokens per round over the round's cost in autoregressive steps."""
+    return mean_tokens_per_round / (mean_drafts_per_round * draft_cost + verify_cost)
+
+
+def expected_tokens_per_round(acceptance: float, k: int) -> float:
+    """Mean tokens per round for i.i.d. acceptance α and k drafts: (1 − α^(k+1)) / (1 − α)."""
+    if acceptance >= 1.0:
+        return k + 1.0
+    return (1 - acceptance ** (k + 1)) / (1 - acceptance)
+
+
+def median(xs: list[float]) -> float:
+    return statistics.median(xs) if xs else float("nan")
+
+
+# -- data ------------------------------------------------------------------------------------------
+def load_prompts(path: str | Path | None = None, limit: int | None = None) -> list[dict]:
+    """Prompts from a JSONL file (one ``{"prompt": ...}`` per line); default: the shipped set."""
+    path = Path(path) if path else DEFAULT_PROMPTS
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    for i, row in enumerate(rows):
+        if "prompt" not in row:
+            raise ValueError(f"prompts: line {i + 1} of {path} has no 'prompt' field")
+    return rows[:limit] if limit else rows
+
+
+def encode_prompts(tokenizer, prompts: list[dict], vocab_size: int, device, seed: int = 0) -> list[torch.Tensor]:
+    """Token ids per prompt; without a tokenizer (synthetic models) random ids of similar lengths."""
+    if tokenizer is not None:
+        return [tokenizer(p["prompt"], return_tensors="pt").input_ids.to(device) for p in prompts]
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randint(3, vocab_size, (1, 32 + 8 * (i % 8)), generator=g).to(device) for i in range(len(prompts))]
+
+
+# -- measurement -----------------------------------------------------------------------------------
+def _sync(device) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+@dataclass
+class MethodResult:
+    method: str
+    batch_size: int
+    exit_layer: int | None
+    num_speculations: int | None
+    tokens_per_s: float  # median over prompts (batches)
+    tokens_per_s_all: list[float]
+    new_tokens: int
+    identical_to_hf: int | None = None  # prompts whose greedy output equals HF generate's
+    acceptance_rate: float | None = None
+    mean_tokens_per_round: float | None = None
+    mean_drafts_per_round: float | None = None
+    extra: dict = field(default_factory=dict)
+
+
+def _run_method(model, method, ids, attention_mask, max_new, exit_layer, k, eos):
+    common = dict(attention_mask=attention_mask, max_new_tokens=max_new, do_sample=False)
+    if method == "hf":
+        return model.generate(ids, **common, pad_token_id=_pad(model, eos)), None
+    if method == "hf_early_exit":
+        return model.generate(
+            ids, **common, pad_token_id=_pad(model, eos), assistant_early_exit=exit_layer,
+            num_assistant_tokens=k, num_assistant_tokens_schedule="constant",
+        ), None  # fmt: skip
+    mode = "autoregressive" if method == "eedecode_ar" else "self_speculative"
+    out = generate(model, ids, **common, mode=mode, exit_layer=exit_layer, num_speculations=k, return_dict_in_generate=True)
+    return out.sequences, out.stats
+
+
+def _pad(model, eos):
+    pad = model.generation_config.pad_token_id
+    if pad is None:
+        pad = eos[0] if isinstance(eos, (list, tuple)) and eos else eos
+    return pad
+
+
+def _batches(prompt_ids: list[torch.Tensor], batch_size: int, pad_id: int):
+    """Left-padded batches of ``batch_size`` prompts (the last one may be smaller)."""
+    for i in range(0, len(prompt_ids), batch_size):
+        group = prompt_ids[i : i + batch_size]
+        P = max(p.shape[1] for p in group)
+        ids = torch.full((len(group), P), pad_id, dtype=torch.long, device=group[0].device)
+        mask = torch.zeros_like(ids)
+        for r, p in enumerate(group):
+            ids[r, P - p.shape[1] :] = p[0]
+            mask[r, P - p.shape[1] :] = 1
+        yield ids, (mask if batch_size > 1 else None)
+
+
+def time_method(model, method, prompt_ids, *, batch_size=1, max_new_tokens=64, exit_layer=None,
+                num_speculations=None, warmup=1, reference=None, progress=None) -> tuple[MethodResult, list]:  # fmt: skip
+    """Decode every prompt (in batches) with one method; return its result and its outputs."""
+    eos = model.generation_config.eos_token_id
+    pad = _pad(model, eos)
+    pad = 0 if pad is None else pad
+    batches = list(_batches(prompt_ids, batch_size, pad))
+    for ids, mask in batches[:warmup]:
+        _run_method(model, method, ids, mask, max_new_tokens, exit_layer, num_speculations, eos)
+    rates, outputs, stats = [], [], []
+    total_new = 0
+    for ids, mask in batches:
+        _sync(ids.device)
+        t0 = time.perf_counter()
+        seq, st = _run_method(model, method, ids, mask, max_new_tokens, exit_layer, num_speculations, eos)
+        _sync(ids.device)
+        dt = time.perf_counter() - t0
+        new = _count_new(seq, ids.shape[1], eos, pad)
+        total_new += new
+        rates.append(new / dt)
+        outputs.append(seq)
+        if st is not None:
+            stats.append(st)
+        if progress is not None:
+            progress.update(1)
+    result = MethodResult(
+        method=method,
+        batch_size=batch_size,
+        exit_layer=exit_layer if method in ("hf_early_exit", "eedecode_ss") else None,
+        num_speculations=num_speculations if method in ("hf_early_exit", "eedecode_ss") else None,
+        tokens_per_s=median(rates),
+        tokens_per_s_all=rates,
+        new_tokens=total_new,
+    )
+    if stats and method == "eedecode_ss":
+        drafted = sum(s.drafted_tokens for s in stats)
+        accepted = sum(s.accepted_tokens for s in stats)
+        row_rounds = sum(s.row_rounds for s in stats)
+        result.acceptance_rate = accepted / drafted if drafted else 0.0
+        result.mean_tokens_per_round = (accepted + row_rounds) / row_rounds
+        result.mean_drafts_per_round = drafted / row_rounds
+    if reference is not None:
+        result.identical_to_hf = sum(_identical_rows(a, b) for a, b in zip(outputs, reference, strict=True))
+    return result, outputs
+
+
+def _count_new(seq: torch.Tensor, prompt_len: int, eos, pad) -> int:
+    """New tokens per row up to and including its first EOS (rows are padded after it)."""
+    new = seq[:, prompt_len:]
+    eos_ids = [] if eos is None else ([eos] if isinstance(eos, int) else list(eos))
+    total = 0
+    for row in new.tolist():
+        n = len(row)
+        for i, t in enumerate(row):
+            if t in eos_ids:
+                n = i + 1
+                break
+        total += n
+    return total
+
+
+def _identical_rows(a: torch.Tensor, b: torch.Tensor) -> int:
+    """Rows of two output batches that are equal (none when the batches differ in width)."""
+    if a.shape != b.shape:
+        return 0
+    return int((a.cpu() == b.cpu()).all(1).sum())
+
+
+@torch.no_grad()
+def measure_step_costs(model, prompt: torch.Tensor, exit_layer: int, num_speculations: int, reps: int = 30) -> dict:
+    """Median wall time of one autoregressive step, one draft step and one verification pass of
+    ``num_speculations`` drafts, on the same runner at the prompt's length; ``c`` and ``v`` are the
+    latter two relative to the first."""
+    runner = ModelRunner(model)
+    L, E, k = runner.num_layers, exit_layer, num_speculations
+    P = prompt.shape[1]
+    cache = runner.new_cache(1, P + k + 4)
+    runner.prefill(prompt, cache)
+    base = torch.full((1,), P, dtype=torch.long, device=cache.device)
+    token = prompt[:, -1:]
+    drafts = prompt[:, -k:] if P >= k else prompt[:, :1].repeat(1, k)
+
+    def full_step():
+        h = runner.run_layers(runner.embed(token), 0, L, cache)
+        runner.logits(h[:, 0]).argmax(-1).tolist()
+
+    def draft_step():
+        h = runner.run_layers(runner.embed(token), 0, E, cache)
+        runner.logits(h[:, 0]).argmax(-1)  # no sync: drafting runs ahead of the host
+
+    def verify_pass():
+        states = torch.cat([h_drafts, runner.run_layers(runner.embed(token), 0, E, cache)], 1)
+        out = runner.run_layers(states, E, L, cache)
+        tokens, n = greedy_accept(drafts, runner.logits(out))
+        torch.cat([tokens, n[:, None]], 1).tolist()
+
+    h_drafts = torch.zeros(1, k, model.config.hidden_size, dtype=runner.dtype, device=cache.device)
+    times = {}
+    for name, fn in (("ar_step", full_step), ("draft_step", draft_step), ("verify", verify_pass)):
+        samples = []
+        for i in range(reps + 3):
+            cache.rollback(base, [P])
+            if name == "verify":  # the drafts' shallow KV is in the cache when verification runs
+                cache.advance(0, E, k)
+            _sync(cache.device)
+            t0 = time.perf_counter()
+            fn()
+            _sync(cache.device)
+            if i >= 3:
+                samples.append(time.perf_counter() - t0)
+        times[name] = median(samples)
+    return {
+        **{f"{k_}_s": v_ for k_, v_ in times.items()},
+        "c": times["draft_step"] / times["ar_step"],
+        "v": times["verify"] / times["ar_step"],
+    }
+
+
+# -- the whole benchmark ---------------------------------------------------------------------------
+def machine_record(model, device) -> dict:
+    import transformers
+
+    rec = {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "processor": _cpu_name(),
+        "cpu_count": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "device": str(device),
+        "dtype": str(next(model.parameters()).dtype),
+        "time": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+    if torch.device(device).type == "cuda":
+        rec["gpu"] = torch.cuda.get_device_name(device)
+    return rec
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def run_benchmark(model, tokenizer, prompts: list[dict], *, methods=METHODS, exit_layer: int, num_speculations: int,
+                  max_new_tokens: int = 64, batch_sizes=(1,), warmup: int = 1, show_progress: bool = True) -> dict:  # fmt: skip
+    """Every method at batch size 1 (HF's assisted generation supports no more) and eedecode's
+    modes at the other batch sizes. Returns the JSON-able record."""
+    from tqdm.auto import tqdm
+
+    DecodingConfig(exit_layer=exit_layer, num_speculations=num_speculations).validate(model.config.num_hidden_layers)
+    device = next(model.parameters()).device
+    prompt_ids = encode_prompts(tokenizer, prompts, model.config.vocab_size, device)
+    plan = [(m, 1) for m in methods]
+    plan += [(m, b) for b in batch_sizes if b != 1 for m in methods if m in ("hf", "eedecode_ar", "eedecode_ss")]
+    total = sum(-(-len(prompt_ids) // b) for _, b in plan)
+    results, reference = [], {}
+    with tqdm(total=total, desc="bench", disable=not show_progress, leave=False) as bar:
+        for method, b in plan:
+            bar.set_postfix_str(f"{METHOD_NAMES[method]} batch {b}")
+            res, outputs = time_method(
+                model, method, prompt_ids, batch_size=b, max_new_tokens=max_new_tokens, exit_layer=exit_layer,
+                num_speculations=num_speculations, warmup=warmup, reference=reference.get(b), progress=bar,
+            )  # fmt: skip
+            if method == "hf":
+                reference[b] = outputs
+                res.identical_to_hf = len(prompt_ids)
+            results.append(res)
+    costs = measure_step_costs(model, prompt_ids[0], exit_layer, num_speculations)
+    record = {
+        "machine": machine_record(model, device),
+        "settings": {
+            "exit_layer": exit_layer, "num_speculations": num_speculations, "max_new_tokens": max_new_tokens,
+            "num_prompts": len(prompt_ids), "batch_sizes": list(batch_sizes), "warmup": warmup,
+            "num_layers": model.config.num_hidden_layers,
+        },  # fmt: skip
+        "step_costs": costs,
+        "results": [asdict(r) for r in results],
+    }
+    _derive(record)
+    return record
+
+
+def _derive(record: dict) -> None:
+    """Speed-ups over HF generate and over eedecode autoregressive, ideal speed-up, efficiency."""
+    costs = record["step_costs"]
+    by = {(r["method"], r["batch_size"]): r for r in record["results"]}
+    for r in record["results"]:
+        hf = by.get(("hf", r["batch_size"]))
+        ar = by.get(("eedecode_ar", r["batch_size"]))
+        r["speedup_vs_hf"] = speedup(r["tokens_per_s"], hf["tokens_per_s"]) if hf else None
+        if r["method"] == "eedecode_ss" and ar:
+            r["speedup_vs_ar"] = speedup(r["tokens_per_s"], ar["tokens_per_s"])
+            if r["batch_size"] == 1:
+                r["ideal_speedup"] = ideal_speedup(
+                    r["mean_tokens_per_round"], r["mean_drafts_per_round"], costs["c"], costs["v"]
+                )
+                r["efficiency"] = r["speedup_vs_ar"] / r["ideal_speedup"]
+
+
+def markdown_table(record: dict) -> str:
+    s = record["settings"]
+    lines = [
+        f"E = {s['exit_layer']} of {s['num_layers']} layers, k = {s['num_speculations']}, "
+        f"{s['max_new_tokens']} new tokens, {s['num_prompts']} prompts; step costs: "
+        f"c = {record['step_costs']['c']:.3f}, v = {record['step_costs']['v']:.3f}",
+        "",
+        "| method | batch | tokens/s (median) | vs HF generate | acceptance | tokens/round | ideal | efficiency "
+        "| identical to HF |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in record["results"]:
+        lines.append(
+            f"| {METHOD_NAMES[r['method']]} | {r['batch_size']} | {r['tokens_per_s']:.1f} | "
+            f"{_fmt(r.get('speedup_vs_hf'), 'x')} | {_fmt(r.get('acceptance_rate'), '%')} | "
+            f"{_fmt(r.get('mean_tokens_per_round'))} | {_fmt(r.get('ideal_speedup'), 'x')} | "
+            f"{_fmt(r.get('efficiency'))} | "
+            f"{'' if r.get('identical_to_hf') is None else r['identical_to_hf']}/{s['num_prompts']} |"
+        )
+    return "\n".join(lines)
+
+
+def _fmt(x, unit: str = "") -> str:
+    if x is None:
+        return ""
+    if unit == "%":
+        return f"{x:.1%}"
+    return f"{x:.2f}{'×' if unit == 'x' else ''}"
+
+
+# -- sweep -----------------------------------------------------------------------------------------
+def run_sweep(model, tokenizer, prompts, *, exit_layers, draft_lengths, max_new_tokens=64, warmup=1,
+              show_progress=True) -> dict:  # fmt: skip
+    """eedecode self-speculative (and HF assistant_early_exit) tokens/s over exit layers x draft
+    lengths at batch size 1, against HF generate and eedecode autoregressive."""
+    from tqdm.auto import tqdm
+
+    device = next(model.parameters()).device
+    prompt_ids = encode_prompts(tokenizer, prompts, model.config.vocab_size, device)
+    base = {}
+    for m in ("hf", "eedecode_ar"):
+        base[m], _ = time_method(model, m, prompt_ids, max_new_tokens=max_new_tokens, warmup=warmup)
+    grid = [(e, k) for e in exit_layers for k in draft_lengths]
+    cells = []
+    for e, k in tqdm(grid, desc="sweep", disable=not show_progress, leave=False):
+        ss, _ = time_method(model, "eedecode_ss", prompt_ids, max_new_tokens=max_new_tokens, exit_layer=e,
+                            num_speculations=k, warmup=warmup)  # fmt: skip
+        hfe, _ = time_method(model, "hf_early_exit", prompt_ids, max_new_tokens=max_new_tokens, exit_layer=e,
+                             num_speculations=k, warmup=warmup)  # fmt: skip
+        cells.append(
+            {
+                "exit_layer": e,
+                "num_speculations": k,
+                "eedecode_ss_tokens_per_s": ss.tokens_per_s,
+                "hf_early_exit_tokens_per_s": hfe.tokens_per_s,
+                "acceptance_rate": ss.acceptance_rate,
+                "mean_tokens_per_round": ss.mean_tokens_per_round,
+                "speedup_vs_hf": speedup(ss.tokens_per_s, base["hf"].tokens_per_s),
+                "speedup_vs_ar": speedup(ss.tokens_per_s, base["eedecode_ar"].tokens_per_s),
+            }
+        )
+    return {
+        "machine": machine_record(model, device),
+        "baselines": {m: asdict(r) for m, r in base.items()},
+        "cells": cells,
+        "settings": {"max_new_tokens": max_new_tokens, "num_prompts": len(prompt_ids)},
+    }
+
+
+def plot_sweep(sweep: dict, path: str | Path, title: str = "") -> Path:
+    """Heatmap of eedecode's speed-up over HF generate, annotated with the acceptance rate."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cells = sweep["cells"]
+    es = sorted({c["exit_layer"] for c in cells})
+    ks = sorted({c["num_speculations"] for c in cells})
+    grid = torch.full((len(es), len(ks)), float("nan"))
+    acc = torch.full_like(grid, float("nan"))
+    for c in cells:
+        i, j = es.index(c["exit_layer"]), ks.index(c["num_speculations"])
+        grid[i, j] = c["speedup_vs_hf"]
+        acc[i, j] = c["acceptance_rate"] or 0.0
+    fig, ax = plt.subplots(figsize=(1.1 * len(ks) + 2.5, 0.7 * len(es) + 1.8))
+    im = ax.imshow(grid.numpy(), cmap="viridis", aspect="auto", origin="lower")
+    ax.set_xticks(range(len(ks)), [str(k) for k in ks])
+    ax.set_yticks(range(len(es)), [str(e) for e in es])
+    ax.set_xlabel("draft length k")
+    ax.set_ylabel("exit layer E")
+    for i in range(len(es)):
+        for j in range(len(ks)):
+            ax.text(j, i, f"{grid[i, j]:.2f}×\n{acc[i, j]:.0%}", ha="center", va="center", color="w", fontsize=8)
+    fig.colorbar(im, ax=ax, label="tokens/s vs HF generate")
+    ax.set_title(title or "eedecode self-speculative: speed-up (acceptance)")
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+# -- CLI -------------------------------------------------------------------------------------------
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--prompts", default=None, help="JSONL prompt file (default: the shipped held-out set)")
+    p.add_argument("--num-prompts", type=int, default=None)
+    p.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated subset of {','.join(METHODS)}")
+    p.add_argument("--exit-layer", type=int, default=None)
+    p.add_argument("--num-speculations", type=int, default=None)
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--batch-sizes", default="1", help="comma-separated, e.g. 1,4,16")
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--sweep", action="store_true", help="sweep exit layers x draft lengths and draw a heatmap")
+    p.add_argument("--sweep-exit-layers", default=None, help="comma-separated (default: 1..L-1)")
+    p.add_argument("--sweep-draft-lengths", default="1,2,3,4,6,8")
+    p.add_argument("--synthetic-agreement", type=float, default=None,
+                   help="for --model synthetic:<shape>: the exit layer's target agreement with the last layer")  # fmt: skip
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads on the CPU")
+    p.add_argument("--output", default="runs/bench", help="directory for the JSON record, table and heatmap")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def _ints(s: str) -> list[int]:
+    return [int(x) for x in s.split(",") if x.strip()]
+
+
+def run_cli(args) -> int:
+    from .cli import load_model, recommended_settings
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.model and args.model.startswith("synthetic:"):
+        from .synthetic import synthetic_model
+
+        model = synthetic_model(args.model.split(":", 1)[1], exit_layer=args.exit_layer,
+                                agreement=args.synthetic_agreement, device=args.device, dtype=args.dtype)  # fmt: skip
+        tokenizer, rec, path = None, {}, args.model
+    else:
+        model, tokenizer, path = load_model(args.model, args.device, args.dtype)
+        rec = recommended_settings(path)
+    L = model.config.num_hidden_layers
+    exit_layer = args.exit_layer or rec.get("exit_layer") or max(1, L // 4)
+    k = args.num_speculations or rec.get("num_speculations") or 4
+    prompts = load_prompts(args.prompts, args.num_prompts)
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    methods = tuple(m for m in args.methods.split(",") if m)
+    bad = [m for m in methods if m not in METHODS]
+    if bad:
+        raise SystemExit(f"--methods: unknown {bad}; choose from {', '.join(METHODS)}")
+    if args.sweep:
+        exits = _ints(args.sweep_exit_layers) if args.sweep_exit_layers else list(range(1, L))
+        sweep = run_sweep(model, tokenizer, prompts, exit_layers=exits, draft_lengths=_ints(args.sweep_draft_lengths),
+                          max_new_tokens=args.max_new_tokens, warmup=args.warmup,
+                          show_progress=not args.no_progress)  # fmt: skip
+        sweep["model"] = path
+        (out / "sweep.json").write_text(json.dumps(sweep, indent=1))
+        png = plot_sweep(sweep, out / "sweep.png", title=f"{Path(path).name}: speed-up over HF generate (acceptance)")
+        best = max(sweep["cells"], key=lambda c: c["eedecode_ss_tokens_per_s"])
+        best_hf = max(sweep["cells"], key=lambda c: c["hf_early_exit_tokens_per_s"])
+        print(f"best eedecode: E={best['exit_layer']} k={best['num_speculations']} "
+              f"{best['eedecode_ss_tokens_per_s']:.1f} tok/s ({best['speedup_vs_hf']:.2f}x HF generate); "
+              f"best HF early exit: E={best_hf['exit_layer']} k={best_hf['num_speculations']} "
+              f"{best_hf['hf_early_exit_tokens_per_s']:.1f} tok/s; heatmap: {png}")  # fmt: skip
+        return 0
+    record = run_benchmark(model, tokenizer, prompts, methods=methods, exit_layer=exit_layer, num_speculations=k,
+                           max_new_tokens=args.max_new_tokens, batch_sizes=tuple(_ints(args.batch_sizes)),
+                           warmup=args.warmup, show_progress=not args.no_progress)  # fmt: skip
+    record["model"] = path
+    table = markdown_table(record)
+    (out / "bench.json").write_text(json.dumps(record, indent=1))
+    (out / "bench.md").write_text(table + "\n")
+    m = record["machine"]
+    print(f"{path} on {m.get('gpu') or m['processor']} ({m['device']}, {m['dtype']}, torch {m['torch']}, "
+          f"transformers {m['transformers']})\n")  # fmt: skip
+    print(table)
+    print(f"\nrecord: {out / 'bench.json'}")
+    return 0
