@@ -45,7 +45,9 @@ def speedup(tokens_per_s: float, baseline_tokens_per_s: float) -> float:
     return tokens_per_s / baseline_tokens_per_s if baseline_tokens_per_s > 0 else float("nan")
 
 
-def ideal_speedup(mean_tokens_per_round: float, mean_drafts_per_round: float, draft_cost: float, verify_cost: float) -> float:
+def ideal_speedup(
+    mean_tokens_per_round: float, mean_drafts_per_round: float, draft_cost: float, verify_cost: float
+) -> float:
     """``mean(n) / (mean(d)·c + v)``: tokens per round over the round's cost in autoregressive steps."""
     return mean_tokens_per_round / (mean_drafts_per_round * draft_cost + verify_cost)
 
@@ -72,12 +74,17 @@ def load_prompts(path: str | Path | None = None, limit: int | None = None) -> li
     return rows[:limit] if limit else rows
 
 
-def encode_prompts(tokenizer, prompts: list[dict], vocab_size: int, device, seed: int = 0) -> list[torch.Tensor]:
+def encode_prompts(
+    tokenizer, prompts: list[dict], vocab_size: int, device, seed: int = 0
+) -> list[torch.Tensor]:
     """Token ids per prompt; without a tokenizer (synthetic models) random ids of similar lengths."""
     if tokenizer is not None:
         return [tokenizer(p["prompt"], return_tensors="pt").input_ids.to(device) for p in prompts]
     g = torch.Generator().manual_seed(seed)
-    return [torch.randint(3, vocab_size, (1, 32 + 8 * (i % 8)), generator=g).to(device) for i in range(len(prompts))]
+    return [
+        torch.randint(3, vocab_size, (1, 32 + 8 * (i % 8)), generator=g).to(device)
+        for i in range(len(prompts))
+    ]
 
 
 # -- measurement -----------------------------------------------------------------------------------
@@ -108,11 +115,23 @@ def _run_method(model, method, ids, attention_mask, max_new, exit_layer, k, eos)
         return model.generate(ids, **common, pad_token_id=_pad(model, eos)), None
     if method == "hf_early_exit":
         return model.generate(
-            ids, **common, pad_token_id=_pad(model, eos), assistant_early_exit=exit_layer,
-            num_assistant_tokens=k, num_assistant_tokens_schedule="constant",
-        ), None  # fmt: skip
+            ids,
+            **common,
+            pad_token_id=_pad(model, eos),
+            assistant_early_exit=exit_layer,
+            num_assistant_tokens=k,
+            num_assistant_tokens_schedule="constant",
+        ), None
     mode = "autoregressive" if method == "eedecode_ar" else "self_speculative"
-    out = generate(model, ids, **common, mode=mode, exit_layer=exit_layer, num_speculations=k, return_dict_in_generate=True)
+    out = generate(
+        model,
+        ids,
+        **common,
+        mode=mode,
+        exit_layer=exit_layer,
+        num_speculations=k,
+        return_dict_in_generate=True,
+    )
     return out.sequences, out.stats
 
 
@@ -136,8 +155,19 @@ def _batches(prompt_ids: list[torch.Tensor], batch_size: int, pad_id: int):
         yield ids, (mask if batch_size > 1 else None)
 
 
-def time_method(model, method, prompt_ids, *, batch_size=1, max_new_tokens=64, exit_layer=None,
-                num_speculations=None, warmup=1, reference=None, progress=None) -> tuple[MethodResult, list]:  # fmt: skip
+def time_method(
+    model,
+    method,
+    prompt_ids,
+    *,
+    batch_size=1,
+    max_new_tokens=64,
+    exit_layer=None,
+    num_speculations=None,
+    warmup=1,
+    reference=None,
+    progress=None,
+) -> tuple[MethodResult, list]:
     """Decode every prompt (in batches) with one method; return its result and its outputs."""
     eos = model.generation_config.eos_token_id
     pad = _pad(model, eos)
@@ -205,7 +235,9 @@ def _identical_rows(a: torch.Tensor, b: torch.Tensor) -> int:
 
 
 @torch.no_grad()
-def measure_step_costs(model, prompt: torch.Tensor, exit_layer: int, num_speculations: int, reps: int = 30) -> dict:
+def measure_step_costs(
+    model, prompt: torch.Tensor, exit_layer: int, num_speculations: int, reps: int = 30
+) -> dict:
     """Median wall time of one autoregressive step, one draft step and one verification pass of
     ``num_speculations`` drafts, on the same runner at the prompt's length; ``c`` and ``v`` are the
     latter two relative to the first."""
@@ -216,7 +248,7 @@ def measure_step_costs(model, prompt: torch.Tensor, exit_layer: int, num_specula
     runner.prefill(prompt, cache)
     base = torch.full((1,), P, dtype=torch.long, device=cache.device)
     token = prompt[:, -1:]
-    drafts = prompt[:, -k:] if P >= k else prompt[:, :1].repeat(1, k)
+    drafts = prompt[:, -k:] if k <= P else prompt[:, :1].repeat(1, k)
 
     def full_step():
         h = runner.run_layers(runner.embed(token), 0, L, cache)
@@ -284,26 +316,49 @@ def _cpu_name() -> str:
     return platform.processor()
 
 
-def run_benchmark(model, tokenizer, prompts: list[dict], *, methods=METHODS, exit_layer: int, num_speculations: int,
-                  max_new_tokens: int = 64, batch_sizes=(1,), warmup: int = 1, show_progress: bool = True) -> dict:  # fmt: skip
+def run_benchmark(
+    model,
+    tokenizer,
+    prompts: list[dict],
+    *,
+    methods=METHODS,
+    exit_layer: int,
+    num_speculations: int,
+    max_new_tokens: int = 64,
+    batch_sizes=(1,),
+    warmup: int = 1,
+    show_progress: bool = True,
+) -> dict:
     """Every method at batch size 1 (HF's assisted generation supports no more) and eedecode's
     modes at the other batch sizes. Returns the JSON-able record."""
     from tqdm.auto import tqdm
 
-    DecodingConfig(exit_layer=exit_layer, num_speculations=num_speculations).validate(model.config.num_hidden_layers)
+    DecodingConfig(exit_layer=exit_layer, num_speculations=num_speculations).validate(
+        model.config.num_hidden_layers
+    )
     device = next(model.parameters()).device
     prompt_ids = encode_prompts(tokenizer, prompts, model.config.vocab_size, device)
     plan = [(m, 1) for m in methods]
-    plan += [(m, b) for b in batch_sizes if b != 1 for m in methods if m in ("hf", "eedecode_ar", "eedecode_ss")]
+    plan += [
+        (m, b) for b in batch_sizes if b != 1 for m in methods if m in ("hf", "eedecode_ar", "eedecode_ss")
+    ]
     total = sum(-(-len(prompt_ids) // b) for _, b in plan)
     results, reference = [], {}
     with tqdm(total=total, desc="bench", disable=not show_progress, leave=False) as bar:
         for method, b in plan:
             bar.set_postfix_str(f"{METHOD_NAMES[method]} batch {b}")
             res, outputs = time_method(
-                model, method, prompt_ids, batch_size=b, max_new_tokens=max_new_tokens, exit_layer=exit_layer,
-                num_speculations=num_speculations, warmup=warmup, reference=reference.get(b), progress=bar,
-            )  # fmt: skip
+                model,
+                method,
+                prompt_ids,
+                batch_size=b,
+                max_new_tokens=max_new_tokens,
+                exit_layer=exit_layer,
+                num_speculations=num_speculations,
+                warmup=warmup,
+                reference=reference.get(b),
+                progress=bar,
+            )
             if method == "hf":
                 reference[b] = outputs
                 res.identical_to_hf = len(prompt_ids)
@@ -312,10 +367,14 @@ def run_benchmark(model, tokenizer, prompts: list[dict], *, methods=METHODS, exi
     record = {
         "machine": machine_record(model, device),
         "settings": {
-            "exit_layer": exit_layer, "num_speculations": num_speculations, "max_new_tokens": max_new_tokens,
-            "num_prompts": len(prompt_ids), "batch_sizes": list(batch_sizes), "warmup": warmup,
+            "exit_layer": exit_layer,
+            "num_speculations": num_speculations,
+            "max_new_tokens": max_new_tokens,
+            "num_prompts": len(prompt_ids),
+            "batch_sizes": list(batch_sizes),
+            "warmup": warmup,
             "num_layers": model.config.num_hidden_layers,
-        },  # fmt: skip
+        },
         "step_costs": costs,
         "results": [asdict(r) for r in results],
     }
@@ -347,8 +406,8 @@ def markdown_table(record: dict) -> str:
         f"{s['max_new_tokens']} new tokens, {s['num_prompts']} prompts; step costs: "
         f"c = {record['step_costs']['c']:.3f}, v = {record['step_costs']['v']:.3f}",
         "",
-        "| method | batch | tokens/s (median) | vs HF generate | acceptance | tokens/round | ideal | efficiency "
-        "| identical to HF |",
+        "| method | batch | tokens/s (median) | vs HF generate | acceptance | tokens/round | ideal "
+        "| efficiency | identical to HF |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in record["results"]:
@@ -371,8 +430,9 @@ def _fmt(x, unit: str = "") -> str:
 
 
 # -- sweep -----------------------------------------------------------------------------------------
-def run_sweep(model, tokenizer, prompts, *, exit_layers, draft_lengths, max_new_tokens=64, warmup=1,
-              show_progress=True) -> dict:  # fmt: skip
+def run_sweep(
+    model, tokenizer, prompts, *, exit_layers, draft_lengths, max_new_tokens=64, warmup=1, show_progress=True
+) -> dict:
     """eedecode self-speculative (and HF assistant_early_exit) tokens/s over exit layers x draft
     lengths at batch size 1, against HF generate and eedecode autoregressive."""
     from tqdm.auto import tqdm
@@ -385,10 +445,24 @@ def run_sweep(model, tokenizer, prompts, *, exit_layers, draft_lengths, max_new_
     grid = [(e, k) for e in exit_layers for k in draft_lengths]
     cells = []
     for e, k in tqdm(grid, desc="sweep", disable=not show_progress, leave=False):
-        ss, _ = time_method(model, "eedecode_ss", prompt_ids, max_new_tokens=max_new_tokens, exit_layer=e,
-                            num_speculations=k, warmup=warmup)  # fmt: skip
-        hfe, _ = time_method(model, "hf_early_exit", prompt_ids, max_new_tokens=max_new_tokens, exit_layer=e,
-                             num_speculations=k, warmup=warmup)  # fmt: skip
+        ss, _ = time_method(
+            model,
+            "eedecode_ss",
+            prompt_ids,
+            max_new_tokens=max_new_tokens,
+            exit_layer=e,
+            num_speculations=k,
+            warmup=warmup,
+        )
+        hfe, _ = time_method(
+            model,
+            "hf_early_exit",
+            prompt_ids,
+            max_new_tokens=max_new_tokens,
+            exit_layer=e,
+            num_speculations=k,
+            warmup=warmup,
+        )
         cells.append(
             {
                 "exit_layer": e,
@@ -433,7 +507,9 @@ def plot_sweep(sweep: dict, path: str | Path, title: str = "") -> Path:
     ax.set_ylabel("exit layer E")
     for i in range(len(es)):
         for j in range(len(ks)):
-            ax.text(j, i, f"{grid[i, j]:.2f}×\n{acc[i, j]:.0%}", ha="center", va="center", color="w", fontsize=8)
+            ax.text(
+                j, i, f"{grid[i, j]:.2f}×\n{acc[i, j]:.0%}", ha="center", va="center", color="w", fontsize=8
+            )
     fig.colorbar(im, ax=ax, label="tokens/s vs HF generate")
     ax.set_title(title or "eedecode self-speculative: speed-up (acceptance)")
     fig.tight_layout()
@@ -447,17 +523,25 @@ def plot_sweep(sweep: dict, path: str | Path, title: str = "") -> Path:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prompts", default=None, help="JSONL prompt file (default: the shipped held-out set)")
     p.add_argument("--num-prompts", type=int, default=None)
-    p.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated subset of {','.join(METHODS)}")
+    p.add_argument(
+        "--methods", default=",".join(METHODS), help=f"comma-separated subset of {','.join(METHODS)}"
+    )
     p.add_argument("--exit-layer", type=int, default=None)
     p.add_argument("--num-speculations", type=int, default=None)
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--batch-sizes", default="1", help="comma-separated, e.g. 1,4,16")
     p.add_argument("--warmup", type=int, default=1)
-    p.add_argument("--sweep", action="store_true", help="sweep exit layers x draft lengths and draw a heatmap")
+    p.add_argument(
+        "--sweep", action="store_true", help="sweep exit layers x draft lengths and draw a heatmap"
+    )
     p.add_argument("--sweep-exit-layers", default=None, help="comma-separated (default: 1..L-1)")
     p.add_argument("--sweep-draft-lengths", default="1,2,3,4,6,8")
-    p.add_argument("--synthetic-agreement", type=float, default=None,
-                   help="for --model synthetic:<shape>: the exit layer's target agreement with the last layer")  # fmt: skip
+    p.add_argument(
+        "--synthetic-agreement",
+        type=float,
+        default=None,
+        help="for --model synthetic:<shape>: the exit layer's target agreement with the last layer",
+    )
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads on the CPU")
     p.add_argument("--output", default="runs/bench", help="directory for the JSON record, table and heatmap")
     p.add_argument("--no-progress", action="store_true")
@@ -475,8 +559,13 @@ def run_cli(args) -> int:
     if args.model and args.model.startswith("synthetic:"):
         from .synthetic import synthetic_model
 
-        model = synthetic_model(args.model.split(":", 1)[1], exit_layer=args.exit_layer,
-                                agreement=args.synthetic_agreement, device=args.device, dtype=args.dtype)  # fmt: skip
+        model = synthetic_model(
+            args.model.split(":", 1)[1],
+            exit_layer=args.exit_layer,
+            agreement=args.synthetic_agreement,
+            device=args.device,
+            dtype=args.dtype,
+        )
         tokenizer, rec, path = None, {}, args.model
     else:
         model, tokenizer, path = load_model(args.model, args.device, args.dtype)
@@ -493,29 +582,51 @@ def run_cli(args) -> int:
         raise SystemExit(f"--methods: unknown {bad}; choose from {', '.join(METHODS)}")
     if args.sweep:
         exits = _ints(args.sweep_exit_layers) if args.sweep_exit_layers else list(range(1, L))
-        sweep = run_sweep(model, tokenizer, prompts, exit_layers=exits, draft_lengths=_ints(args.sweep_draft_lengths),
-                          max_new_tokens=args.max_new_tokens, warmup=args.warmup,
-                          show_progress=not args.no_progress)  # fmt: skip
+        sweep = run_sweep(
+            model,
+            tokenizer,
+            prompts,
+            exit_layers=exits,
+            draft_lengths=_ints(args.sweep_draft_lengths),
+            max_new_tokens=args.max_new_tokens,
+            warmup=args.warmup,
+            show_progress=not args.no_progress,
+        )
         sweep["model"] = path
         (out / "sweep.json").write_text(json.dumps(sweep, indent=1))
-        png = plot_sweep(sweep, out / "sweep.png", title=f"{Path(path).name}: speed-up over HF generate (acceptance)")
+        png = plot_sweep(
+            sweep, out / "sweep.png", title=f"{Path(path).name}: speed-up over HF generate (acceptance)"
+        )
         best = max(sweep["cells"], key=lambda c: c["eedecode_ss_tokens_per_s"])
         best_hf = max(sweep["cells"], key=lambda c: c["hf_early_exit_tokens_per_s"])
-        print(f"best eedecode: E={best['exit_layer']} k={best['num_speculations']} "
-              f"{best['eedecode_ss_tokens_per_s']:.1f} tok/s ({best['speedup_vs_hf']:.2f}x HF generate); "
-              f"best HF early exit: E={best_hf['exit_layer']} k={best_hf['num_speculations']} "
-              f"{best_hf['hf_early_exit_tokens_per_s']:.1f} tok/s; heatmap: {png}")  # fmt: skip
+        print(
+            f"best eedecode: E={best['exit_layer']} k={best['num_speculations']} "
+            f"{best['eedecode_ss_tokens_per_s']:.1f} tok/s ({best['speedup_vs_hf']:.2f}x HF generate); "
+            f"best HF early exit: E={best_hf['exit_layer']} k={best_hf['num_speculations']} "
+            f"{best_hf['hf_early_exit_tokens_per_s']:.1f} tok/s; heatmap: {png}"
+        )
         return 0
-    record = run_benchmark(model, tokenizer, prompts, methods=methods, exit_layer=exit_layer, num_speculations=k,
-                           max_new_tokens=args.max_new_tokens, batch_sizes=tuple(_ints(args.batch_sizes)),
-                           warmup=args.warmup, show_progress=not args.no_progress)  # fmt: skip
+    record = run_benchmark(
+        model,
+        tokenizer,
+        prompts,
+        methods=methods,
+        exit_layer=exit_layer,
+        num_speculations=k,
+        max_new_tokens=args.max_new_tokens,
+        batch_sizes=tuple(_ints(args.batch_sizes)),
+        warmup=args.warmup,
+        show_progress=not args.no_progress,
+    )
     record["model"] = path
     table = markdown_table(record)
     (out / "bench.json").write_text(json.dumps(record, indent=1))
     (out / "bench.md").write_text(table + "\n")
     m = record["machine"]
-    print(f"{path} on {m.get('gpu') or m['processor']} ({m['device']}, {m['dtype']}, torch {m['torch']}, "
-          f"transformers {m['transformers']})\n")  # fmt: skip
+    print(
+        f"{path} on {m.get('gpu') or m['processor']} ({m['device']}, {m['dtype']}, torch {m['torch']}, "
+        f"transformers {m['transformers']})\n"
+    )
     print(table)
     print(f"\nrecord: {out / 'bench.json'}")
     return 0

@@ -52,31 +52,43 @@ class DecodeStats:
 
 
 class TokenChooser:
-    """Picks tokens from logits: argmax (greedy) or a draw after temperature/top-k/top-p."""
+    """Picks tokens: argmax (greedy) or a draw after temperature/top-k/top-p.
+
+    Drafts come from the exit head (:meth:`ModelRunner.exit_stats`, the fused kernel): its argmax
+    when greedy, its Gumbel-max sample when sampling with a temperature only; then the draft
+    distribution q is rebuilt at verification from the exit query cache. With top-k or top-p the
+    draft step materialises the logits and keeps q.
+    """
 
     def __init__(self, params: SamplingParams, generator: torch.Generator | None = None, accept_rule=None):
         self.params = params
         self.generator = generator
         self.accept_rule = accept_rule or speculative_accept
+        p = params
+        self.gumbel_drafts = p.do_sample and not p.top_k and (p.top_p is None or p.top_p >= 1.0)
 
-    def choose(self, logits: Tensor) -> tuple[Tensor, Tensor | None]:
-        """logits ``[B, V]`` -> token ``[B]`` and, when sampling, its distribution ``[B, V]``."""
+    def choose(self, logits: Tensor) -> Tensor:
+        """Full-model logits ``[B, V]`` -> token ``[B]``."""
         if not self.params.do_sample:
-            return logits.argmax(-1), None
-        probs = probabilities(logits, self.params)
-        return sample(probs, self.generator), probs
+            return logits.argmax(-1)
+        return sample(probabilities(logits, self.params), self.generator)
 
-    def accept(
-        self, drafts: Tensor, draft_probs: list[Tensor], target_logits: Tensor
-    ) -> tuple[Tensor, Tensor]:
+    def draft(self, runner: ModelRunner, h: Tensor) -> tuple[Tensor, Tensor | None]:
+        """Exit-layer states ``[B, H]`` -> draft token ``[B]`` and, if already computed, q ``[B, V]``."""
+        if not self.params.do_sample:
+            return runner.exit_stats(h, minimal=True).argmax, None
+        if self.gumbel_drafts:
+            seed = torch.randint(-(2**62), 2**62, (1,), generator=self.generator, device=h.device)
+            return runner.exit_stats(h, temperature=self.params.temperature, seed=seed).sample, None
+        q = probabilities(runner.exit_logits(h), self.params)
+        return sample(q, self.generator), q
+
+    def accept(self, runner, drafts: Tensor, states: Tensor, qs: list[Tensor], target_logits: Tensor):
+        """drafts ``[B, k]`` made from exit states ``[B, k, H]``; target logits ``[B, k + 1, V]``."""
         if not self.params.do_sample:
             return greedy_accept(drafts, target_logits)
-        B = drafts.shape[0]
-        q = (
-            torch.stack(draft_probs, 1)
-            if draft_probs
-            else target_logits.new_zeros(B, 0, target_logits.shape[-1])
-        )
+        # Gumbel-max drafts were samples of softmax(exit logits / temperature): rebuild q from the states.
+        q = torch.stack(qs, 1) if qs else probabilities(runner.exit_logits(states), self.params)
         return self.accept_rule(drafts, q, probabilities(target_logits, self.params), self.generator)
 
 
@@ -101,7 +113,7 @@ class Decoder:
         if attention_mask is not None:
             self.cache.set_padding(attention_mask)
         last = self.runner.prefill(input_ids, self.cache)  # [B, H]
-        token, _ = self.chooser.choose(self.runner.logits(last))
+        token = self.chooser.choose(self.runner.logits(last))
         self.pending = token
         self.seq_len = torch.full((B,), P, dtype=torch.long, device=self.cache.device)
         self.host_len = [P] * B
@@ -137,7 +149,7 @@ class AutoregressiveDecoder(Decoder):
     def step(self, num_drafts: int = 0) -> list[list[int]]:
         runner = self.runner
         h = runner.run_layers(runner.embed(self.pending[:, None]), 0, runner.num_layers, self.cache)
-        token, _ = self.chooser.choose(runner.logits(h[:, 0]))  # [B]
+        token = self.chooser.choose(runner.logits(h[:, 0]))  # [B]
         # Every row advanced by one in every layer: the cache needs no rollback.
         self.pending = torch.where(self.active, token, self.pending)
         host = token.tolist()
@@ -165,21 +177,22 @@ class SelfSpeculativeDecoder(Decoder):
         runner, cache, E = self.runner, self.cache, self.exit_layer
         # 1) draft: layers [0, E) and the exit head, keeping the layer-E states.
         x = self.pending[:, None]  # [B, 1]
-        exit_states, drafts, draft_probs = [], [], []
+        exit_states, drafts, qs = [], [], []
         for _ in range(num_drafts):
             h = runner.run_layers(runner.embed(x), 0, E, cache)  # [B, 1, H]
             exit_states.append(h)
-            token, q = self.chooser.choose(runner.logits(h[:, 0]))
+            token, q = self.chooser.draft(runner, h[:, 0])
             x = token[:, None]
             drafts.append(x)
             if q is not None:
-                draft_probs.append(q)
+                qs.append(q)
         # 2) verify: the last draft through [0, E), then every unverified token through [E, L).
         exit_states.append(runner.run_layers(runner.embed(x), 0, E, cache))
-        h = runner.run_layers(torch.cat(exit_states, 1), E, runner.num_layers, cache)  # [B, k+1, H]
+        states = torch.cat(exit_states, 1)  # [B, k+1, H]: the exit query cache
+        h = runner.run_layers(states, E, runner.num_layers, cache)  # [B, k+1, H]
         # 3) accept.
         drafts_t = torch.cat(drafts, 1) if drafts else x.new_zeros(x.shape[0], 0)
-        tokens, counts = self.chooser.accept(drafts_t, draft_probs, runner.logits(h))
+        tokens, counts = self.chooser.accept(runner, drafts_t, states[:, :num_drafts], qs, runner.logits(h))
         # 4) roll back every layer to the accepted length (a length move, no copy).
         emitted = self._commit(tokens, counts, num_drafts)
         cache.rollback(self.seq_len, self.host_len)

@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 
 from .cache import BlockContext, KVCache
+from .kernels import ExitHeadStats, exit_head
+from .kernels.exit_head_reference import exit_logits
 
 Tensor = torch.Tensor
 
@@ -77,6 +79,18 @@ class ModelRunner:
         self.layer_devices = [layer.input_layernorm.weight.device for layer in self.layers]
         self.device = self.embed_tokens.weight.device
         self.dtype = self.embed_tokens.weight.dtype
+        # The fused exit head needs the final norm's weight and epsilon and a plain LM-head weight;
+        # a quantized or biased head goes through the modules instead.
+        self.norm_eps = getattr(self.norm, "variance_epsilon", None)
+        head_w = getattr(self.lm_head, "weight", None)
+        self.fused_head = (
+            type(self.lm_head) is torch.nn.Linear
+            and self.lm_head.bias is None
+            and self.norm_eps is not None
+            and head_w is not None
+            and head_w.dtype in (torch.float32, torch.float16, torch.bfloat16)
+            and head_w.device == self.norm.weight.device
+        )
 
     # -- cache -----------------------------------------------------------------------------------
     def new_cache(self, batch_size: int, max_len: int) -> KVCache:
@@ -145,6 +159,28 @@ class ModelRunner:
         """Final norm + LM head on any hidden state ``[..., H]`` -> fp32 logits ``[..., V]``."""
         hidden = hidden.to(self.norm.weight.device)
         return self.lm_head(self.norm(hidden)).float()
+
+    @torch.no_grad()
+    def exit_stats(self, hidden: Tensor, *, temperature: float | None = None, seed: Tensor | None = None,
+                   minimal: bool = False) -> ExitHeadStats:  # fmt: skip
+        """Softmax statistics of the exit head on ``[..., H]`` without materialising logits
+        (:func:`eedecode.kernels.exit_head`: Triton on CUDA, the chunked reference elsewhere)."""
+        hidden = hidden.to(self.norm.weight.device)
+        if self.fused_head:
+            return exit_head(hidden, self.norm.weight, self.norm_eps, self.lm_head.weight,
+                             temperature=temperature, seed=seed, minimal=minimal)  # fmt: skip
+        z = self.logits(hidden) / (temperature or 1.0)  # through the modules
+        m, arg = z.max(-1)
+        s = torch.exp(z - m[..., None]).sum(-1)
+        return ExitHeadStats(arg, 1 / s, None, m + torch.log(s), None)
+
+    @torch.no_grad()
+    def exit_logits(self, hidden: Tensor) -> Tensor:
+        """fp32 logits computed as the fused exit head computes them (its sampling distribution)."""
+        hidden = hidden.to(self.norm.weight.device)
+        if not self.fused_head:
+            return self.logits(hidden)
+        return exit_logits(hidden, self.norm.weight, self.norm_eps, self.lm_head.weight)
 
     @torch.no_grad()
     def prefill(self, input_ids: Tensor, cache: KVCache, end: int | None = None) -> Tensor:

@@ -17,29 +17,56 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from .runner import ModelRunner
 
 _LLAMA3_ROPE = {
-    "rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+    "rope_type": "llama3",
+    "factor": 32.0,
+    "low_freq_factor": 1.0,
+    "high_freq_factor": 4.0,
     "original_max_position_embeddings": 8192,
-}  # fmt: skip
+}
 
 SHAPES = {
     "llama-3.2-1b": dict(
-        hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
-        num_key_value_heads=8, head_dim=64, vocab_size=128256, max_position_embeddings=131072,
-        rope_theta=500000.0, rope_scaling=_LLAMA3_ROPE, tie_word_embeddings=True,
+        hidden_size=2048,
+        intermediate_size=8192,
+        num_hidden_layers=16,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        head_dim=64,
+        vocab_size=128256,
+        max_position_embeddings=131072,
+        rope_theta=500000.0,
+        rope_scaling=_LLAMA3_ROPE,
+        tie_word_embeddings=True,
     ),
     "llama-3-8b": dict(
-        hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
-        num_key_value_heads=8, vocab_size=128256, max_position_embeddings=8192, rope_theta=500000.0,
+        hidden_size=4096,
+        intermediate_size=14336,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        vocab_size=128256,
+        max_position_embeddings=8192,
+        rope_theta=500000.0,
     ),
     "llama-2-7b": dict(
-        hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
-        num_key_value_heads=32, vocab_size=32000, max_position_embeddings=4096,
+        hidden_size=4096,
+        intermediate_size=11008,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=32,
+        vocab_size=32000,
+        max_position_embeddings=4096,
     ),
     "tiny": dict(
-        hidden_size=64, intermediate_size=128, num_hidden_layers=8, num_attention_heads=4,
-        num_key_value_heads=2, vocab_size=256, max_position_embeddings=512,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=8,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=256,
+        max_position_embeddings=512,
     ),
-}  # fmt: skip
+}
 
 
 def synthetic_config(shape: str) -> LlamaConfig:
@@ -49,7 +76,9 @@ def synthetic_config(shape: str) -> LlamaConfig:
 
 
 def _deep_projections(model, exit_layer: int) -> list[torch.nn.Linear]:
-    return [m for layer in model.model.layers[exit_layer:] for m in (layer.self_attn.o_proj, layer.mlp.down_proj)]
+    return [
+        m for layer in model.model.layers[exit_layer:] for m in (layer.self_attn.o_proj, layer.mlp.down_proj)
+    ]
 
 
 def _scale_deep(model, exit_layer: int, factor: float) -> None:
@@ -88,8 +117,15 @@ def calibrate(model, exit_layer: int, agreement: float, tokens: torch.Tensor, st
     return 10**lo
 
 
-def synthetic_model(shape: str, *, exit_layer: int | None = None, agreement: float | None = None,
-                    seed: int = 0, device: str = "auto", dtype: str = "auto"):  # fmt: skip
+def synthetic_model(
+    shape: str,
+    *,
+    exit_layer: int | None = None,
+    agreement: float | None = None,
+    seed: int = 0,
+    device: str = "auto",
+    dtype: str = "auto",
+):
     """A random ``LlamaForCausalLM`` of a real architecture's shape; with ``agreement``, calibrated
     so that layer ``exit_layer`` (default L/4) agrees with the last layer that often."""
     from .cli import resolve_device, resolve_dtype
@@ -104,5 +140,10 @@ def synthetic_model(shape: str, *, exit_layer: int | None = None, agreement: flo
         g = torch.Generator().manual_seed(seed + 1)
         tokens = torch.randint(3, config.vocab_size, (4, 64), generator=g).to(dev)
         scale = calibrate(model, E, agreement, tokens)
-        model.eedecode_synthetic = {"shape": shape, "exit_layer": E, "agreement": agreement, "deep_scale": scale}
+        model.eedecode_synthetic = {
+            "shape": shape,
+            "exit_layer": E,
+            "agreement": agreement,
+            "deep_scale": scale,
+        }
     return model

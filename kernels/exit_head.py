@@ -45,8 +45,13 @@ def exit_head(
     token_ids: torch.Tensor | None = None,  # [...]
     seed: int | torch.Tensor | None = None,
     backend: str | None = None,
+    minimal: bool = False,
 ) -> ExitHeadStats:
     """Softmax statistics of logits = RMSNorm(hidden) @ lm_head_weight.T, per leading index.
+
+    ``minimal=True`` asks only for ``argmax``, ``max_prob`` and ``logsumexp`` (a greedy draft step
+    and a confidence rule need no more): the reference then skips the other statistics, which
+    may come back as None; the Triton kernel computes everything at no extra cost.
 
     All statistics, `token_logprob` and `sample` are of softmax(logits / temperature). See
     `ExitHeadStats` for the fields. No autograd. No host synchronisation, provided that on a GPU
@@ -63,7 +68,9 @@ def exit_head(
     name = _resolve_backend(backend, hidden.device)
 
     if name == "reference" or x.shape[0] == 0:
-        flat = exit_head_reference(x, norm_weight, eps, lm_head_weight, inv_temperature, tok, seed_t)
+        flat = exit_head_reference(
+            x, norm_weight, eps, lm_head_weight, inv_temperature, tok, seed_t, minimal=minimal
+        )
     else:
         impl = _triton_impl(hidden.device)
         w = lm_head_weight if lm_head_weight.stride(-1) == 1 else lm_head_weight.contiguous()

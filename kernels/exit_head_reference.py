@@ -27,6 +27,7 @@ _GOLDEN32 = 0x9E3779B9
 
 class ExitHeadStats(NamedTuple):
     """Softmax statistics of the exit head, fp32 (int64 for indices), leading shape `[...]`.
+    (`entropy` and `margin` are None when a minimal computation was asked for.)
 
     All of them describe softmax(logits / temperature) (temperature 1 when none is given).
     `margin` is a *probability* margin p1 - p2 (0 on a tie); `logsumexp` is of logits / temperature;
@@ -36,9 +37,9 @@ class ExitHeadStats(NamedTuple):
 
     argmax: torch.Tensor
     max_prob: torch.Tensor
-    entropy: torch.Tensor
+    entropy: torch.Tensor | None
     logsumexp: torch.Tensor
-    margin: torch.Tensor
+    margin: torch.Tensor | None
     token_logprob: torch.Tensor | None = None
     sample: torch.Tensor | None = None
 
@@ -92,6 +93,13 @@ def rms_norm_hf(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tens
     x32 = x.float()
     xn = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)
     return weight * xn.to(x.dtype)
+
+
+def exit_logits(hidden: torch.Tensor, norm_weight: torch.Tensor, eps: float, lm_head_weight: torch.Tensor):
+    """The fp32 logits ``[..., V]`` whose softmax the exit head's statistics and samples describe,
+    materialised (for a few rows: speculative sampling needs the whole draft distribution q)."""
+    h = rms_norm_hf(hidden, norm_weight, eps).to(lm_head_weight.dtype).float()
+    return _chunk_logits(h, lm_head_weight)
 
 
 def merge_softmax_stats(m1, s1, a1, m2, s2, a2):
@@ -177,11 +185,21 @@ def exit_head_reference(
     token_ids: torch.Tensor | None = None,  # int64 [T]
     seed: torch.Tensor | None = None,  # int64 [1]
     chunk_size: int | None = None,
+    minimal: bool = False,
 ) -> ExitHeadStats:
-    """Exit-head statistics of each row of `hidden` (flat [T]); see the module docstring."""
+    """Exit-head statistics of each row of `hidden` (flat [T]); see the module docstring.
+    ``minimal``: when the vocabulary fits in one chunk and neither token ids nor a seed are given,
+    compute only argmax, max_prob and logsumexp (the rest are None)."""
     T, V = hidden.shape[0], lm_head_weight.shape[0]
     h = rms_norm_hf(hidden, norm_weight, eps).to(lm_head_weight.dtype).float()  # [T, H]
     chunk = chunk_size or max(1, CHUNK_ELEMENTS // max(T, 1))
+    if minimal and chunk >= V and token_ids is None and seed is None:
+        z = _chunk_logits(h, lm_head_weight)  # [T, V]
+        if inv_temperature != 1.0:
+            z = z * inv_temperature
+        m, arg = z.max(dim=-1)  # the lowest index among equal maxima, as torch.argmax
+        s = torch.exp(z - m[:, None]).sum(-1)
+        return ExitHeadStats(arg, torch.reciprocal(s), None, m + torch.log(s), None)
     rkey = None if seed is None else row_keys(seed.to(hidden.device), torch.arange(T, device=hidden.device))
 
     run = None

@@ -36,10 +36,15 @@ def test_derived_columns():
         "results": [
             {"method": "hf", "batch_size": 1, "tokens_per_s": 100.0},
             {"method": "eedecode_ar", "batch_size": 1, "tokens_per_s": 150.0},
-            {"method": "eedecode_ss", "batch_size": 1, "tokens_per_s": 240.0,
-             "mean_tokens_per_round": 3.0, "mean_drafts_per_round": 2.0},
+            {
+                "method": "eedecode_ss",
+                "batch_size": 1,
+                "tokens_per_s": 240.0,
+                "mean_tokens_per_round": 3.0,
+                "mean_drafts_per_round": 2.0,
+            },
         ],
-    }  # fmt: skip
+    }
     bench._derive(record)
     ss = record["results"][2]
     assert ss["speedup_vs_hf"] == pytest.approx(2.4)
@@ -52,9 +57,16 @@ def test_benchmark_end_to_end_on_a_tiny_model(tmp_path):
     model = cached_tiny_model("llama", eos_token_id=None, bos_token_id=None)
     prompts = [{"prompt": "x"}] * 3
     record = bench.run_benchmark(
-        model, None, prompts, exit_layer=2, num_speculations=3, max_new_tokens=10, batch_sizes=(1, 2),
-        warmup=1, show_progress=False,
-    )  # fmt: skip
+        model,
+        None,
+        prompts,
+        exit_layer=2,
+        num_speculations=3,
+        max_new_tokens=10,
+        batch_sizes=(1, 2),
+        warmup=1,
+        show_progress=False,
+    )
     by = {(r["method"], r["batch_size"]): r for r in record["results"]}
     assert set(by) == {(m, 1) for m in bench.METHODS} | {("hf", 2), ("eedecode_ar", 2), ("eedecode_ss", 2)}
     for r in record["results"]:
@@ -71,10 +83,21 @@ def test_benchmark_end_to_end_on_a_tiny_model(tmp_path):
 def test_sweep_and_heatmap(tmp_path):
     model = cached_tiny_model("llama", eos_token_id=None, bos_token_id=None)
     sweep = bench.run_sweep(
-        model, None, [{"prompt": "x"}] * 2, exit_layers=[1, 3], draft_lengths=[1, 4], max_new_tokens=6,
-        warmup=0, show_progress=False,
-    )  # fmt: skip
-    assert {(c["exit_layer"], c["num_speculations"]) for c in sweep["cells"]} == {(1, 1), (1, 4), (3, 1), (3, 4)}
+        model,
+        None,
+        [{"prompt": "x"}] * 2,
+        exit_layers=[1, 3],
+        draft_lengths=[1, 4],
+        max_new_tokens=6,
+        warmup=0,
+        show_progress=False,
+    )
+    assert {(c["exit_layer"], c["num_speculations"]) for c in sweep["cells"]} == {
+        (1, 1),
+        (1, 4),
+        (3, 1),
+        (3, 4),
+    }
     png = bench.plot_sweep(sweep, tmp_path / "sweep.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

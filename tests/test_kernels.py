@@ -120,6 +120,18 @@ def test_matches_float64_oracle(backend, lead, dtype, norm_dtype, temperature):
     assert_matches(stats, oracle(hidden, nw, w, temperature, token_ids), dtype)
 
 
+@pytest.mark.parametrize("lead,dtype,norm_dtype,temperature", CASES)
+def test_minimal_reference_matches_oracle(lead, dtype, norm_dtype, temperature):
+    """minimal=True (the greedy draft step): argmax, max_prob and logsumexp only, same values."""
+    hidden, nw, w = _inputs(lead, 96, 1000, dtype, norm_dtype=norm_dtype, seed=3)
+    stats = exit_head(hidden, nw, EPS, w, temperature=temperature, backend="reference", minimal=True)
+    assert stats.entropy is None and stats.margin is None
+    ref = oracle(hidden, nw, w, temperature)
+    assert_matches(stats, {k: ref[k] for k in ("z", "max_prob", "logsumexp")}, dtype)
+    full = exit_head(hidden, nw, EPS, w, temperature=temperature, backend="reference")
+    assert torch.equal(stats.argmax, full.argmax)
+
+
 @pytest.mark.parametrize("chunk_size", [1, 7, 97, 199])
 def test_reference_chunks_merge_exactly_enough(chunk_size):
     """Chunked reference == one-chunk reference: same argmax and sample, statistics to fp32 rounding."""
@@ -295,7 +307,9 @@ def test_out_of_range_token_gives_nan(backend):
 def test_backend_choice(monkeypatch):
     kernels = importlib.import_module("eedecode.kernels.exit_head")
     calls = []
-    monkeypatch.setattr(kernels, "exit_head_reference", lambda *a: calls.append(1) or exit_head_reference(*a))
+    monkeypatch.setattr(
+        kernels, "exit_head_reference", lambda *a, **kw: calls.append(1) or exit_head_reference(*a, **kw)
+    )
     hidden, nw, w = _inputs((2,), 32, 50, torch.float32)
     monkeypatch.delenv(BACKEND_ENV, raising=False)
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
