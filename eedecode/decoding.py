@@ -73,15 +73,18 @@ class TokenChooser:
             return logits.argmax(-1)
         return sample(probabilities(logits, self.params), self.generator)
 
-    def draft(self, runner: ModelRunner, h: Tensor) -> tuple[Tensor, Tensor | None]:
-        """Exit-layer states ``[B, H]`` -> draft token ``[B]`` and, if already computed, q ``[B, V]``."""
+    def draft(self, runner: ModelRunner, h: Tensor) -> tuple[Tensor, Tensor | None, Tensor]:
+        """Exit-layer states ``[B, H]`` -> draft token ``[B]``, q ``[B, V]`` if already computed,
+        and the draft's confidence ``[B]`` (the probability of the likeliest token)."""
         if not self.params.do_sample:
-            return runner.exit_stats(h, minimal=True).argmax, None
+            stats = runner.exit_stats(h, minimal=True)
+            return stats.argmax, None, stats.max_prob
         if self.gumbel_drafts:
             seed = torch.randint(-(2**62), 2**62, (1,), generator=self.generator, device=h.device)
-            return runner.exit_stats(h, temperature=self.params.temperature, seed=seed).sample, None
+            stats = runner.exit_stats(h, temperature=self.params.temperature, seed=seed, minimal=True)
+            return stats.sample, None, stats.max_prob
         q = probabilities(runner.exit_logits(h), self.params)
-        return sample(q, self.generator), q
+        return sample(q, self.generator), q, q.max(-1).values
 
     def accept(self, runner, drafts: Tensor, states: Tensor, qs: list[Tensor], target_logits: Tensor):
         """drafts ``[B, k]`` made from exit states ``[B, k, H]``; target logits ``[B, k + 1, V]``."""
@@ -160,9 +163,12 @@ class AutoregressiveDecoder(Decoder):
 class SelfSpeculativeDecoder(Decoder):
     """Draft with layers ``[0, exit_layer)``, verify with ``[exit_layer, L)`` over the exit query cache."""
 
-    def __init__(self, runner, chooser, batch_size, max_len, exit_layer: int):
+    def __init__(self, runner, chooser, batch_size, max_len, exit_layer: int, confidence_threshold=None):
         super().__init__(runner, chooser, batch_size, max_len)
         self.exit_layer = exit_layer
+        # Stop drafting once no row's draft is at least this likely (HF's assistant_confidence_
+        # threshold). It reads the confidence on the host: one synchronisation per draft step.
+        self.confidence_threshold = confidence_threshold
 
     def deactivate(self, rows: list[int]) -> None:
         """Stopped rows are rewound to an empty cache: what they hold no longer matters, and the
@@ -178,14 +184,18 @@ class SelfSpeculativeDecoder(Decoder):
         # 1) draft: layers [0, E) and the exit head, keeping the layer-E states.
         x = self.pending[:, None]  # [B, 1]
         exit_states, drafts, qs = [], [], []
-        for _ in range(num_drafts):
+        for i in range(num_drafts):
             h = runner.run_layers(runner.embed(x), 0, E, cache)  # [B, 1, H]
             exit_states.append(h)
-            token, q = self.chooser.draft(runner, h[:, 0])
+            token, q, confidence = self.chooser.draft(runner, h[:, 0])
             x = token[:, None]
             drafts.append(x)
             if q is not None:
                 qs.append(q)
+            threshold = self.confidence_threshold
+            if threshold is not None and i + 1 < num_drafts and not bool((confidence >= threshold).any()):
+                break
+        num_drafts = len(drafts)
         # 2) verify: the last draft through [0, E), then every unverified token through [E, L).
         exit_states.append(runner.run_layers(runner.embed(x), 0, E, cache))
         states = torch.cat(exit_states, 1)  # [B, k+1, H]: the exit query cache

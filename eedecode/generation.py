@@ -34,10 +34,11 @@ MODES = ("self_speculative", "autoregressive")
 _HONOURED = {
     "max_new_tokens", "max_length", "do_sample", "temperature", "top_k", "top_p", "eos_token_id",
     "pad_token_id", "assistant_early_exit", "num_assistant_tokens", "return_dict_in_generate",
+    "assistant_confidence_threshold",
 }  # fmt: skip
 _IGNORED = {
     "bos_token_id", "decoder_start_token_id", "use_cache", "transformers_version", "_from_model_config",
-    "num_assistant_tokens_schedule", "assistant_confidence_threshold", "length_penalty",
+    "num_assistant_tokens_schedule", "length_penalty",
     "early_stopping", "cache_implementation", "num_beams", "num_return_sequences", "repetition_penalty",
     "typical_p", "num_beam_groups", "diversity_penalty", "output_scores", "output_logits",
     "output_attentions", "output_hidden_states", "renormalize_logits", "remove_invalid_values",
@@ -62,6 +63,7 @@ class DecodingConfig:
     sampling: SamplingParams = field(default_factory=SamplingParams)
     eos_token_id: tuple[int, ...] = ()
     pad_token_id: int | None = None
+    draft_confidence_threshold: float | None = None
 
     def validate(self, num_layers: int) -> None:
         if self.mode not in MODES:
@@ -79,6 +81,9 @@ class DecodingConfig:
                 )
             if not _is_int(self.num_speculations) or self.num_speculations < 1:
                 raise ValueError(f"num_speculations: must be an int >= 1, got {self.num_speculations!r}")
+            t = self.draft_confidence_threshold
+            if t is not None and not (isinstance(t, (int, float)) and 0.0 <= t <= 1.0):
+                raise ValueError(f"draft_confidence_threshold: must be a float in [0, 1] or None, got {t!r}")
         if not _is_int(self.max_new_tokens) or self.max_new_tokens < 0:
             raise ValueError(f"max_new_tokens: must be an int >= 0, got {self.max_new_tokens!r}")
         self.sampling.validate()
@@ -189,7 +194,8 @@ def resolve_config(
 ) -> tuple[DecodingConfig, bool]:
     """Turn generate()'s arguments into a :class:`DecodingConfig`; also return
     ``return_dict_in_generate``."""
-    engine = {k: kwargs.pop(k) for k in ("mode", "exit_layer", "num_speculations") if k in kwargs}
+    engine_keys = ("mode", "exit_layer", "num_speculations", "draft_confidence_threshold")
+    engine = {k: kwargs.pop(k) for k in engine_keys if k in kwargs}
     overrides = {k: v for k, v in kwargs.items() if v is not None}
     merged, user_set = _merged_generation_config(model, generation_config, overrides)
     _check_unsupported(merged, user_set)
@@ -204,6 +210,9 @@ def resolve_config(
         max_new = merged.max_new_tokens
     else:  # HF: max_length counts the prompt
         max_new = max((merged.max_length or 20) - num_prompt_tokens, 0)
+    threshold = engine.get("draft_confidence_threshold")
+    if threshold is None and "assistant_confidence_threshold" in user_set:
+        threshold = merged.assistant_confidence_threshold
     eos = _eos_tuple(merged.eos_token_id)
     pad = merged.pad_token_id
     if pad is None and eos:
@@ -221,9 +230,10 @@ def resolve_config(
         ),
         eos_token_id=eos,
         pad_token_id=pad,
+        draft_confidence_threshold=threshold,
     )
     if config.mode == "autoregressive":
-        config = replace(config, exit_layer=None, num_speculations=None)
+        config = replace(config, exit_layer=None, num_speculations=None, draft_confidence_threshold=None)
     return config, bool(merged.return_dict_in_generate)
 
 
@@ -327,6 +337,7 @@ def generate(
     return_dict_in_generate: bool | None = None,
     assistant_early_exit: int | None = None,
     num_assistant_tokens: int | None = None,
+    draft_confidence_threshold: float | None = None,
     do_sample: bool | None = None,
     temperature: float | None = None,
     top_k: int | None = None,
@@ -340,7 +351,9 @@ def generate(
 
     Returns a LongTensor ``[batch, prompt + new]``, or a :class:`GenerateOutput` with
     ``.sequences`` and ``.stats`` when ``return_dict_in_generate=True``. ``mode='autoregressive'``
-    runs the plain one-token-per-step baseline on the same engine. Sampling draws from
+    runs the plain one-token-per-step baseline on the same engine. ``draft_confidence_threshold``
+    (alias: HF's ``assistant_confidence_threshold``) ends a round's drafting early once no row's
+    draft is at least that likely; it costs one host synchronisation per draft step. Sampling draws from
     ``generator`` (or a generator seeded with ``seed``, or torch's global generator).
     """
     check_supported(model)
@@ -364,6 +377,7 @@ def generate(
         mode=mode,
         exit_layer=exit_layer if exit_layer is not None else assistant_early_exit,
         num_speculations=num_speculations if num_speculations is not None else num_assistant_tokens,
+        draft_confidence_threshold=draft_confidence_threshold,
         max_new_tokens=max_new_tokens,
         eos_token_id=eos_token_id,
         pad_token_id=pad_token_id,
@@ -400,7 +414,9 @@ def run(
     if config.mode == "autoregressive":
         decoder = AutoregressiveDecoder(runner, chooser, B, max_len)
     else:
-        decoder = SelfSpeculativeDecoder(runner, chooser, B, max_len, config.exit_layer)
+        decoder = SelfSpeculativeDecoder(
+            runner, chooser, B, max_len, config.exit_layer, config.draft_confidence_threshold
+        )
     rows = _Rows(input_ids, config, stopping_criteria)
     if streamer is not None:
         streamer.put(input_ids.cpu())

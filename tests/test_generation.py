@@ -249,3 +249,31 @@ def test_max_new_tokens_zero_returns_the_prompt():
     model = model_without_eos("llama")
     ids = prompt(1, 5, seed=7)
     assert torch.equal(eedecode.generate(model, ids, exit_layer=2, max_new_tokens=0), ids)
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_confidence_threshold_drafts_less_and_stays_lossless(arch):
+    """A threshold above every draft's confidence leaves one draft per round; below, all k."""
+    model = model_without_eos(arch)
+    ids = prompt(1, 8, seed=8)
+    ref = hf_greedy(model, ids, 30)
+    drafted = {}
+    for threshold in (None, 0.0, 1.0):
+        out = eedecode.generate(
+            model, ids, exit_layer=2, num_speculations=5, max_new_tokens=30,
+            draft_confidence_threshold=threshold, return_dict_in_generate=True,
+        )  # fmt: skip
+        assert_greedy_equal(model, out.sequences, ref, 8)
+        drafted[threshold] = out.stats.drafted_tokens / out.stats.rounds
+    assert drafted[1.0] <= 1.0  # (the last round may have no room for a draft)
+    assert drafted[0.0] == drafted[None] > 1.0
+    hf_alias = eedecode.generate(
+        model,
+        ids,
+        exit_layer=2,
+        num_speculations=5,
+        max_new_tokens=30,
+        assistant_confidence_threshold=1.0,
+        return_dict_in_generate=True,
+    )
+    assert hf_alias.stats.drafted_tokens <= hf_alias.stats.rounds

@@ -51,6 +51,7 @@ CASES = [
     (dict(num_beams=4), ValueError, ["num_beams"]),
     (dict(exit_layer=2, assistant_early_exit=3), ValueError, ["exit_layer", "assistant_early_exit"]),
     (dict(frobnicate=1), TypeError, ["frobnicate"]),
+    (dict(draft_confidence_threshold=1.5), ValueError, ["draft_confidence_threshold", "[0, 1]"]),
     (dict(eos_token_id="x"), ValueError, ["eos_token_id"]),
 ]
 
