@@ -5,6 +5,7 @@ drop-in for Hugging Face ``model.generate(**inputs, max_new_tokens=n)``: the mod
 own first ``E`` layers and LM head and verifies the drafts in one pass of its remaining layers.
 """
 
+from .demo import demo_model_path
 from .generation import DecodingConfig, GenerateOutput, GenerationStats, generate
 from .runner import SUPPORTED_ARCHITECTURES, ModelRunner
 from .sampling import SamplingParams
@@ -16,6 +17,7 @@ __all__ = [
     "ModelRunner",
     "SUPPORTED_ARCHITECTURES",
     "SamplingParams",
+    "demo_model_path",
     "generate",
 ]
 __version__ = "0.1.0"

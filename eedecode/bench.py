@@ -269,7 +269,7 @@ def measure_step_costs(
     for name, fn in (("ar_step", full_step), ("draft_step", draft_step), ("verify", verify_pass)):
         samples = []
         for i in range(reps + 3):
-            cache.rollback(base, [P])
+            cache.rollback(base, P, uniform=True)
             if name == "verify":  # the drafts' shallow KV is in the cache when verification runs
                 cache.advance(0, E, k)
             _sync(cache.device)

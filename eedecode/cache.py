@@ -157,10 +157,10 @@ class KVCache:
             self.bound[layer] += num_tokens
 
     # -- rollback ------------------------------------------------------------------------------
-    def rollback(self, lengths: Tensor, host_lengths: list[int]) -> None:
-        """Cut every layer back to ``lengths`` ``[B]`` (device); ``host_lengths`` is the same on
-        the host. Nothing is copied: later writes overwrite the stale slots."""
+    def rollback(self, lengths: Tensor, bound: int, uniform: bool) -> None:
+        """Cut every layer back to ``lengths`` ``[B]`` (device). ``bound`` is their maximum and
+        ``uniform`` whether they are all equal, known on the host. Nothing is copied: later writes
+        overwrite the stale slots."""
         self.lengths[:] = lengths[None, :]
-        hi = max(host_lengths)
-        self.bound = [hi] * self.num_layers
-        self.uniform = min(host_lengths) == hi
+        self.bound = [bound] * self.num_layers
+        self.uniform = uniform

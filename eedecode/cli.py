@@ -116,8 +116,11 @@ def cmd_generate(args) -> int:
     from .generation import generate
 
     model, tokenizer, path = load_model(args.model, args.device, args.dtype)
-    inputs = tokenizer(args.prompt, return_tensors="pt").to(model.device)
-    streamer = None if args.no_stream else TextStreamer(tokenizer, skip_prompt=False)
+    prompt = args.prompt.replace("\\n", "\n").replace("\\t", "\t")  # typed escapes
+    inputs = tokenizer(prompt, return_tensors="pt").to(model.device)
+    streamer = (
+        None if args.no_stream else TextStreamer(tokenizer, skip_prompt=False, skip_special_tokens=True)
+    )
     out = generate(
         model, **inputs, **decoding_kwargs(args, model, path), streamer=streamer, return_dict_in_generate=True
     )
@@ -137,29 +140,23 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--no-stream", action="store_true", help="print the text at the end instead of streaming it"
     )
-    g.add_argument("prompt", nargs="?", default="def fibonacci(n):\n", help="the prompt text")
+    g.add_argument(
+        "prompt", nargs="?", default="def fibonacci(n):\n", help="the prompt text (\\n, \\t: newline, tab)"
+    )
     g.set_defaults(func=cmd_generate)
 
-    try:
-        from . import bench
-    except ImportError:  # pragma: no cover - the benchmark module lands with the demo models
-        bench = None
-    if bench is not None:
-        b = sub.add_parser("bench", help="tokens/s of HF generate, HF assistant_early_exit and eedecode")
-        add_model_arguments(b)
-        bench.add_arguments(b)
-        b.set_defaults(func=bench.run_cli)
+    from . import bench, train
 
-    try:
-        from . import train
-    except ImportError:  # pragma: no cover
-        train = None
-    if train is not None:
-        t = sub.add_parser(
-            "train", help="train a small LLaMA (plain or early-exit) on the Python standard library"
-        )
-        train.add_train_arguments(t)
-        t.set_defaults(func=train.run_train)
+    b = sub.add_parser("bench", help="tokens/s of HF generate, HF assistant_early_exit and eedecode")
+    add_model_arguments(b)
+    bench.add_arguments(b)
+    b.set_defaults(func=bench.run_cli)
+
+    t = sub.add_parser(
+        "train", help="train a small LLaMA (plain or early-exit) on the Python standard library"
+    )
+    train.add_train_arguments(t)
+    t.set_defaults(func=train.run_train)
     return parser
 
 

@@ -29,26 +29,14 @@ Tensor = torch.Tensor
 
 @dataclass
 class DecodeStats:
-    """Engine counters. A *row-round* is one round of one active batch row."""
+    """Engine counters, read once at the end. A *row-round* is one round of one running row."""
 
     rounds: int = 0
     row_rounds: int = 0
     drafted_tokens: int = 0
     accepted_tokens: int = 0
-    emitted_tokens: int = 0  # tokens the engine produced, before stop conditions trim them
     accepted_length_histogram: list[int] = field(default_factory=list)  # [a] = row-rounds accepting a
     prefill_time_s: float = 0.0
-
-    def record(self, drafted: int, accepted: list[int]) -> None:
-        self.rounds += 1
-        self.row_rounds += len(accepted)
-        self.drafted_tokens += drafted * len(accepted)
-        for a in accepted:
-            self.accepted_tokens += a
-            self.emitted_tokens += a + 1
-            if a >= len(self.accepted_length_histogram):
-                self.accepted_length_histogram.extend([0] * (a + 1 - len(self.accepted_length_histogram)))
-            self.accepted_length_histogram[a] += 1
 
 
 class TokenChooser:
@@ -95,91 +83,158 @@ class TokenChooser:
         return self.accept_rule(drafts, q, probabilities(target_logits, self.params), self.generator)
 
 
+@dataclass
+class RoundView:
+    """What the host learns from a round's one synchronisation."""
+
+    running: bool  # some row goes on
+    max_remaining: int  # new tokens the furthest-behind running row may still emit
+    kept: list[list[int]] | None = None  # tokens each row emitted this round (when asked for)
+
+
 class Decoder:
-    """State shared by both loops: the cache, each row's length, pending token and activity."""
+    """State shared by both loops, all on the device: the cache, each row's pending token (the
+    newest emitted token, not yet in the cache), cache length and activity, the output buffer,
+    and the statistics. A round ends in :meth:`_emit`, which applies EOS and ``max_new_tokens``
+    per row without a Python loop over rows, then reads a few flags in one synchronisation."""
 
-    def __init__(self, runner: ModelRunner, chooser: TokenChooser, batch_size: int, max_len: int):
-        self.runner = runner
-        self.chooser = chooser
-        self.cache = runner.new_cache(batch_size, max_len)
-        self.stats = DecodeStats()
-        self.pending: Tensor | None = None  # [B] newest emitted token, not yet in the cache
-        self.seq_len: Tensor | None = None  # [B] tokens in the cache (every layer, between rounds)
-        self.host_len: list[int] = []
-        self.active = torch.ones(batch_size, dtype=torch.bool, device=runner.device)
-        self.host_active = [True] * batch_size
-
-    def prefill(self, input_ids: Tensor, attention_mask: Tensor | None) -> list[int]:
-        """Write the prompt ``[B, P]`` to every layer; return each row's first new token."""
-        t0 = time.perf_counter()
+    def __init__(self, runner: ModelRunner, chooser: TokenChooser, input_ids: Tensor, max_new_tokens: int,
+                 eos_token_id: tuple[int, ...] = (), max_drafts: int = 0):  # fmt: skip
         B, P = input_ids.shape
+        self.runner, self.chooser = runner, chooser
+        self.cache = runner.new_cache(B, P + max_new_tokens + max_drafts + 2)
+        dev = self.cache.device
+        self.max_new = max_new_tokens
+        self.eos = torch.tensor(eos_token_id, dtype=torch.long, device=dev)
+        self.out = torch.zeros(B, max_new_tokens + max_drafts + 1, dtype=torch.long, device=dev)  # [B, W]
+        self.out_len = torch.zeros(B, dtype=torch.long, device=dev)
+        self.active = torch.ones(B, dtype=torch.bool, device=dev)
+        self.seq_len = torch.full((B,), P, dtype=torch.long, device=dev)  # cache length, between rounds
+        self.pending = torch.zeros(B, dtype=torch.long, device=dev)
+        self.positions = torch.arange(max_drafts + 1, device=dev)
+        # statistics, accumulated on the device
+        self.hist = torch.zeros(max_drafts + 1, dtype=torch.long, device=dev)
+        self.drafted = torch.zeros((), dtype=torch.long, device=dev)
+        self.rounds = 0
+        self.prefill_time_s = 0.0
+
+    def prefill(
+        self, input_ids: Tensor, attention_mask: Tensor | None, want_tokens: bool = False
+    ) -> RoundView:
+        """Write the prompt ``[B, P]`` to every layer and emit each row's first new token."""
+        t0 = time.perf_counter()
         if attention_mask is not None:
             self.cache.set_padding(attention_mask)
         last = self.runner.prefill(input_ids, self.cache)  # [B, H]
-        token = self.chooser.choose(self.runner.logits(last))
-        self.pending = token
-        self.seq_len = torch.full((B,), P, dtype=torch.long, device=self.cache.device)
-        self.host_len = [P] * B
-        first = token.tolist()  # the one synchronisation of the prefill
-        self.stats.prefill_time_s = time.perf_counter() - t0
-        return first
+        token = self.chooser.choose(self.runner.logits(last))  # [B]
+        view = self._emit(token[:, None], torch.ones_like(token), want_tokens, first=True)
+        self.prefill_time_s = time.perf_counter() - t0
+        return view
 
-    def deactivate(self, rows: list[int]) -> None:
-        """Rows that stopped: they keep their cache length and emit nothing more."""
-        for b in rows:
-            self.host_active[b] = False
-        self.active = torch.tensor(self.host_active, device=self.cache.device)
-
-    def _commit(self, tokens: Tensor, counts: Tensor, drafted: int) -> list[list[int]]:
-        """Move every row past its emitted tokens; the round's single host synchronisation."""
-        counts = counts * self.active  # stopped rows do not advance
+    def _emit(self, tokens: Tensor, counts: Tensor, want_tokens: bool, first: bool = False) -> RoundView:
+        """Rows emit ``tokens[b, :counts[b]]`` ``[B, m]``, cut after their first EOS and at
+        ``max_new_tokens``; running rows move past what they emitted (the newest becomes pending;
+        the cache holds the rest), stopping rows are rewound to an empty cache (what they hold no
+        longer matters). ``first``: the prefill's token, which adds nothing to the cache and is not
+        a round. One host synchronisation."""
+        m = tokens.shape[1]
+        running = self.active
+        counts = counts * running  # stopped rows emit nothing
+        pos = self.positions[:m]
+        emitted = pos[None, :] < counts[:, None]  # [B, m]
+        is_eos = torch.isin(tokens, self.eos) & emitted
+        hit_eos = is_eos.any(1)
+        through_eos = torch.where(hit_eos, is_eos.long().argmax(1) + 1, counts)
+        keep = torch.minimum(through_eos, self.max_new - self.out_len)  # [B]
+        self.out.scatter_(1, self.out_len[:, None] + pos[None, :], tokens)  # past `keep`: overwritten later
+        self.out_len += keep
+        stop = running & (hit_eos | (self.out_len >= self.max_new))
         last = (counts - 1).clamp_min(0)
-        self.pending = torch.where(self.active, tokens.gather(1, last[:, None])[:, 0], self.pending)
-        self.seq_len = self.seq_len + counts
-        host = torch.cat([tokens, counts[:, None]], dim=1).tolist()
-        emitted = []
-        for b, row in enumerate(host):
-            n = row[-1]
-            self.host_len[b] += n
-            emitted.append(row[:n])
-        self.stats.record(drafted, [len(e) - 1 for e, a in zip(emitted, self.host_active, strict=True) if a])
-        return emitted
+        self.pending = torch.where(running, tokens.gather(1, last[:, None])[:, 0], self.pending)
+        self.seq_len = torch.where(stop, 0, self.seq_len if first else self.seq_len + counts)
+        self.active = running & ~stop
+        if not first:
+            self.hist.scatter_add_(0, last, running.long())
+            self.rounds += 1
+        flags = self._flags()
+        if want_tokens:
+            host = torch.cat([flags, keep, tokens.flatten()]).tolist()
+            B = len(keep)
+            toks = host[4 + B :]
+            kept = [toks[b * m : b * m + n] for b, n in enumerate(host[4 : 4 + B])]
+        else:
+            host, kept = flags.tolist(), None
+        self._host_lengths = (host[2], host[3])
+        return RoundView(bool(host[0]), host[1], kept)
+
+    def _flags(self) -> Tensor:
+        """[any row running, most new tokens a running row may still emit, max and min cache length]."""
+        remaining = (self.max_new - self.out_len).masked_fill(~self.active, 0)
+        return torch.stack(
+            [self.active.any().long(), remaining.max(), self.seq_len.max(), self.seq_len.min()]
+        )
+
+    def truncate(self, row: int, length: int) -> RoundView:
+        """Stop ``row`` with ``length`` new tokens (a user stopping criterion fired; host path)."""
+        self.out_len[row] = length
+        self.active[row] = False
+        self.seq_len[row] = 0
+        host = self._flags().tolist()
+        self._host_lengths = (host[2], host[3])
+        self._rollback()
+        return RoundView(bool(host[0]), host[1])
+
+    def _rollback(self) -> None:
+        """Move the cache to ``seq_len`` (the self-speculative loop; plain decoding never rolls back)."""
+
+    def sequences(self, prompt: Tensor, pad_token_id: int | None) -> Tensor:
+        """``[B, P + new]``: each row's new tokens, padded after its end with ``pad_token_id``."""
+        width = int(self.out_len.max())
+        new = self.out[:, :width]
+        if pad_token_id is not None:
+            past_end = torch.arange(width, device=new.device)[None, :] >= self.out_len[:, None]
+            new = new.masked_fill(past_end, pad_token_id)
+        return torch.cat([prompt, new.to(prompt.device)], dim=1)
+
+    def stats(self) -> DecodeStats:
+        hist = self.hist.tolist()
+        while len(hist) > 1 and hist[-1] == 0:
+            hist.pop()
+        return DecodeStats(
+            rounds=self.rounds,
+            row_rounds=sum(hist),
+            drafted_tokens=int(self.drafted),
+            accepted_tokens=sum(a * n for a, n in enumerate(hist)),
+            accepted_length_histogram=hist if self.rounds else [],
+            prefill_time_s=self.prefill_time_s,
+        )
 
 
 class AutoregressiveDecoder(Decoder):
-    """The honest baseline: one token per round through all layers, on the same runner."""
+    """The honest baseline: one token per round through all layers, on the same runner. Every row
+    advances by one in every layer, so the cache never needs a rollback."""
 
-    def step(self, num_drafts: int = 0) -> list[list[int]]:
+    def step(self, num_drafts: int = 0, want_tokens: bool = False) -> RoundView:
         runner = self.runner
         h = runner.run_layers(runner.embed(self.pending[:, None]), 0, runner.num_layers, self.cache)
         token = self.chooser.choose(runner.logits(h[:, 0]))  # [B]
-        # Every row advanced by one in every layer: the cache needs no rollback.
-        self.pending = torch.where(self.active, token, self.pending)
-        host = token.tolist()
-        self.stats.record(0, [0 for a in self.host_active if a])
-        return [[t] if a else [] for t, a in zip(host, self.host_active, strict=True)]
+        return self._emit(token[:, None], torch.ones_like(token), want_tokens)
 
 
 class SelfSpeculativeDecoder(Decoder):
     """Draft with layers ``[0, exit_layer)``, verify with ``[exit_layer, L)`` over the exit query cache."""
 
-    def __init__(self, runner, chooser, batch_size, max_len, exit_layer: int, confidence_threshold=None):
-        super().__init__(runner, chooser, batch_size, max_len)
+    def __init__(self, runner, chooser, input_ids, max_new_tokens, eos_token_id, *, exit_layer: int,
+                 num_speculations: int, confidence_threshold: float | None = None):  # fmt: skip
+        super().__init__(
+            runner, chooser, input_ids, max_new_tokens, eos_token_id, max_drafts=num_speculations
+        )
         self.exit_layer = exit_layer
-        # Stop drafting once no row's draft is at least this likely (HF's assistant_confidence_
-        # threshold). It reads the confidence on the host: one synchronisation per draft step.
+        # Stop drafting once no running row's draft is at least this likely (HF's assistant_
+        # confidence_threshold). It reads the confidence on the host: one synchronisation per draft.
         self.confidence_threshold = confidence_threshold
 
-    def deactivate(self, rows: list[int]) -> None:
-        """Stopped rows are rewound to an empty cache: what they hold no longer matters, and the
-        attention extent of the batch then follows the rows still running."""
-        super().deactivate(rows)
-        for b in rows:
-            self.host_len[b] = 0
-        self.seq_len = self.seq_len * self.active
-        self.cache.rollback(self.seq_len, self.host_len)
-
-    def step(self, num_drafts: int) -> list[list[int]]:
+    def step(self, num_drafts: int, want_tokens: bool = False) -> RoundView:
         runner, cache, E = self.runner, self.cache, self.exit_layer
         # 1) draft: layers [0, E) and the exit head, keeping the layer-E states.
         x = self.pending[:, None]  # [B, 1]
@@ -192,18 +247,23 @@ class SelfSpeculativeDecoder(Decoder):
             drafts.append(x)
             if q is not None:
                 qs.append(q)
-            threshold = self.confidence_threshold
-            if threshold is not None and i + 1 < num_drafts and not bool((confidence >= threshold).any()):
+            t = self.confidence_threshold
+            if t is not None and i + 1 < num_drafts and not bool(((confidence >= t) & self.active).any()):
                 break
-        num_drafts = len(drafts)
+        k = len(drafts)
         # 2) verify: the last draft through [0, E), then every unverified token through [E, L).
         exit_states.append(runner.run_layers(runner.embed(x), 0, E, cache))
         states = torch.cat(exit_states, 1)  # [B, k+1, H]: the exit query cache
         h = runner.run_layers(states, E, runner.num_layers, cache)  # [B, k+1, H]
         # 3) accept.
         drafts_t = torch.cat(drafts, 1) if drafts else x.new_zeros(x.shape[0], 0)
-        tokens, counts = self.chooser.accept(runner, drafts_t, states[:, :num_drafts], qs, runner.logits(h))
-        # 4) roll back every layer to the accepted length (a length move, no copy).
-        emitted = self._commit(tokens, counts, num_drafts)
-        cache.rollback(self.seq_len, self.host_len)
-        return emitted
+        tokens, counts = self.chooser.accept(runner, drafts_t, states[:, :k], qs, runner.logits(h))
+        # 4) emit, and roll every layer back to the accepted length (a length move, no copy).
+        self.drafted += k * self.active.sum()
+        view = self._emit(tokens, counts, want_tokens)
+        self._rollback()
+        return view
+
+    def _rollback(self) -> None:
+        hi, lo = self._host_lengths
+        self.cache.rollback(self.seq_len, hi, uniform=hi == lo)

@@ -280,45 +280,6 @@ def _check_inputs(
 
 
 # -- the loop --------------------------------------------------------------------------------------
-class _Rows:
-    """Per-row stop bookkeeping on the host: EOS, max_new_tokens and user stopping criteria."""
-
-    def __init__(self, input_ids: Tensor, config: DecodingConfig, stopping_criteria):
-        self.prompt = input_ids
-        self.max_new = config.max_new_tokens
-        self.eos = set(config.eos_token_id)
-        self.criteria = stopping_criteria
-        self.tokens: list[list[int]] = [[] for _ in range(input_ids.shape[0])]
-        self.done = [self.max_new == 0] * input_ids.shape[0]
-
-    def take(self, b: int, new: list[int]) -> list[int]:
-        """Append row b's new tokens up to its first stop; return the tokens kept."""
-        kept = []
-        for t in new:
-            self.tokens[b].append(t)
-            kept.append(t)
-            if len(self.tokens[b]) >= self.max_new or t in self.eos or self._criteria_stop(b):
-                self.done[b] = True
-                break
-        return kept
-
-    def _criteria_stop(self, b: int) -> bool:
-        if not self.criteria:
-            return False
-        ids = torch.cat([self.prompt[b], self.prompt.new_tensor(self.tokens[b])])[None]
-        return bool(torch.as_tensor(self.criteria(ids, None)).any())
-
-    def remaining(self) -> int:
-        left = [self.max_new - len(t) for t, d in zip(self.tokens, self.done, strict=True) if not d]
-        return max(left, default=0)
-
-    def sequences(self, pad: int | None) -> Tensor:
-        width = max(len(t) for t in self.tokens)
-        rows = [t + [pad] * (width - len(t)) for t in self.tokens]
-        new = torch.tensor(rows, dtype=self.prompt.dtype).reshape(len(rows), width)
-        return torch.cat([self.prompt, new.to(self.prompt.device)], dim=1)
-
-
 @torch.no_grad()
 def generate(
     model,
@@ -396,56 +357,63 @@ def generate(
     return GenerateOutput(sequences, stats) if return_dict else sequences
 
 
-def run(
-    runner,
-    input_ids,
-    attention_mask,
-    config: DecodingConfig,
-    streamer=None,
-    stopping_criteria=None,
-    generator=None,
-):
+def run(runner, input_ids, attention_mask, config: DecodingConfig, streamer=None, stopping_criteria=None,
+        generator=None):  # fmt: skip
     """The validated generation loop; returns ``(sequences, GenerationStats)``."""
     t0 = time.perf_counter()
-    B, P = input_ids.shape
-    k = config.num_speculations or 0
     chooser = TokenChooser(config.sampling, generator)
-    max_len = P + config.max_new_tokens + k + 2
+    common = (runner, chooser, input_ids, config.max_new_tokens, config.eos_token_id)
     if config.mode == "autoregressive":
-        decoder = AutoregressiveDecoder(runner, chooser, B, max_len)
+        decoder, k = AutoregressiveDecoder(*common), 0
     else:
-        decoder = SelfSpeculativeDecoder(
-            runner, chooser, B, max_len, config.exit_layer, config.draft_confidence_threshold
-        )
-    rows = _Rows(input_ids, config, stopping_criteria)
+        k = config.num_speculations
+        decoder = SelfSpeculativeDecoder(*common, exit_layer=config.exit_layer, num_speculations=k,
+                                         confidence_threshold=config.draft_confidence_threshold)  # fmt: skip
+    # Tokens come back to the host only for a streamer or user stopping criteria.
+    want_tokens = streamer is not None or bool(stopping_criteria)
+    stopper = _CriteriaStopper(input_ids, stopping_criteria) if stopping_criteria else None
     if streamer is not None:
         streamer.put(input_ids.cpu())
     if config.max_new_tokens > 0:
-        new = [[t] for t in decoder.prefill(input_ids, attention_mask)]
+        view = decoder.prefill(input_ids, attention_mask, want_tokens)
         while True:
-            stopped = []
-            for b, tokens in enumerate(new):
-                if rows.done[b] or not tokens:
-                    continue
-                kept = rows.take(b, tokens)
-                if streamer is not None and kept:
-                    streamer.put(torch.tensor(kept))
-                if rows.done[b]:
-                    stopped.append(b)
-            if all(rows.done):
+            if stopper is not None:
+                view = stopper.apply(decoder, view)
+            if streamer is not None and view.kept[0]:
+                streamer.put(torch.tensor(view.kept[0]))
+            if not view.running:
                 break
-            if stopped:
-                decoder.deactivate(stopped)
-            new = decoder.step(min(k, rows.remaining() - 1))
+            view = decoder.step(min(k, view.max_remaining - 1), want_tokens)
     if streamer is not None:
         streamer.end()
-    sequences = rows.sequences(config.pad_token_id)
-    return sequences, _public_stats(
-        config, decoder.stats if config.max_new_tokens > 0 else DecodeStats(), rows, t0
-    )
+    sequences = decoder.sequences(input_ids, config.pad_token_id)
+    return sequences, _public_stats(config, decoder.stats(), int(decoder.out_len.sum()), t0)
 
 
-def _public_stats(config: DecodingConfig, s: DecodeStats, rows: _Rows, t0: float) -> GenerationStats:
+class _CriteriaStopper:
+    """User stopping criteria, evaluated after every new token of every row as HF's greedy loop
+    does (host side: this path alone loops over rows)."""
+
+    def __init__(self, input_ids: Tensor, criteria):
+        self.prompt = input_ids
+        self.criteria = criteria
+        self.tokens: list[list[int]] = [[] for _ in range(input_ids.shape[0])]
+
+    def apply(self, decoder, view):
+        kept = view.kept
+        for b, new in enumerate(kept):
+            for j, t in enumerate(new):
+                self.tokens[b].append(t)
+                ids = torch.cat([self.prompt[b], self.prompt.new_tensor(self.tokens[b])])[None]
+                if bool(torch.as_tensor(self.criteria(ids, None)).any()):
+                    kept[b] = new[: j + 1]
+                    view = decoder.truncate(b, len(self.tokens[b]))
+                    break
+        view.kept = kept
+        return view
+
+
+def _public_stats(config: DecodingConfig, s: DecodeStats, new_tokens: int, t0: float) -> GenerationStats:
     return GenerationStats(
         mode=config.mode,
         exit_layer=config.exit_layer,
@@ -453,7 +421,7 @@ def _public_stats(config: DecodingConfig, s: DecodeStats, rows: _Rows, t0: float
         rounds=s.rounds,
         drafted_tokens=s.drafted_tokens,
         accepted_tokens=s.accepted_tokens,
-        new_tokens=sum(len(t) for t in rows.tokens),
+        new_tokens=new_tokens,
         accepted_length_histogram=list(s.accepted_length_histogram),
         wall_time_s=time.perf_counter() - t0,
         prefill_time_s=s.prefill_time_s,

@@ -17,7 +17,7 @@ def test_rollback_moves_lengths_without_copying():
     runner.run_layers(runner.embed(ids[:, 6:]), 0, 2, cache)  # shallow layers run ahead
     assert cache.lengths[:, 0].tolist() == [10, 10, 6, 6, 6, 6]
     assert cache.bound == [10, 10, 6, 6, 6, 6]
-    cache.rollback(torch.tensor([7]), [7])
+    cache.rollback(torch.tensor([7]), 7, uniform=True)
     assert cache.lengths[:, 0].tolist() == [7] * 6
     assert [k.data_ptr() for k in cache.keys] == ptrs
 
@@ -30,7 +30,7 @@ def test_rows_with_different_lengths_match_rows_run_alone():
     ids = torch.randint(3, 97, (2, 30), generator=g)
     batch = runner.new_cache(batch_size=2, max_len=48)
     runner.run_layers(runner.embed(ids[:, :20]), 0, L, batch)
-    batch.rollback(torch.tensor([20, 14]), [20, 14])  # row 1 "rejected" 6 tokens
+    batch.rollback(torch.tensor([20, 14]), 20, uniform=False)  # row 1 "rejected" 6 tokens
     nxt = torch.stack([ids[0, 20:24], ids[1, 14:18]])  # each row continues from its own length
     out = runner.run_layers(runner.embed(nxt), 0, L, batch)
     for row, (start, stop) in enumerate([(20, 24), (14, 18)]):
