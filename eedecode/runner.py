@@ -32,9 +32,20 @@ def check_supported(model) -> None:
         )
 
 
-def _rotate_half(x: Tensor) -> Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+def _rope_tables(cos: Tensor, sin: Tensor) -> tuple[Tensor, Tensor]:
+    """``[B, T, D]`` rotary tables -> ``cos`` and a *signed* ``sin``, ``[B, T, 1, D]``, such that
+    ``x * cos + swap_halves(x) * signed_sin`` equals HF's ``x * cos + rotate_half(x) * sin``
+    bit for bit (``rotate_half(x) = cat(-x2, x1)``, and ``(-a) * b == a * (-b)`` exactly)."""
+    half = sin.shape[-1] // 2
+    signed = torch.cat((-sin[..., :half], sin[..., half:]), dim=-1)
+    return cos[:, :, None], signed[:, :, None]
+
+
+def _apply_rope(x: Tensor, cos: Tensor, signed_sin: Tensor) -> Tensor:
+    """x: ``[B, T, heads, D]``; one rotation for q and k heads together."""
+    B, T, H, D = x.shape
+    swapped = x.view(B, T, H, 2, D // 2).flip(3).view(B, T, H, D)
+    return x * cos + swapped * signed_sin
 
 
 def _sliding_windows(config, num_layers: int) -> list[int | None]:
@@ -118,7 +129,7 @@ class ModelRunner:
         Returns the states leaving layer ``end - 1``, ``[B, T, H]``.
         """
         ctx = cache.block(start, hidden.shape[1])
-        cos, sin = self.rotary_emb(hidden, ctx.position_ids.to(hidden.device))  # [B, T, D] each
+        cos, sin = _rope_tables(*self.rotary_emb(hidden, ctx.position_ids.to(hidden.device)))  # [B, T, 1, D]
         for i in range(start, end):
             hidden = self._layer(i, hidden, cos, sin, cache, ctx)
         cache.advance(start, end, hidden.shape[1])
@@ -133,12 +144,13 @@ class ModelRunner:
             x, cos, sin = (t.to(self.layer_devices[i]) for t in (x, cos, sin))
         B, T, _ = x.shape
         h = layer.input_layernorm(x)
-        q = attn.q_proj(h).view(B, T, -1, self.head_dim).transpose(1, 2)  # [B, Hq, T, D]
-        k = attn.k_proj(h).view(B, T, -1, self.head_dim).transpose(1, 2)  # [B, Hkv, T, D]
-        v = attn.v_proj(h).view(B, T, -1, self.head_dim).transpose(1, 2)
-        c, s = cos[:, None], sin[:, None]
-        q = q * c + _rotate_half(q) * s
-        k = k * c + _rotate_half(k) * s
+        q = attn.q_proj(h).view(B, T, -1, self.head_dim)  # [B, T, Hq, D]
+        k = attn.k_proj(h).view(B, T, -1, self.head_dim)  # [B, T, Hkv, D]
+        v = attn.v_proj(h).view(B, T, -1, self.head_dim).transpose(1, 2)  # [B, Hkv, T, D]
+        q, k = _apply_rope(torch.cat((q, k), dim=2), cos, sin).split(
+            (self.num_heads, self.num_kv_heads), dim=2
+        )
+        q, k = q.transpose(1, 2), k.transpose(1, 2)
         keys, values = cache.write(i, ctx, k, v)  # [B, Hkv, S, D]
         mask = ctx.mask(self.windows[i])
         if mask is not None and mask.device != q.device:
