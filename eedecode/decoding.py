@@ -43,17 +43,21 @@ class TokenChooser:
     """Picks tokens: argmax (greedy) or a draw after temperature/top-k/top-p.
 
     Drafts come from the exit head (:meth:`ModelRunner.exit_stats`, the fused kernel): its argmax
-    when greedy, its Gumbel-max sample when sampling with a temperature only; then the draft
-    distribution q is rebuilt at verification from the exit query cache. With top-k or top-p the
-    draft step materialises the logits and keeps q.
+    when greedy; when sampling with a temperature only (on CUDA), its Gumbel-max sample, and the
+    draft distribution q is then rebuilt at verification from the exit query cache. Otherwise
+    (top-k, top-p, or the CPU) the draft step materialises the exit logits and keeps q.
     """
 
-    def __init__(self, params: SamplingParams, generator: torch.Generator | None = None, accept_rule=None):
+    def __init__(self, params: SamplingParams, generator: torch.Generator | None = None, accept_rule=None,
+                 gumbel_drafts: bool | None = None):  # fmt: skip
         self.params = params
         self.generator = generator
         self.accept_rule = accept_rule or speculative_accept
         p = params
-        self.gumbel_drafts = p.do_sample and not p.top_k and (p.top_p is None or p.top_p >= 1.0)
+        self.gumbel_eligible = p.do_sample and not p.top_k and (p.top_p is None or p.top_p >= 1.0)
+        # None: on CUDA only. The CPU reference hashes a noise value per vocabulary entry, which
+        # costs more there than materialising the logits and drawing with torch.multinomial.
+        self.gumbel_drafts = gumbel_drafts
 
     def choose(self, logits: Tensor) -> Tensor:
         """Full-model logits ``[B, V]`` -> token ``[B]``."""
@@ -67,7 +71,8 @@ class TokenChooser:
         if not self.params.do_sample:
             stats = runner.exit_stats(h, minimal=True)
             return stats.argmax, None, stats.max_prob
-        if self.gumbel_drafts:
+        use_gumbel = self.gumbel_drafts if self.gumbel_drafts is not None else h.is_cuda
+        if self.gumbel_eligible and use_gumbel:
             seed = torch.randint(-(2**62), 2**62, (1,), generator=self.generator, device=h.device)
             stats = runner.exit_stats(h, temperature=self.params.temperature, seed=seed, minimal=True)
             return stats.sample, None, stats.max_prob

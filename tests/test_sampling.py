@@ -106,14 +106,16 @@ def chi_square_p_value(counts: torch.Tensor, expected_probs: torch.Tensor) -> fl
     return float(torch.special.gammaincc(torch.tensor(dof / 2.0, dtype=torch.float64), stat / 2))
 
 
-def sampled_joint(model, prompt, params, mode, rows=20000, seed=0, accept_rule=None, monkeypatch=None):
-    if accept_rule is not None:
+def sampled_joint(
+    model, prompt, params, mode, rows=20000, seed=0, accept_rule=None, gumbel=None, monkeypatch=None
+):
+    if accept_rule is not None or gumbel is not None:
         original = decoding.TokenChooser.__init__
 
-        def with_rule(self, p, generator=None, rule=None):
-            original(self, p, generator, accept_rule)
+        def patched(self, p, generator=None, rule=None, gumbel_drafts=None):
+            original(self, p, generator, accept_rule, gumbel)
 
-        monkeypatch.setattr(decoding.TokenChooser, "__init__", with_rule)
+        monkeypatch.setattr(decoding.TokenChooser, "__init__", patched)
     ids = torch.tensor([prompt] * rows)
     out = eedecode.generate(
         model,
@@ -162,6 +164,18 @@ def test_self_speculative_sampling_reproduces_the_target_distribution(small_voca
     assert counts.sum() == 20000
     p_value = chi_square_p_value(counts, exact)
     assert p_value > 1e-3, f"{name}: self-speculative samples do not follow the target (p={p_value:.2g})"
+
+
+@pytest.mark.parametrize("name", ["plain", "temperature"])
+def test_gumbel_max_drafts_from_the_fused_head_reproduce_the_target(small_vocab_model, name, monkeypatch):
+    """The CUDA path (drafts are the exit-head kernel's Gumbel-max samples, q rebuilt from the
+    exit query cache), forced on the CPU through the kernel's reference."""
+    params = PARAMS[name]
+    exact = exact_joint(small_vocab_model, PROMPT, params)
+    counts = sampled_joint(small_vocab_model, PROMPT, params, "self_speculative", seed=3, gumbel=True,
+                           monkeypatch=monkeypatch)  # fmt: skip
+    p_value = chi_square_p_value(counts, exact)
+    assert p_value > 1e-3, f"{name}: Gumbel drafts do not give the target (p={p_value:.2g})"
 
 
 def test_autoregressive_sampling_reproduces_the_target_distribution(small_vocab_model):
