@@ -109,17 +109,30 @@ class MethodResult:
     extra: dict = field(default_factory=dict)
 
 
-def _run_method(model, method, ids, attention_mask, max_new, exit_layer, k, eos):
+@dataclass(frozen=True)
+class Speculation:
+    """The speculation settings a benchmark run gives both early-exit methods."""
+
+    exit_layer: int | None = None
+    num_speculations: int | None = None
+    confidence_threshold: float | None = None  # eedecode's draft_confidence_threshold, HF's assistant_...
+
+
+def _run_method(model, method, ids, attention_mask, max_new, spec: Speculation, eos):
     common = dict(attention_mask=attention_mask, max_new_tokens=max_new, do_sample=False)
     if method == "hf":
         return model.generate(ids, **common, pad_token_id=_pad(model, eos)), None
     if method == "hf_early_exit":
+        extra = {}
+        if spec.confidence_threshold is not None:
+            extra["assistant_confidence_threshold"] = spec.confidence_threshold
         return model.generate(
             ids,
             **common,
+            **extra,
             pad_token_id=_pad(model, eos),
-            assistant_early_exit=exit_layer,
-            num_assistant_tokens=k,
+            assistant_early_exit=spec.exit_layer,
+            num_assistant_tokens=spec.num_speculations,
             num_assistant_tokens_schedule="constant",
         ), None
     mode = "autoregressive" if method == "eedecode_ar" else "self_speculative"
@@ -128,8 +141,9 @@ def _run_method(model, method, ids, attention_mask, max_new, exit_layer, k, eos)
         ids,
         **common,
         mode=mode,
-        exit_layer=exit_layer,
-        num_speculations=k,
+        exit_layer=spec.exit_layer,
+        num_speculations=spec.num_speculations,
+        draft_confidence_threshold=spec.confidence_threshold,
         return_dict_in_generate=True,
     )
     return out.sequences, out.stats
@@ -162,8 +176,7 @@ def time_method(
     *,
     batch_size=1,
     max_new_tokens=64,
-    exit_layer=None,
-    num_speculations=None,
+    spec: Speculation = Speculation(),
     warmup=1,
     reference=None,
     progress=None,
@@ -174,13 +187,13 @@ def time_method(
     pad = 0 if pad is None else pad
     batches = list(_batches(prompt_ids, batch_size, pad))
     for ids, mask in batches[:warmup]:
-        _run_method(model, method, ids, mask, max_new_tokens, exit_layer, num_speculations, eos)
+        _run_method(model, method, ids, mask, max_new_tokens, spec, eos)
     rates, outputs, stats = [], [], []
     total_new = 0
     for ids, mask in batches:
         _sync(ids.device)
         t0 = time.perf_counter()
-        seq, st = _run_method(model, method, ids, mask, max_new_tokens, exit_layer, num_speculations, eos)
+        seq, st = _run_method(model, method, ids, mask, max_new_tokens, spec, eos)
         _sync(ids.device)
         dt = time.perf_counter() - t0
         new = _count_new(seq, ids.shape[1], eos, pad)
@@ -194,8 +207,8 @@ def time_method(
     result = MethodResult(
         method=method,
         batch_size=batch_size,
-        exit_layer=exit_layer if method in ("hf_early_exit", "eedecode_ss") else None,
-        num_speculations=num_speculations if method in ("hf_early_exit", "eedecode_ss") else None,
+        exit_layer=spec.exit_layer if method in ("hf_early_exit", "eedecode_ss") else None,
+        num_speculations=spec.num_speculations if method in ("hf_early_exit", "eedecode_ss") else None,
         tokens_per_s=median(rates),
         tokens_per_s_all=rates,
         new_tokens=total_new,
@@ -322,8 +335,7 @@ def run_benchmark(
     prompts: list[dict],
     *,
     methods=METHODS,
-    exit_layer: int,
-    num_speculations: int,
+    spec: Speculation,
     max_new_tokens: int = 64,
     batch_sizes=(1,),
     warmup: int = 1,
@@ -333,9 +345,11 @@ def run_benchmark(
     modes at the other batch sizes. Returns the JSON-able record."""
     from tqdm.auto import tqdm
 
-    DecodingConfig(exit_layer=exit_layer, num_speculations=num_speculations).validate(
-        model.config.num_hidden_layers
-    )
+    DecodingConfig(
+        exit_layer=spec.exit_layer,
+        num_speculations=spec.num_speculations,
+        draft_confidence_threshold=spec.confidence_threshold,
+    ).validate(model.config.num_hidden_layers)
     device = next(model.parameters()).device
     prompt_ids = encode_prompts(tokenizer, prompts, model.config.vocab_size, device)
     plan = [(m, 1) for m in methods]
@@ -353,8 +367,7 @@ def run_benchmark(
                 prompt_ids,
                 batch_size=b,
                 max_new_tokens=max_new_tokens,
-                exit_layer=exit_layer,
-                num_speculations=num_speculations,
+                spec=spec,
                 warmup=warmup,
                 reference=reference.get(b),
                 progress=bar,
@@ -363,12 +376,13 @@ def run_benchmark(
                 reference[b] = outputs
                 res.identical_to_hf = len(prompt_ids)
             results.append(res)
-    costs = measure_step_costs(model, prompt_ids[0], exit_layer, num_speculations)
+    costs = measure_step_costs(model, prompt_ids[0], spec.exit_layer, spec.num_speculations)
     record = {
         "machine": machine_record(model, device),
         "settings": {
-            "exit_layer": exit_layer,
-            "num_speculations": num_speculations,
+            "exit_layer": spec.exit_layer,
+            "num_speculations": spec.num_speculations,
+            "draft_confidence_threshold": spec.confidence_threshold,
             "max_new_tokens": max_new_tokens,
             "num_prompts": len(prompt_ids),
             "batch_sizes": list(batch_sizes),
@@ -431,7 +445,16 @@ def _fmt(x, unit: str = "") -> str:
 
 # -- sweep -----------------------------------------------------------------------------------------
 def run_sweep(
-    model, tokenizer, prompts, *, exit_layers, draft_lengths, max_new_tokens=64, warmup=1, show_progress=True
+    model,
+    tokenizer,
+    prompts,
+    *,
+    exit_layers,
+    draft_lengths,
+    confidence_threshold=None,
+    max_new_tokens=64,
+    warmup=1,
+    show_progress=True,
 ) -> dict:
     """eedecode self-speculative (and HF assistant_early_exit) tokens/s over exit layers x draft
     lengths at batch size 1, against HF generate and eedecode autoregressive."""
@@ -445,23 +468,12 @@ def run_sweep(
     grid = [(e, k) for e in exit_layers for k in draft_lengths]
     cells = []
     for e, k in tqdm(grid, desc="sweep", disable=not show_progress, leave=False):
+        spec = Speculation(e, k, confidence_threshold)
         ss, _ = time_method(
-            model,
-            "eedecode_ss",
-            prompt_ids,
-            max_new_tokens=max_new_tokens,
-            exit_layer=e,
-            num_speculations=k,
-            warmup=warmup,
+            model, "eedecode_ss", prompt_ids, max_new_tokens=max_new_tokens, spec=spec, warmup=warmup
         )
         hfe, _ = time_method(
-            model,
-            "hf_early_exit",
-            prompt_ids,
-            max_new_tokens=max_new_tokens,
-            exit_layer=e,
-            num_speculations=k,
-            warmup=warmup,
+            model, "hf_early_exit", prompt_ids, max_new_tokens=max_new_tokens, spec=spec, warmup=warmup
         )
         cells.append(
             {
@@ -479,7 +491,11 @@ def run_sweep(
         "machine": machine_record(model, device),
         "baselines": {m: asdict(r) for m, r in base.items()},
         "cells": cells,
-        "settings": {"max_new_tokens": max_new_tokens, "num_prompts": len(prompt_ids)},
+        "settings": {
+            "max_new_tokens": max_new_tokens,
+            "num_prompts": len(prompt_ids),
+            "draft_confidence_threshold": confidence_threshold,
+        },
     }
 
 
@@ -528,6 +544,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--exit-layer", type=int, default=None)
     p.add_argument("--num-speculations", type=int, default=None)
+    p.add_argument(
+        "--draft-confidence-threshold",
+        type=float,
+        default=None,
+        help="stop drafting below this draft probability (HF: assistant_confidence_threshold)",
+    )
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--batch-sizes", default="1", help="comma-separated, e.g. 1,4,16")
     p.add_argument("--warmup", type=int, default=1)
@@ -573,6 +595,9 @@ def run_cli(args) -> int:
     L = model.config.num_hidden_layers
     exit_layer = args.exit_layer or rec.get("exit_layer") or max(1, L // 4)
     k = args.num_speculations or rec.get("num_speculations") or 4
+    threshold = args.draft_confidence_threshold
+    if threshold is None:
+        threshold = rec.get("draft_confidence_threshold")
     prompts = load_prompts(args.prompts, args.num_prompts)
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
@@ -588,6 +613,7 @@ def run_cli(args) -> int:
             prompts,
             exit_layers=exits,
             draft_lengths=_ints(args.sweep_draft_lengths),
+            confidence_threshold=threshold,
             max_new_tokens=args.max_new_tokens,
             warmup=args.warmup,
             show_progress=not args.no_progress,
@@ -611,8 +637,7 @@ def run_cli(args) -> int:
         tokenizer,
         prompts,
         methods=methods,
-        exit_layer=exit_layer,
-        num_speculations=k,
+        spec=Speculation(exit_layer, k, threshold),
         max_new_tokens=args.max_new_tokens,
         batch_sizes=tuple(_ints(args.batch_sizes)),
         warmup=args.warmup,
