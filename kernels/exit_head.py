@@ -61,7 +61,7 @@ def exit_head(
     _check_shapes(hidden, norm_weight, lm_head_weight, token_ids)
     lead, H = hidden.shape[:-1], hidden.shape[-1]
     inv_temperature = 1.0 if temperature is None else 1.0 / _check_temperature(temperature)
-    x = hidden.reshape(-1, H)
+    x = hidden if hidden.dim() == 2 else hidden.reshape(-1, H)
     x = x if x.stride(-1) == 1 else x.contiguous()
     tok = None if token_ids is None else token_ids.reshape(-1).to(torch.int64)
     seed_t = None if seed is None else _seed_tensor(seed, hidden.device)
@@ -86,6 +86,8 @@ def exit_head(
             token_logprob=out_f[4] if tok is not None else None,
             sample=out_i[1] if seed_t is not None else None,
         )
+    if hidden.dim() == 2:  # already [T, H]: reshapes would be no-ops that still cost a dispatch each
+        return flat
     return ExitHeadStats(*(None if f is None else f.reshape(lead) for f in flat))
 
 

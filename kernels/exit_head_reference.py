@@ -90,16 +90,17 @@ def gumbel_noise(rkey: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
 def rms_norm_hf(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """LlamaRMSNorm exactly: xn = (x32 * rsqrt(mean(x32^2) + eps)).to(x.dtype); weight * xn
     (the product in torch's promoted dtype, rounded as Hugging Face rounds it)."""
-    x32 = x.float()
+    x32 = x if x.dtype == torch.float32 else x.float()  # (the casts cost a dispatch even as no-ops)
     xn = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)
-    return weight * xn.to(x.dtype)
+    return weight * (xn if x.dtype == torch.float32 else xn.to(x.dtype))
 
 
 def exit_logits(hidden: torch.Tensor, norm_weight: torch.Tensor, eps: float, lm_head_weight: torch.Tensor):
     """The fp32 logits ``[..., V]`` whose softmax the exit head's statistics and samples describe,
     materialised (for a few rows: speculative sampling needs the whole draft distribution q)."""
-    h = rms_norm_hf(hidden, norm_weight, eps).to(lm_head_weight.dtype).float()
-    return _chunk_logits(h, lm_head_weight)
+    return _chunk_logits(
+        _head_input(rms_norm_hf(hidden, norm_weight, eps), lm_head_weight.dtype), lm_head_weight
+    )
 
 
 def merge_softmax_stats(m1, s1, a1, m2, s2, a2):
@@ -118,9 +119,16 @@ def merge_softmax_stats(m1, s1, a1, m2, s2, a2):
     return m, parts[0][0] + parts[1][0], parts[0][1] + parts[1][1]
 
 
+def _head_input(h: torch.Tensor, head_dtype: torch.dtype) -> torch.Tensor:
+    """The normed state rounded to the head's dtype (as the LM head sees it), then fp32."""
+    if h.dtype != head_dtype:
+        h = h.to(head_dtype)
+    return h if h.dtype == torch.float32 else h.float()
+
+
 def _chunk_logits(h: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     """[T, H] x [C, H] -> fp32 [T, C], accumulated in fp32 (16-bit weights are upcast per chunk)."""
-    return h @ (w if w.dtype == torch.float32 else w.float()).t()
+    return torch.nn.functional.linear(h, w if w.dtype == torch.float32 else w.float())
 
 
 def _first_max(z: torch.Tensor):
@@ -191,15 +199,15 @@ def exit_head_reference(
     ``minimal``: when the vocabulary fits in one chunk and neither token ids nor a seed are given,
     compute only argmax, max_prob and logsumexp (the rest are None)."""
     T, V = hidden.shape[0], lm_head_weight.shape[0]
-    h = rms_norm_hf(hidden, norm_weight, eps).to(lm_head_weight.dtype).float()  # [T, H]
+    h = _head_input(rms_norm_hf(hidden, norm_weight, eps), lm_head_weight.dtype)  # [T, H] fp32
     chunk = chunk_size or max(1, CHUNK_ELEMENTS // max(T, 1))
     if minimal and chunk >= V and token_ids is None and seed is None:
         z = _chunk_logits(h, lm_head_weight)  # [T, V]
         if inv_temperature != 1.0:
             z = z * inv_temperature
         m, arg = z.max(dim=-1)  # the lowest index among equal maxima, as torch.argmax
-        s = torch.exp(z - m[:, None]).sum(-1)
-        return ExitHeadStats(arg, torch.reciprocal(s), None, m + torch.log(s), None)
+        lse = torch.logsumexp(z, dim=-1)
+        return ExitHeadStats(arg, torch.exp(m - lse), None, lse, None)
     rkey = None if seed is None else row_keys(seed.to(hidden.device), torch.arange(T, device=hidden.device))
 
     run = None
