@@ -34,7 +34,8 @@ class BlockContext:
     start: int | None  # first slot of the block when rows are uniform, else None
     write_index: Tensor | None  # [B, T] slot of each new token when rows differ, else None
     kv_len: int  # slots the block attends over: [0, kv_len)
-    position_ids: Tensor  # [B, T]
+    num_tokens: int  # T
+    position_ids: Tensor | None  # [B, T]; None when rows are uniform without padding (= start + t)
     masks: dict  # sliding window (or None) -> bool mask broadcastable to [B, 1, T, kv_len], or None
     lengths: Tensor  # [B] row lengths before the block (device)
     key_valid: Tensor | None  # [B, kv_len] False at left-padding slots, None without padding
@@ -48,8 +49,8 @@ class BlockContext:
 
 def _block_mask(ctx: BlockContext, window: int | None) -> Tensor | None:
     """Boolean mask ``[B or 1, 1, T, kv_len]``: True where a query may attend to a key slot."""
-    T = ctx.position_ids.shape[1]
-    device = ctx.position_ids.device
+    T = ctx.num_tokens
+    device = ctx.lengths.device
     slots = torch.arange(ctx.kv_len, device=device)  # [S]
     if ctx.start is not None and ctx.key_valid is None:
         # Uniform rows, no padding: one [T, S] pattern serves every row.
@@ -116,24 +117,23 @@ class KVCache:
         if kv_len > self.max_len:
             raise RuntimeError(f"KV cache overflow: {kv_len} slots needed, {self.max_len} allocated")
         lengths = self.lengths[start_layer]  # [B]
-        offsets = torch.arange(T, device=self.device)
+        start = write_index = positions = None
         if self.uniform:
             start = self.bound[start_layer]
-            write_index = None
-            positions = (start + offsets)[None, :] - self.pad[:, None]  # [B, T]
+            if self.key_valid is not None:  # left padding: slot j of row b is position j - pad[b]
+                positions = (start + torch.arange(T, device=self.device))[None, :] - self.pad[:, None]
         else:
-            start = None
-            write_index = lengths[:, None] + offsets  # [B, T]
+            write_index = lengths[:, None] + torch.arange(T, device=self.device)  # [B, T]
             positions = write_index - self.pad[:, None]
-        key_valid = None if self.key_valid is None else self.key_valid[:, :kv_len]
         return BlockContext(
             start=start,
             write_index=write_index,
             kv_len=kv_len,
-            position_ids=positions.clamp(min=0),
+            num_tokens=T,
+            position_ids=None if positions is None else positions.clamp(min=0),
             masks={},
             lengths=lengths,
-            key_valid=key_valid,
+            key_valid=None if self.key_valid is None else self.key_valid[:, :kv_len],
         )
 
     def write(self, layer: int, ctx: BlockContext, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:

@@ -32,13 +32,18 @@ def check_supported(model) -> None:
         )
 
 
-def _rope_tables(cos: Tensor, sin: Tensor) -> tuple[Tensor, Tensor]:
-    """``[B, T, D]`` rotary tables -> ``cos`` and a *signed* ``sin``, ``[B, T, 1, D]``, such that
-    ``x * cos + swap_halves(x) * signed_sin`` equals HF's ``x * cos + rotate_half(x) * sin``
-    bit for bit (``rotate_half(x) = cat(-x2, x1)``, and ``(-a) * b == a * (-b)`` exactly)."""
+def _signed_sin(sin: Tensor) -> Tensor:
+    """A *signed* sine table such that ``x * cos + swap_halves(x) * signed_sin`` equals HF's
+    ``x * cos + rotate_half(x) * sin`` bit for bit (``rotate_half(x) = cat(-x2, x1)``, and
+    ``(-a) * b == a * (-b)`` exactly)."""
     half = sin.shape[-1] // 2
-    signed = torch.cat((-sin[..., :half], sin[..., half:]), dim=-1)
-    return cos[:, :, None], signed[:, :, None]
+    return torch.cat((-sin[..., :half], sin[..., half:]), dim=-1)
+
+
+# RoPE variants whose frequencies do not depend on the sequence length: their tables can be
+# computed once per length and sliced (HF computes them elementwise per position, so the values
+# are bit for bit the same).
+_STATIC_ROPE = ("default", "linear", "llama3", "yarn")
 
 
 def _apply_rope(x: Tensor, cos: Tensor, signed_sin: Tensor) -> Tensor:
@@ -87,6 +92,7 @@ class ModelRunner:
         self.vocab_size = config.vocab_size
         self.max_positions = getattr(config, "max_position_embeddings", None)
         self.windows = _sliding_windows(config, self.num_layers)
+        self._rope_table: tuple[Tensor, Tensor] | None = None  # cos, signed sin [positions, D]
         self.layer_devices = [layer.input_layernorm.weight.device for layer in self.layers]
         self.device = self.embed_tokens.weight.device
         self.dtype = self.embed_tokens.weight.dtype
@@ -129,11 +135,30 @@ class ModelRunner:
         Returns the states leaving layer ``end - 1``, ``[B, T, H]``.
         """
         ctx = cache.block(start, hidden.shape[1])
-        cos, sin = _rope_tables(*self.rotary_emb(hidden, ctx.position_ids.to(hidden.device)))  # [B, T, 1, D]
+        cos, sin = self._rope(hidden, ctx)  # [B or 1, T, 1, D]
         for i in range(start, end):
             hidden = self._layer(i, hidden, cos, sin, cache, ctx)
         cache.advance(start, end, hidden.shape[1])
         return hidden
+
+    def _rope(self, hidden: Tensor, ctx: BlockContext) -> tuple[Tensor, Tensor]:
+        """cos and signed sin for the block's positions, ``[B or 1, T, 1, D]``."""
+        T = ctx.num_tokens
+        if getattr(self.rotary_emb, "rope_type", None) not in _STATIC_ROPE:
+            positions = ctx.position_ids
+            if positions is None:
+                positions = (ctx.start + torch.arange(T, device=hidden.device))[None]
+            cos, sin = self.rotary_emb(hidden, positions.to(hidden.device))
+            return cos[:, :, None], _signed_sin(sin)[:, :, None]
+        if self._rope_table is None or self._rope_table[0].shape[0] < ctx.kv_len:
+            n = max(ctx.kv_len, 2 * (0 if self._rope_table is None else self._rope_table[0].shape[0]), 256)
+            cos, sin = self.rotary_emb(hidden, torch.arange(n, device=hidden.device)[None])
+            self._rope_table = (cos[0], _signed_sin(sin[0]))  # [n, D] each
+        cos, sin = self._rope_table
+        if ctx.position_ids is None:  # uniform rows without padding: positions start .. start + T
+            return cos[None, ctx.start : ctx.start + T, None], sin[None, ctx.start : ctx.start + T, None]
+        positions = ctx.position_ids.to(cos.device)
+        return cos[positions][:, :, None], sin[positions][:, :, None]
 
     def _layer(
         self, i: int, x: Tensor, cos: Tensor, sin: Tensor, cache: KVCache, ctx: BlockContext
