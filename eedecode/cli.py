@@ -161,8 +161,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return args.func(args)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError) as err:  # bad input: one clear line, no traceback
+        parser.exit(2, f"eedecode {args.command}: error: {err}\n")
 
 
 if __name__ == "__main__":
