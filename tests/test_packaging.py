@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 
@@ -18,5 +19,7 @@ def test_kernels_live_inside_the_package(tmp_path):
 
 
 def test_console_script_is_installed():
-    done = subprocess.run([sys.executable, "-m", "eedecode.cli", "--help"], capture_output=True, text=True)
-    assert done.returncode == 0 and "generate" in done.stdout and "bench" in done.stdout
+    script = shutil.which("eedecode")
+    assert script is not None, "the `eedecode` console script is not on PATH"
+    done = subprocess.run([script, "--help"], capture_output=True, text=True)
+    assert done.returncode == 0 and all(c in done.stdout for c in ("generate", "bench", "train"))
