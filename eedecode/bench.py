@@ -26,9 +26,10 @@ from pathlib import Path
 
 import torch
 
+from .decoding import TokenChooser
 from .generation import DecodingConfig, generate
 from .runner import ModelRunner
-from .sampling import greedy_accept
+from .sampling import SamplingParams
 
 METHODS = ("hf", "hf_early_exit", "eedecode_ar", "eedecode_ss")
 METHOD_NAMES = {
@@ -249,12 +250,14 @@ def _identical_rows(a: torch.Tensor, b: torch.Tensor) -> int:
 
 @torch.no_grad()
 def measure_step_costs(
-    model, prompt: torch.Tensor, exit_layer: int, num_speculations: int, reps: int = 30
+    model, prompt: torch.Tensor, exit_layer: int, num_speculations: int, reps: int = 60
 ) -> dict:
     """Median wall time of one autoregressive step, one draft step and one verification pass of
-    ``num_speculations`` drafts, on the same runner at the prompt's length; ``c`` and ``v`` are the
-    latter two relative to the first."""
+    ``num_speculations`` drafts, built from the engine's own pieces at the prompt's length; ``c``
+    and ``v`` are the latter two relative to the first. The three are timed in turn, round after
+    round, so that drifts of the machine's speed touch them alike."""
     runner = ModelRunner(model)
+    chooser = TokenChooser(SamplingParams())
     L, E, k = runner.num_layers, exit_layer, num_speculations
     P = prompt.shape[1]
     cache = runner.new_cache(1, P + k + 4)
@@ -262,38 +265,38 @@ def measure_step_costs(
     base = torch.full((1,), P, dtype=torch.long, device=cache.device)
     token = prompt[:, -1:]
     drafts = prompt[:, -k:] if k <= P else prompt[:, :1].repeat(1, k)
+    # exit states of real tokens stand in for the drafts' (what verification reads)
+    draft_states = runner.run_layers(runner.embed(drafts), 0, E, runner.new_cache(1, k))
 
-    def full_step():
+    def ar_step():
         h = runner.run_layers(runner.embed(token), 0, L, cache)
-        runner.logits(h[:, 0]).argmax(-1).tolist()
+        chooser.choose(runner.logits(h[:, 0])).tolist()  # plain decoding reads every token
 
     def draft_step():
         h = runner.run_layers(runner.embed(token), 0, E, cache)
-        runner.logits(h[:, 0]).argmax(-1)  # no sync: drafting runs ahead of the host
+        chooser.draft(runner, h[:, 0])  # no sync: drafting runs ahead of the host
 
-    def verify_pass():
-        states = torch.cat([h_drafts, runner.run_layers(runner.embed(token), 0, E, cache)], 1)
+    def verify():
+        cache.advance(0, E, k)  # the drafts' shallow KV is in the cache when verification runs
+        states = torch.cat([draft_states, runner.run_layers(runner.embed(token), 0, E, cache)], 1)
         out = runner.run_layers(states, E, L, cache)
-        tokens, n = greedy_accept(drafts, runner.logits(out))
+        tokens, n = chooser.accept(runner, drafts, states[:, :k], [], runner.logits(out))
         torch.cat([tokens, n[:, None]], 1).tolist()
 
-    h_drafts = torch.zeros(1, k, model.config.hidden_size, dtype=runner.dtype, device=cache.device)
-    times = {}
-    for name, fn in (("ar_step", full_step), ("draft_step", draft_step), ("verify", verify_pass)):
-        samples = []
-        for i in range(reps + 3):
+    steps = {"ar_step": ar_step, "draft_step": draft_step, "verify": verify}
+    samples = {name: [] for name in steps}
+    for i in range(reps + 3):
+        for name, fn in steps.items():
             cache.rollback(base, P, uniform=True)
-            if name == "verify":  # the drafts' shallow KV is in the cache when verification runs
-                cache.advance(0, E, k)
             _sync(cache.device)
             t0 = time.perf_counter()
             fn()
             _sync(cache.device)
             if i >= 3:
-                samples.append(time.perf_counter() - t0)
-        times[name] = median(samples)
+                samples[name].append(time.perf_counter() - t0)
+    times = {name: median(xs) for name, xs in samples.items()}
     return {
-        **{f"{k_}_s": v_ for k_, v_ in times.items()},
+        **{f"{name}_s": t for name, t in times.items()},
         "c": times["draft_step"] / times["ar_step"],
         "v": times["verify"] / times["ar_step"],
     }
