@@ -89,6 +89,9 @@ def encode_prompts(
 
 
 # -- measurement -----------------------------------------------------------------------------------
+_clock = time.perf_counter  # the benchmark's clock (tests replace it)
+
+
 def _sync(device) -> None:
     if torch.device(device).type == "cuda":
         torch.cuda.synchronize()
@@ -104,6 +107,8 @@ class MethodResult:
     tokens_per_s_all: list[float]
     new_tokens: int
     identical_to_hf: int | None = None  # prompts whose greedy output equals HF generate's
+    speedup_vs_hf: float | None = None  # median of paired per-batch ratios
+    speedup_vs_ar: float | None = None
     acceptance_rate: float | None = None
     mean_tokens_per_round: float | None = None
     mean_drafts_per_round: float | None = None
@@ -170,60 +175,81 @@ def _batches(prompt_ids: list[torch.Tensor], batch_size: int, pad_id: int):
         yield ids, (mask if batch_size > 1 else None)
 
 
-def time_method(
+def time_methods(
     model,
-    method,
+    methods,
     prompt_ids,
     *,
     batch_size=1,
     max_new_tokens=64,
     spec: Speculation = Speculation(),
     warmup=1,
-    reference=None,
+    repeats=1,
     progress=None,
-) -> tuple[MethodResult, list]:
-    """Decode every prompt (in batches) with one method; return its result and its outputs."""
+) -> dict[str, MethodResult]:
+    """Decode every prompt (in batches of ``batch_size``) with every method, ``repeats`` times.
+
+    The methods take turns on each batch (in an order that rotates), so that a drift of the
+    machine's speed touches them alike; every speed-up is the median of *paired* ratios (one
+    method against another on the same batch, in the same turn). ``identical_to_hf`` counts the
+    rows whose greedy output equals HF generate's, when ``"hf"`` is among the methods."""
     eos = model.generation_config.eos_token_id
     pad = _pad(model, eos)
     pad = 0 if pad is None else pad
     batches = list(_batches(prompt_ids, batch_size, pad))
     for ids, mask in batches[:warmup]:
-        _run_method(model, method, ids, mask, max_new_tokens, spec, eos)
-    rates, outputs, stats = [], [], []
-    total_new = 0
-    for ids, mask in batches:
-        _sync(ids.device)
-        t0 = time.perf_counter()
-        seq, st = _run_method(model, method, ids, mask, max_new_tokens, spec, eos)
-        _sync(ids.device)
-        dt = time.perf_counter() - t0
-        new = _count_new(seq, ids.shape[1], eos, pad)
-        total_new += new
-        rates.append(new / dt)
-        outputs.append(seq)
-        if st is not None:
-            stats.append(st)
-        if progress is not None:
-            progress.update(1)
-    result = MethodResult(
-        method=method,
-        batch_size=batch_size,
-        exit_layer=spec.exit_layer if method in ("hf_early_exit", "eedecode_ss") else None,
-        num_speculations=spec.num_speculations if method in ("hf_early_exit", "eedecode_ss") else None,
-        tokens_per_s=median(rates),
-        tokens_per_s_all=rates,
-        new_tokens=total_new,
-    )
-    if stats and method == "eedecode_ss":
-        drafted = sum(s.drafted_tokens for s in stats)
-        accepted = sum(s.accepted_tokens for s in stats)
-        row_rounds = sum(s.row_rounds for s in stats)
-        result.acceptance_rate = accepted / drafted if drafted else 0.0
-        result.mean_tokens_per_round = (accepted + row_rounds) / row_rounds
-        result.mean_drafts_per_round = drafted / row_rounds
-    if reference is not None:
-        result.identical_to_hf = sum(_identical_rows(a, b) for a, b in zip(outputs, reference, strict=True))
-    return result, outputs
+        for m in methods:
+            _run_method(model, m, ids, mask, max_new_tokens, spec, eos)
+    rates = {m: [] for m in methods}  # one entry per (repeat, batch), aligned across methods
+    stats = {m: [] for m in methods}
+    outputs = {m: [] for m in methods}  # of the first repeat
+    new_tokens = dict.fromkeys(methods, 0)
+    turn = 0
+    for rep in range(repeats):
+        for ids, mask in batches:
+            order = methods[turn % len(methods) :] + methods[: turn % len(methods)]
+            turn += 1
+            for m in order:
+                _sync(ids.device)
+                t0 = _clock()
+                seq, st = _run_method(model, m, ids, mask, max_new_tokens, spec, eos)
+                _sync(ids.device)
+                dt = _clock() - t0
+                new = _count_new(seq, ids.shape[1], eos, pad)
+                rates[m].append(new / dt)
+                new_tokens[m] += new
+                if rep == 0:
+                    outputs[m].append(seq)
+                    if st is not None:
+                        stats[m].append(st)
+                if progress is not None:
+                    progress.update(1)
+    results = {}
+    for m in methods:
+        r = MethodResult(
+            method=m,
+            batch_size=batch_size,
+            exit_layer=spec.exit_layer if m in ("hf_early_exit", "eedecode_ss") else None,
+            num_speculations=spec.num_speculations if m in ("hf_early_exit", "eedecode_ss") else None,
+            tokens_per_s=median(rates[m]),
+            tokens_per_s_all=rates[m],
+            new_tokens=new_tokens[m] // repeats,
+        )
+        for base, key in (("hf", "speedup_vs_hf"), ("eedecode_ar", "speedup_vs_ar")):
+            if base in rates:
+                setattr(r, key, median([a / b for a, b in zip(rates[m], rates[base], strict=True)]))
+        if m == "eedecode_ss" and stats[m]:
+            drafted = sum(st.drafted_tokens for st in stats[m])
+            accepted = sum(st.accepted_tokens for st in stats[m])
+            row_rounds = sum(st.row_rounds for st in stats[m])
+            r.acceptance_rate = accepted / drafted if drafted else 0.0
+            r.mean_tokens_per_round = (accepted + row_rounds) / row_rounds
+            r.mean_drafts_per_round = drafted / row_rounds
+        if "hf" in outputs:
+            pairs = zip(outputs[m], outputs["hf"], strict=True)
+            r.identical_to_hf = sum(_identical_rows(a, b) for a, b in pairs)
+        results[m] = r
+    return results
 
 
 def _count_new(seq: torch.Tensor, prompt_len: int, eos, pad) -> int:
@@ -342,10 +368,11 @@ def run_benchmark(
     max_new_tokens: int = 64,
     batch_sizes=(1,),
     warmup: int = 1,
+    repeats: int = 1,
     show_progress: bool = True,
 ) -> dict:
-    """Every method at batch size 1 (HF's assisted generation supports no more) and eedecode's
-    modes at the other batch sizes. Returns the JSON-able record."""
+    """Every method at batch size 1 (HF's assisted generation supports no more) and the others at
+    the other batch sizes, interleaved (:func:`time_methods`). Returns the JSON-able record."""
     from tqdm.auto import tqdm
 
     DecodingConfig(
@@ -355,30 +382,20 @@ def run_benchmark(
     ).validate(model.config.num_hidden_layers)
     device = next(model.parameters()).device
     prompt_ids = encode_prompts(tokenizer, prompts, model.config.vocab_size, device)
-    plan = [(m, 1) for m in methods]
-    plan += [
-        (m, b) for b in batch_sizes if b != 1 for m in methods if m in ("hf", "eedecode_ar", "eedecode_ss")
-    ]
-    total = sum(-(-len(prompt_ids) // b) for _, b in plan)
-    results, reference = [], {}
+    plan = {1: list(methods)}
+    for b in batch_sizes:  # HF's assisted generation runs batch size 1 only
+        if b != 1:
+            plan[b] = [m for m in methods if m != "hf_early_exit"]
+    total = repeats * sum(len(ms) * -(-len(prompt_ids) // b) for b, ms in plan.items())
+    results = []
     with tqdm(total=total, desc="bench", disable=not show_progress, leave=False) as bar:
-        for method, b in plan:
-            bar.set_postfix_str(f"{METHOD_NAMES[method]} batch {b}")
-            res, outputs = time_method(
-                model,
-                method,
-                prompt_ids,
-                batch_size=b,
-                max_new_tokens=max_new_tokens,
-                spec=spec,
-                warmup=warmup,
-                reference=reference.get(b),
-                progress=bar,
-            )
-            if method == "hf":
-                reference[b] = outputs
-                res.identical_to_hf = len(prompt_ids)
-            results.append(res)
+        for b, ms in plan.items():
+            bar.set_postfix_str(f"batch {b}")
+            res = time_methods(
+                model, ms, prompt_ids, batch_size=b, max_new_tokens=max_new_tokens, spec=spec, warmup=warmup,
+                repeats=repeats, progress=bar,
+            )  # fmt: skip
+            results += list(res.values())
     costs = measure_step_costs(model, prompt_ids[0], spec.exit_layer, spec.num_speculations)
     record = {
         "machine": machine_record(model, device),
@@ -390,6 +407,7 @@ def run_benchmark(
             "num_prompts": len(prompt_ids),
             "batch_sizes": list(batch_sizes),
             "warmup": warmup,
+            "repeats": repeats,
             "num_layers": model.config.num_hidden_layers,
         },
         "step_costs": costs,
@@ -400,20 +418,15 @@ def run_benchmark(
 
 
 def _derive(record: dict) -> None:
-    """Speed-ups over HF generate and over eedecode autoregressive, ideal speed-up, efficiency."""
+    """Ideal speed-up of self-speculation from the measured acceptance and step costs, and the
+    efficiency: the measured (paired) speed-up over eedecode autoregressive / the ideal."""
     costs = record["step_costs"]
-    by = {(r["method"], r["batch_size"]): r for r in record["results"]}
     for r in record["results"]:
-        hf = by.get(("hf", r["batch_size"]))
-        ar = by.get(("eedecode_ar", r["batch_size"]))
-        r["speedup_vs_hf"] = speedup(r["tokens_per_s"], hf["tokens_per_s"]) if hf else None
-        if r["method"] == "eedecode_ss" and ar:
-            r["speedup_vs_ar"] = speedup(r["tokens_per_s"], ar["tokens_per_s"])
-            if r["batch_size"] == 1:
-                r["ideal_speedup"] = ideal_speedup(
-                    r["mean_tokens_per_round"], r["mean_drafts_per_round"], costs["c"], costs["v"]
-                )
-                r["efficiency"] = r["speedup_vs_ar"] / r["ideal_speedup"]
+        if r["method"] == "eedecode_ss" and r["batch_size"] == 1 and r.get("speedup_vs_ar"):
+            r["ideal_speedup"] = ideal_speedup(
+                r["mean_tokens_per_round"], r["mean_drafts_per_round"], costs["c"], costs["v"]
+            )
+            r["efficiency"] = r["speedup_vs_ar"] / r["ideal_speedup"]
 
 
 def markdown_table(record: dict) -> str:
@@ -457,53 +470,55 @@ def run_sweep(
     confidence_threshold=None,
     max_new_tokens=64,
     warmup=1,
+    repeats=1,
     show_progress=True,
 ) -> dict:
-    """eedecode self-speculative (and HF assistant_early_exit) tokens/s over exit layers x draft
-    lengths at batch size 1, against HF generate and eedecode autoregressive."""
+    """eedecode self-speculative and HF assistant_early_exit over exit layers x draft lengths at
+    batch size 1. In every cell the four methods take turns on each prompt, so each cell's
+    speed-ups over HF generate and eedecode autoregressive are paired measurements."""
     from tqdm.auto import tqdm
 
     device = next(model.parameters()).device
     prompt_ids = encode_prompts(tokenizer, prompts, model.config.vocab_size, device)
-    base = {}
-    for m in ("hf", "eedecode_ar"):
-        base[m], _ = time_method(model, m, prompt_ids, max_new_tokens=max_new_tokens, warmup=warmup)
     grid = [(e, k) for e in exit_layers for k in draft_lengths]
     cells = []
     for e, k in tqdm(grid, desc="sweep", disable=not show_progress, leave=False):
-        spec = Speculation(e, k, confidence_threshold)
-        ss, _ = time_method(
-            model, "eedecode_ss", prompt_ids, max_new_tokens=max_new_tokens, spec=spec, warmup=warmup
-        )
-        hfe, _ = time_method(
-            model, "hf_early_exit", prompt_ids, max_new_tokens=max_new_tokens, spec=spec, warmup=warmup
-        )
+        res = time_methods(
+            model, list(METHODS), prompt_ids, max_new_tokens=max_new_tokens,
+            spec=Speculation(e, k, confidence_threshold), warmup=warmup, repeats=repeats,
+        )  # fmt: skip
+        ss, hfe = res["eedecode_ss"], res["hf_early_exit"]
         cells.append(
             {
                 "exit_layer": e,
                 "num_speculations": k,
                 "eedecode_ss_tokens_per_s": ss.tokens_per_s,
                 "hf_early_exit_tokens_per_s": hfe.tokens_per_s,
+                "hf_tokens_per_s": res["hf"].tokens_per_s,
+                "eedecode_ar_tokens_per_s": res["eedecode_ar"].tokens_per_s,
                 "acceptance_rate": ss.acceptance_rate,
                 "mean_tokens_per_round": ss.mean_tokens_per_round,
-                "speedup_vs_hf": speedup(ss.tokens_per_s, base["hf"].tokens_per_s),
-                "speedup_vs_ar": speedup(ss.tokens_per_s, base["eedecode_ar"].tokens_per_s),
+                "speedup_vs_hf": ss.speedup_vs_hf,
+                "speedup_vs_ar": ss.speedup_vs_ar,
+                "hf_early_exit_speedup_vs_hf": hfe.speedup_vs_hf,
+                "identical_to_hf": min(ss.identical_to_hf, hfe.identical_to_hf),
             }
         )
     return {
         "machine": machine_record(model, device),
-        "baselines": {m: asdict(r) for m, r in base.items()},
         "cells": cells,
         "settings": {
             "max_new_tokens": max_new_tokens,
             "num_prompts": len(prompt_ids),
+            "repeats": repeats,
             "draft_confidence_threshold": confidence_threshold,
         },
     }
 
 
 def plot_sweep(sweep: dict, path: str | Path, title: str = "") -> Path:
-    """Heatmap of eedecode's speed-up over HF generate, annotated with the acceptance rate."""
+    """Heatmaps over exit layer x draft length: eedecode's speed-up over HF generate (annotated
+    with its acceptance rate) beside HF assistant_early_exit's, on one colour scale."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -512,28 +527,35 @@ def plot_sweep(sweep: dict, path: str | Path, title: str = "") -> Path:
     cells = sweep["cells"]
     es = sorted({c["exit_layer"] for c in cells})
     ks = sorted({c["num_speculations"] for c in cells})
-    grid = torch.full((len(es), len(ks)), float("nan"))
-    acc = torch.full_like(grid, float("nan"))
+    panels = {
+        "eedecode self-speculative": "speedup_vs_hf",
+        "HF assistant_early_exit": "hf_early_exit_speedup_vs_hf",
+    }
+    grids = {name: torch.full((len(es), len(ks)), float("nan")) for name in panels}
+    acc = torch.full((len(es), len(ks)), float("nan"))
     for c in cells:
         i, j = es.index(c["exit_layer"]), ks.index(c["num_speculations"])
-        grid[i, j] = c["speedup_vs_hf"]
+        for name, key in panels.items():
+            grids[name][i, j] = c[key]
         acc[i, j] = c["acceptance_rate"] or 0.0
-    fig, ax = plt.subplots(figsize=(1.1 * len(ks) + 2.5, 0.7 * len(es) + 1.8))
-    im = ax.imshow(grid.numpy(), cmap="viridis", aspect="auto", origin="lower")
-    ax.set_xticks(range(len(ks)), [str(k) for k in ks])
-    ax.set_yticks(range(len(es)), [str(e) for e in es])
-    ax.set_xlabel("draft length k")
-    ax.set_ylabel("exit layer E")
-    for i in range(len(es)):
-        for j in range(len(ks)):
-            ax.text(
-                j, i, f"{grid[i, j]:.2f}×\n{acc[i, j]:.0%}", ha="center", va="center", color="w", fontsize=8
-            )
-    fig.colorbar(im, ax=ax, label="tokens/s vs HF generate")
-    ax.set_title(title or "eedecode self-speculative: speed-up (acceptance)")
-    fig.tight_layout()
+    lo = min(float(g.nan_to_num(9).min()) for g in grids.values())
+    hi = max(float(g.nan_to_num(0).max()) for g in grids.values())
+    fig, axes = plt.subplots(1, 2, figsize=(2 * (1.0 * len(ks) + 1.6), 0.6 * len(es) + 2.0), sharey=True)
+    for ax, (name, grid) in zip(axes, grids.items(), strict=True):
+        im = ax.imshow(grid.numpy(), cmap="viridis", aspect="auto", origin="lower", vmin=lo, vmax=hi)
+        ax.set_xticks(range(len(ks)), [str(k) for k in ks])
+        ax.set_yticks(range(len(es)), [str(e) for e in es])
+        ax.set_xlabel("draft length k")
+        ax.set_title(name, fontsize=10)
+        for i in range(len(es)):
+            for j in range(len(ks)):
+                label = f"{grid[i, j]:.2f}×" + (f"\n{acc[i, j]:.0%}" if name.startswith("eedecode") else "")
+                ax.text(j, i, label, ha="center", va="center", color="w", fontsize=7)
+    axes[0].set_ylabel("exit layer E")
+    fig.colorbar(im, ax=list(axes), label="tokens/s vs HF generate (paired median)")
+    fig.suptitle(title or "speed-up over HF generate (eedecode: with acceptance rate)", fontsize=10)
     path = Path(path)
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
     return path
 
@@ -556,6 +578,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--batch-sizes", default="1", help="comma-separated, e.g. 1,4,16")
     p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--repeats", type=int, default=1, help="decode every prompt this many times per method")
     p.add_argument(
         "--sweep", action="store_true", help="sweep exit layers x draft lengths and draw a heatmap"
     )
@@ -619,6 +642,7 @@ def run_cli(args) -> int:
             confidence_threshold=threshold,
             max_new_tokens=args.max_new_tokens,
             warmup=args.warmup,
+            repeats=args.repeats,
             show_progress=not args.no_progress,
         )
         sweep["model"] = path
@@ -626,13 +650,13 @@ def run_cli(args) -> int:
         png = plot_sweep(
             sweep, out / "sweep.png", title=f"{Path(path).name}: speed-up over HF generate (acceptance)"
         )
-        best = max(sweep["cells"], key=lambda c: c["eedecode_ss_tokens_per_s"])
-        best_hf = max(sweep["cells"], key=lambda c: c["hf_early_exit_tokens_per_s"])
+        best = max(sweep["cells"], key=lambda c: c["speedup_vs_hf"])
+        best_hf = max(sweep["cells"], key=lambda c: c["hf_early_exit_speedup_vs_hf"])
         print(
             f"best eedecode: E={best['exit_layer']} k={best['num_speculations']} "
-            f"{best['eedecode_ss_tokens_per_s']:.1f} tok/s ({best['speedup_vs_hf']:.2f}x HF generate); "
-            f"best HF early exit: E={best_hf['exit_layer']} k={best_hf['num_speculations']} "
-            f"{best_hf['hf_early_exit_tokens_per_s']:.1f} tok/s; heatmap: {png}"
+            f"{best['speedup_vs_hf']:.2f}x HF generate ({best['acceptance_rate']:.0%} accepted); "
+            f"best HF assistant_early_exit: E={best_hf['exit_layer']} k={best_hf['num_speculations']} "
+            f"{best_hf['hf_early_exit_speedup_vs_hf']:.2f}x HF generate; heatmap: {png}"
         )
         return 0
     record = run_benchmark(
@@ -644,6 +668,7 @@ def run_cli(args) -> int:
         max_new_tokens=args.max_new_tokens,
         batch_sizes=tuple(_ints(args.batch_sizes)),
         warmup=args.warmup,
+        repeats=args.repeats,
         show_progress=not args.no_progress,
     )
     record["model"] = path
