@@ -122,6 +122,7 @@ class Decoder:
         self.drafted = torch.zeros((), dtype=torch.long, device=dev)
         self.rounds = 0
         self.prefill_time_s = 0.0
+        self.rolls_back = False  # the self-speculative loop moves the cache to seq_len each round
 
     def prefill(
         self, input_ids: Tensor, attention_mask: Tensor | None, want_tokens: bool = False
@@ -146,48 +147,56 @@ class Decoder:
         running = self.active
         counts = counts * running  # stopped rows emit nothing
         pos = self.positions[:m]
-        emitted = pos[None, :] < counts[:, None]  # [B, m]
-        is_eos = torch.isin(tokens, self.eos) & emitted
-        hit_eos = is_eos.any(1)
-        through_eos = torch.where(hit_eos, is_eos.long().argmax(1) + 1, counts)
-        keep = torch.minimum(through_eos, self.max_new - self.out_len)  # [B]
-        self.out.scatter_(1, self.out_len[:, None] + pos[None, :], tokens)  # past `keep`: overwritten later
+        keep = counts
+        hit_eos = None
+        if self.eos.numel():  # cut after the first EOS among the emitted tokens
+            is_eos = torch.isin(tokens, self.eos) & (pos < counts[:, None])  # [B, m]
+            hit_eos = is_eos.any(1)
+            keep = torch.where(hit_eos, is_eos.int().argmax(1) + 1, counts)
+        keep = torch.minimum(keep, self.max_new - self.out_len)  # [B]
+        self.out.scatter_(1, self.out_len[:, None] + pos, tokens)  # past `keep`: overwritten later
         self.out_len += keep
-        stop = running & (hit_eos | (self.out_len >= self.max_new))
+        remaining = self.max_new - self.out_len
+        stop = remaining <= 0 if hit_eos is None else hit_eos | (remaining <= 0)
+        stop &= running
         last = (counts - 1).clamp_min(0)
         self.pending = torch.where(running, tokens.gather(1, last[:, None])[:, 0], self.pending)
-        self.seq_len = torch.where(stop, 0, self.seq_len if first else self.seq_len + counts)
         self.active = running & ~stop
         if not first:
+            self.seq_len = torch.where(stop, 0, self.seq_len + counts)
             self.hist.scatter_add_(0, last, running.long())
             self.rounds += 1
-        flags = self._flags()
+        flags = self._flags(remaining)
         if want_tokens:
             host = torch.cat([flags, keep, tokens.flatten()]).tolist()
             B = len(keep)
-            toks = host[4 + B :]
-            kept = [toks[b * m : b * m + n] for b, n in enumerate(host[4 : 4 + B])]
+            toks = host[len(flags) + B :]
+            kept = [toks[b * m : b * m + n] for b, n in enumerate(host[len(flags) : len(flags) + B])]
         else:
             host, kept = flags.tolist(), None
-        self._host_lengths = (host[2], host[3])
-        return RoundView(bool(host[0]), host[1], kept)
+        return self._view(host, kept)
 
-    def _flags(self) -> Tensor:
-        """[any row running, most new tokens a running row may still emit, max and min cache length]."""
-        remaining = (self.max_new - self.out_len).masked_fill(~self.active, 0)
-        return torch.stack(
-            [self.active.any().long(), remaining.max(), self.seq_len.max(), self.seq_len.min()]
-        )
+    def _flags(self, remaining: Tensor) -> Tensor:
+        """[most new tokens a running row may still emit (0: none runs)] and, where the cache rolls
+        back, [max and min cache length]."""
+        left = (remaining * self.active).max()
+        if not self.rolls_back:
+            return left[None]
+        return torch.stack([left, self.seq_len.max(), self.seq_len.min()])
+
+    def _view(self, host: list[int], kept) -> RoundView:
+        if self.rolls_back:
+            self._host_lengths = (host[1], host[2])
+        return RoundView(host[0] > 0, host[0], kept)
 
     def truncate(self, row: int, length: int) -> RoundView:
         """Stop ``row`` with ``length`` new tokens (a user stopping criterion fired; host path)."""
         self.out_len[row] = length
         self.active[row] = False
         self.seq_len[row] = 0
-        host = self._flags().tolist()
-        self._host_lengths = (host[2], host[3])
+        view = self._view(self._flags(self.max_new - self.out_len).tolist(), None)
         self._rollback()
-        return RoundView(bool(host[0]), host[1])
+        return view
 
     def _rollback(self) -> None:
         """Move the cache to ``seq_len`` (the self-speculative loop; plain decoding never rolls back)."""
@@ -235,6 +244,7 @@ class SelfSpeculativeDecoder(Decoder):
             runner, chooser, input_ids, max_new_tokens, eos_token_id, max_drafts=num_speculations
         )
         self.exit_layer = exit_layer
+        self.rolls_back = True
         # Stop drafting once no running row's draft is at least this likely (HF's assistant_
         # confidence_threshold). It reads the confidence on the host: one synchronisation per draft.
         self.confidence_threshold = confidence_threshold

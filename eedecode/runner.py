@@ -40,6 +40,56 @@ def _signed_sin(sin: Tensor) -> Tensor:
     return torch.cat((-sin[..., :half], sin[..., half:]), dim=-1)
 
 
+# -- the functional fast path -----------------------------------------------------------------------
+# Dispatch overhead dominates small models: an HF RMSNorm is 8 tensor ops, F.rms_norm one. Where a
+# submodule is *exactly* a known HF class with no hooks (so its forward is known), the runner calls
+# the functional op on the module's own parameters instead; anything else (bitsandbytes layers,
+# accelerate hooks, forward hooks, other classes) goes through the module. Same numbers: F.linear
+# is what nn.Linear calls, and F.rms_norm equals the HF norm bit for bit in float32 (the only dtype
+# it is used for; tests check both).
+_RMS_NORMS = ("LlamaRMSNorm", "MistralRMSNorm", "Qwen2RMSNorm")
+_GATED_MLPS = ("LlamaMLP", "MistralMLP", "Qwen2MLP")
+_SILU = ("SiLUActivation", "SiLU")
+
+
+def _hooked(m: torch.nn.Module) -> bool:
+    return bool(m._forward_hooks or m._forward_pre_hooks or "forward" in m.__dict__)
+
+
+def _plain_linear(m) -> bool:
+    return type(m) is torch.nn.Linear and not _hooked(m)
+
+
+def _norm_fn(m):
+    """x -> m(x), by F.rms_norm when that is bit-identical (a known HF RMSNorm, float32)."""
+    if type(m).__name__ not in _RMS_NORMS or _hooked(m) or m.weight.dtype != torch.float32:
+        return m
+    shape, eps = (m.weight.shape[0],), m.variance_epsilon
+    return lambda x: F.rms_norm(x, shape, m.weight, eps) if x.dtype == torch.float32 else m(x)
+
+
+def _linear_fn(m):
+    """x -> m(x), by F.linear on its parameters when m is a plain nn.Linear."""
+    return (lambda x: F.linear(x, m.weight, m.bias)) if _plain_linear(m) else m
+
+
+def _mlp_fn(m):
+    """x -> m(x) for the gated SiLU MLP of Llama / Mistral / Qwen2, functionally when possible."""
+    parts = (getattr(m, "gate_proj", None), getattr(m, "up_proj", None), getattr(m, "down_proj", None))
+    if (
+        type(m).__name__ not in _GATED_MLPS
+        or _hooked(m)
+        or type(getattr(m, "act_fn", None)).__name__ not in _SILU
+        or _hooked(m.act_fn)
+        or not all(_plain_linear(p) for p in parts)
+    ):
+        return m
+    g, u, d = parts
+    return lambda x: F.linear(
+        F.silu(F.linear(x, g.weight, g.bias)) * F.linear(x, u.weight, u.bias), d.weight, d.bias
+    )
+
+
 # RoPE variants whose frequencies do not depend on the sequence length: their tables can be
 # computed once per length and sliced (HF computes them elementwise per position, so the values
 # are bit for bit the same).
@@ -94,6 +144,21 @@ class ModelRunner:
         self.windows = _sliding_windows(config, self.num_layers)
         self._rope_table: tuple[Tensor, Tensor] | None = None  # cos, signed sin [positions, D]
         self.layer_devices = [layer.input_layernorm.weight.device for layer in self.layers]
+        self._final_norm, self._head = _norm_fn(self.norm), _linear_fn(self.lm_head)
+        # Per layer: how to call each submodule (see _norm_fn / _linear_fn / _mlp_fn). Decided
+        # here, so hooks registered after the runner is built are not seen: build a new runner.
+        self._calls = [
+            (
+                _norm_fn(layer.input_layernorm),
+                _linear_fn(layer.self_attn.q_proj),
+                _linear_fn(layer.self_attn.k_proj),
+                _linear_fn(layer.self_attn.v_proj),
+                _linear_fn(layer.self_attn.o_proj),
+                _norm_fn(layer.post_attention_layernorm),
+                _mlp_fn(layer.mlp),
+            )
+            for layer in self.layers
+        ]
         self.device = self.embed_tokens.weight.device
         self.dtype = self.embed_tokens.weight.dtype
         # The fused exit head needs the final norm's weight and epsilon and a plain LM-head weight;
@@ -163,15 +228,14 @@ class ModelRunner:
     def _layer(
         self, i: int, x: Tensor, cos: Tensor, sin: Tensor, cache: KVCache, ctx: BlockContext
     ) -> Tensor:
-        layer = self.layers[i]
-        attn = layer.self_attn
+        input_norm, q_proj, k_proj, v_proj, o_proj, post_norm, mlp = self._calls[i]
         if x.device != self.layer_devices[i]:  # models split across devices by accelerate
             x, cos, sin = (t.to(self.layer_devices[i]) for t in (x, cos, sin))
         B, T, _ = x.shape
-        h = layer.input_layernorm(x)
-        q = attn.q_proj(h).view(B, T, -1, self.head_dim)  # [B, T, Hq, D]
-        k = attn.k_proj(h).view(B, T, -1, self.head_dim)  # [B, T, Hkv, D]
-        v = attn.v_proj(h).view(B, T, -1, self.head_dim).transpose(1, 2)  # [B, Hkv, T, D]
+        h = input_norm(x)
+        q = q_proj(h).view(B, T, -1, self.head_dim)  # [B, T, Hq, D]
+        k = k_proj(h).view(B, T, -1, self.head_dim)  # [B, T, Hkv, D]
+        v = v_proj(h).view(B, T, -1, self.head_dim).transpose(1, 2)  # [B, Hkv, T, D]
         q, k = _apply_rope(torch.cat((q, k), dim=2), cos, sin).split(
             (self.num_heads, self.num_kv_heads), dim=2
         )
@@ -185,17 +249,17 @@ class ModelRunner:
             keys,
             values,
             attn_mask=mask,
-            scale=attn.scaling,
+            scale=self.layers[i].self_attn.scaling,
             enable_gqa=self.num_heads != self.num_kv_heads,
         )
-        x = x + attn.o_proj(o.transpose(1, 2).reshape(B, T, -1))
-        return x + layer.mlp(layer.post_attention_layernorm(x))
+        x = x + o_proj(o.transpose(1, 2).reshape(B, T, -1))
+        return x + mlp(post_norm(x))
 
     @torch.no_grad()
     def logits(self, hidden: Tensor) -> Tensor:
         """Final norm + LM head on any hidden state ``[..., H]`` -> fp32 logits ``[..., V]``."""
-        hidden = hidden.to(self.norm.weight.device)
-        return self.lm_head(self.norm(hidden)).float()
+        logits = self._head(self._final_norm(hidden.to(self.norm.weight.device)))
+        return logits if logits.dtype == torch.float32 else logits.float()
 
     @torch.no_grad()
     def exit_stats(self, hidden: Tensor, *, temperature: float | None = None, seed: Tensor | None = None,
