@@ -20,7 +20,7 @@ import sys
 import pytest
 import torch
 from eedecode.kernels import BACKEND_ENV, ExitHeadStats, exit_head, exit_head_reference
-from eedecode.kernels.exit_head_reference import gumbel_noise, mix32, row_keys, uniform_from_bits
+from eedecode.kernels.exit_head_reference import gumbel_noise, mix32, rms_norm_hf, row_keys, uniform_from_bits
 from transformers.models.llama.modeling_llama import LlamaRMSNorm
 
 EPS = 1e-5
@@ -425,3 +425,15 @@ def test_gpu_cuda_graph_replay_with_a_device_seed():
         graph.replay()
         eager = exit_head(hidden, nw, EPS, w, seed=seed)
         assert all(torch.equal(a, b) for a, b in zip(captured, eager, strict=True))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_reference_norm_is_hf_norm_bit_for_bit(dtype):
+    norm = LlamaRMSNorm(96, eps=EPS).to(dtype)
+    with torch.no_grad():
+        norm.weight.copy_(torch.rand(96, generator=torch.Generator().manual_seed(0)) + 0.5)
+    g = torch.Generator().manual_seed(1)
+    for scale in (1e-3, 1.0, 1e3):
+        x = (torch.randn(7, 96, generator=g) * scale).to(dtype)
+        with torch.no_grad():
+            assert torch.equal(rms_norm_hf(x, norm.weight, EPS), norm(x))
