@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import time
@@ -336,7 +337,8 @@ def machine_record(model, device) -> dict:
         "python": platform.python_version(),
         "platform": platform.platform(),
         "processor": _cpu_name(),
-        "cpu_count": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "transformers": transformers.__version__,
         "device": str(device),

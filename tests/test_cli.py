@@ -30,6 +30,14 @@ def test_generate_with_no_model_uses_the_demo_offline():
     assert len(done.stdout) > len("def add(a, b):\n")
     assert "demo_models/early_exit" in done.stderr and "12 new tokens" in done.stderr
     assert "acceptance" in done.stderr
+    rec = json.loads((demo.demo_model_path("early_exit") / "eedecode.json").read_text())
+    assert f"E={rec['exit_layer']} k={rec['num_speculations']}" in done.stderr  # its recommended setting
+
+
+def test_explicit_settings_override_the_checkpoint_recommendation():
+    done = eedecode("generate", "--max-new-tokens", "6", "--exit-layer", "5", "--num-speculations", "3", "x")
+    assert done.returncode == 0, done.stderr
+    assert "E=5 k=3" in done.stderr
 
 
 def test_generate_bad_argument_is_one_clear_line_and_streams_nothing():
