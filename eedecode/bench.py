@@ -489,7 +489,7 @@ def run_sweep(
             model, list(METHODS), prompt_ids, max_new_tokens=max_new_tokens,
             spec=Speculation(e, k, confidence_threshold), warmup=warmup, repeats=repeats,
         )  # fmt: skip
-        ss, hfe = res["eedecode_ss"], res["hf_early_exit"]
+        ss, hfe, ar = res["eedecode_ss"], res["hf_early_exit"], res["eedecode_ar"]
         cells.append(
             {
                 "exit_layer": e,
@@ -497,13 +497,14 @@ def run_sweep(
                 "eedecode_ss_tokens_per_s": ss.tokens_per_s,
                 "hf_early_exit_tokens_per_s": hfe.tokens_per_s,
                 "hf_tokens_per_s": res["hf"].tokens_per_s,
-                "eedecode_ar_tokens_per_s": res["eedecode_ar"].tokens_per_s,
+                "eedecode_ar_tokens_per_s": ar.tokens_per_s,
                 "acceptance_rate": ss.acceptance_rate,
                 "mean_tokens_per_round": ss.mean_tokens_per_round,
                 "speedup_vs_hf": ss.speedup_vs_hf,
                 "speedup_vs_ar": ss.speedup_vs_ar,
                 "hf_early_exit_speedup_vs_hf": hfe.speedup_vs_hf,
-                "identical_to_hf": min(ss.identical_to_hf, hfe.identical_to_hf),
+                "eedecode_ar_speedup_vs_hf": ar.speedup_vs_hf,
+                "identical_to_hf": min(ss.identical_to_hf, hfe.identical_to_hf, ar.identical_to_hf),
             }
         )
     return {

@@ -104,6 +104,9 @@ def test_sweep_and_heatmap(tmp_path):
         (3, 1),
         (3, 4),
     }
+    for c in sweep["cells"]:  # greedy: every method of every cell returns HF's tokens
+        assert c["identical_to_hf"] == 2
+        assert c["eedecode_ar_speedup_vs_hf"] > 0 and c["speedup_vs_ar"] > 0
     png = bench.plot_sweep(sweep, tmp_path / "sweep.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
