@@ -5,8 +5,9 @@ drop-in for Hugging Face ``model.generate(**inputs, max_new_tokens=n)``: the mod
 own first ``E`` layers and LM head and verifies the drafts in one pass of its remaining layers.
 """
 
+from .config import DecodingConfig
 from .demo import demo_model_path
-from .generation import DecodingConfig, GenerateOutput, GenerationStats, generate
+from .generation import GenerateOutput, GenerationStats, generate
 from .runner import SUPPORTED_ARCHITECTURES, ModelRunner
 from .sampling import SamplingParams
 

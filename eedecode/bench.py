@@ -28,9 +28,10 @@ from pathlib import Path
 import torch
 
 from .decoding import TokenChooser
-from .generation import DecodingConfig, generate
+from .generation import generate
 from .runner import ModelRunner
 from .sampling import SamplingParams
+from .strategies.self_speculative import SelfSpeculativeOptions
 
 METHODS = ("hf", "hf_early_exit", "eedecode_ar", "eedecode_ss")
 METHOD_NAMES = {
@@ -142,12 +143,14 @@ def _run_method(model, method, ids, attention_mask, max_new, spec: Speculation, 
             num_assistant_tokens=spec.num_speculations,
             num_assistant_tokens_schedule="constant",
         ), None
-    mode = "autoregressive" if method == "eedecode_ar" else "self_speculative"
+    if method == "eedecode_ar":
+        out = generate(model, ids, **common, mode="autoregressive", return_dict_in_generate=True)
+        return out.sequences, out.stats
     out = generate(
         model,
         ids,
         **common,
-        mode=mode,
+        mode="self_speculative",
         exit_layer=spec.exit_layer,
         num_speculations=spec.num_speculations,
         draft_confidence_threshold=spec.confidence_threshold,
@@ -377,7 +380,7 @@ def run_benchmark(
     the other batch sizes, interleaved (:func:`time_methods`). Returns the JSON-able record."""
     from tqdm.auto import tqdm
 
-    DecodingConfig(
+    SelfSpeculativeOptions(
         exit_layer=spec.exit_layer,
         num_speculations=spec.num_speculations,
         draft_confidence_threshold=spec.confidence_threshold,
@@ -593,7 +596,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=None,
         help="for --model synthetic:<shape>: the exit layer's target agreement with the last layer",
     )
-    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads on the CPU")
     p.add_argument("--output", default="runs/bench", help="directory for the JSON record, table and heatmap")
     p.add_argument("--no-progress", action="store_true")
 
@@ -603,24 +605,17 @@ def _ints(s: str) -> list[int]:
 
 
 def run_cli(args) -> int:
-    from .cli import load_model, recommended_settings
+    from .loading import load_model
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.model and args.model.startswith("synthetic:"):
-        from .synthetic import synthetic_model
-
-        model = synthetic_model(
-            args.model.split(":", 1)[1],
-            exit_layer=args.exit_layer,
-            agreement=args.synthetic_agreement,
-            device=args.device,
-            dtype=args.dtype,
-        )
-        tokenizer, rec, path = None, {}, args.model
-    else:
-        model, tokenizer, path = load_model(args.model, args.device, args.dtype)
-        rec = recommended_settings(path)
+    model, tokenizer, path, rec = load_model(
+        args.model,
+        args.device,
+        args.dtype,
+        synthetic_agreement=args.synthetic_agreement,
+        synthetic_exit_layer=args.exit_layer,
+    )
     L = model.config.num_hidden_layers
     exit_layer = args.exit_layer or rec.get("exit_layer") or max(1, L // 4)
     k = args.num_speculations or rec.get("num_speculations") or 4

@@ -40,6 +40,20 @@ class BlockContext:
     lengths: Tensor  # [B] row lengths before the block (device)
     key_valid: Tensor | None  # [B, kv_len] False at left-padding slots, None without padding
 
+    @staticmethod
+    def standalone(batch_size: int, num_tokens: int, device) -> BlockContext:
+        """A block that is a whole causal sequence at positions ``0..T-1``, with no cache."""
+        return BlockContext(
+            start=0,
+            write_index=None,
+            kv_len=num_tokens,
+            num_tokens=num_tokens,
+            position_ids=None,
+            masks={},
+            lengths=torch.zeros(batch_size, dtype=torch.long, device=device),
+            key_valid=None,
+        )
+
     def mask(self, window: int | None) -> Tensor | None:
         """The attention mask for layers with this sliding window (None: full causal)."""
         if window not in self.masks:

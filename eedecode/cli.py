@@ -1,113 +1,100 @@
 """Command line: ``eedecode generate``, ``eedecode bench``, ``eedecode train``.
 
 All presentation (streaming text, colours, tables, progress bars) lives here and in the benchmark
-module, never in the engine.
+module, never in the engine. Decoding modes and their flags come from the strategy registry.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-from pathlib import Path
 
-import torch
+from .config import DEFAULT_MODE
+from .loading import DEVICES, DTYPES, load_model
+from .strategies import all_option_fields, get_strategy, option_fields, strategy_names
 
-from .generation import MODES
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("--device cuda: no CUDA device is available")
-    return torch.device(name)
-
-
-def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    if name == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    return DTYPES[name]
-
-
-def resolve_model_path(model: str | None) -> str:
-    """``None`` or ``demo`` / ``demo-plain``: the shipped demo checkpoints; otherwise a path or hub id."""
-    from . import demo
-
-    if model is None or model in ("demo", "demo-early-exit"):
-        return str(demo.demo_model_path("early_exit"))
-    if model == "demo-plain":
-        return str(demo.demo_model_path("plain"))
-    return model
-
-
-def load_model(model: str | None, device: str = "auto", dtype: str = "auto"):
-    """Load ``(model, tokenizer, path)`` for the CLI and the benchmarks (offline for the demos)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    path = resolve_model_path(model)
-    dev = resolve_device(device)
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    net = AutoModelForCausalLM.from_pretrained(path, dtype=resolve_dtype(dtype, dev)).to(dev).eval()
-    return net, tokenizer, path
-
-
-def recommended_settings(path: str) -> dict:
-    """Exit layer and draft length recommended for a checkpoint (``eedecode.json`` beside it)."""
-    f = Path(path) / "eedecode.json"
-    return json.loads(f.read_text()) if f.is_file() else {}
+DEFAULT_PROMPT = "def fibonacci(n):\n"
 
 
 def add_model_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
-        "--model", default=None, help="checkpoint path or hub id; default: the shipped early-exit demo model"
+        "--model",
+        default=None,
+        help="checkpoint folder, .gguf file, demo (default), demo-plain, smollm2 or synthetic:<shape>",
     )
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--device", default="auto", choices=DEVICES)
     p.add_argument(
         "--dtype", default="auto", choices=["auto", *DTYPES], help="auto: float32 on CPU, bfloat16 on CUDA"
     )
+    p.add_argument("--threads", type=positive_int, default=None, help="torch intra-op threads on the CPU")
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an int >= 1, got {value}")
+    return value
+
+
+def _flag_type(f):
+    """argparse type of an Options field, from its annotation (``int | None`` -> int)."""
+    kinds = str(f.type).replace(" ", "").split("|")
+    for name, typ in (("int", int), ("float", float), ("str", str)):
+        if name in kinds:
+            return typ
+    return str
+
+
+def add_mode_arguments(p: argparse.ArgumentParser) -> None:
+    """``--mode`` and every registered mode's settings as flags (default: unset)."""
+    modes = strategy_names()
+    p.add_argument("--mode", default=None, choices=modes, help=f"decoding mode (default {DEFAULT_MODE})")
+    for name, f in all_option_fields().items():
+        if f.metadata.get("cli", True):
+            owners = [m for m in modes if name in option_fields(get_strategy(m))]
+            help_text = f"{f.metadata.get('help', '')} [{', '.join(owners)}]"
+            p.add_argument("--" + name.replace("_", "-"), type=_flag_type(f), default=None, help=help_text)
 
 
 def add_decoding_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--mode", default="self_speculative", choices=MODES)
-    p.add_argument(
-        "--exit-layer",
-        type=int,
-        default=None,
-        help="draft with layers [0, E); default: the checkpoint's recommendation or L/4",
-    )
-    p.add_argument(
-        "--num-speculations",
-        type=int,
-        default=None,
-        help="draft length k; default: the checkpoint's recommendation or 4",
-    )
+    add_mode_arguments(p)
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--do-sample", action="store_true")
-    p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--top-k", type=int, default=0)
-    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--temperature", type=float, default=None)
+    p.add_argument("--top-k", type=int, default=None)
+    p.add_argument("--top-p", type=float, default=None)
     p.add_argument("--seed", type=int, default=None)
 
 
-def decoding_kwargs(args, model, path: str) -> dict:
-    rec = recommended_settings(path)
-    L = model.config.num_hidden_layers
-    kw = dict(
-        mode=args.mode,
-        max_new_tokens=args.max_new_tokens,
-        do_sample=args.do_sample,
-        temperature=args.temperature,
-        top_k=args.top_k,
-        top_p=args.top_p,
-        seed=args.seed,
-    )
-    if args.mode == "self_speculative":
-        kw["exit_layer"] = args.exit_layer or rec.get("exit_layer") or max(1, L // 4)
-        kw["num_speculations"] = args.num_speculations or rec.get("num_speculations") or 4
-    return kw
+def mode_options(args, settings: dict) -> dict:
+    """The selected mode's settings: flags given on the command line, else the checkpoint's
+    recommendation (``eedecode.json``). A flag of another mode is an error (raised by generate)."""
+    mode = args.mode or DEFAULT_MODE
+    own = option_fields(get_strategy(mode))
+    out = {}
+    for name in all_option_fields():
+        value = getattr(args, name, None)
+        if value is not None:
+            out[name] = value
+        elif name in own and settings.get(name) is not None:
+            out[name] = settings[name]
+    return out
+
+
+def decoding_kwargs(args, settings: dict) -> dict:
+    kw = dict(mode=args.mode or DEFAULT_MODE, max_new_tokens=args.max_new_tokens, seed=args.seed)
+    kw["do_sample"] = args.do_sample
+    for name in ("temperature", "top_k", "top_p"):
+        if getattr(args, name) is not None:
+            kw[name] = getattr(args, name)
+    return {**kw, **mode_options(args, settings)}
+
+
+def set_threads(args) -> None:
+    if getattr(args, "threads", None):
+        import torch
+
+        torch.set_num_threads(args.threads)
 
 
 def cmd_generate(args) -> int:
@@ -115,18 +102,26 @@ def cmd_generate(args) -> int:
 
     from .generation import generate
 
-    model, tokenizer, path = load_model(args.model, args.device, args.dtype)
+    set_threads(args)
+    loaded = load_model(args.model, args.device, args.dtype)
+    if loaded.tokenizer is None:
+        raise ValueError(f"model: {loaded.path} has no tokenizer; `eedecode generate` needs one")
     prompt = args.prompt.replace("\\n", "\n").replace("\\t", "\t")  # typed escapes
+    model, tokenizer = loaded.model, loaded.tokenizer
     inputs = tokenizer(prompt, return_tensors="pt").to(model.device)
     streamer = (
         None if args.no_stream else TextStreamer(tokenizer, skip_prompt=False, skip_special_tokens=True)
     )
     out = generate(
-        model, **inputs, **decoding_kwargs(args, model, path), streamer=streamer, return_dict_in_generate=True
+        model,
+        **inputs,
+        **decoding_kwargs(args, loaded.settings),
+        streamer=streamer,
+        return_dict_in_generate=True,
     )
     if args.no_stream:
         print(tokenizer.decode(out.sequences[0], skip_special_tokens=True))
-    print(f"\n[eedecode] {path}\n[eedecode] {out.stats.summary()}", file=sys.stderr)
+    print(f"\n[eedecode] {loaded.path}\n[eedecode] {out.stats.summary()}", file=sys.stderr)
     return 0
 
 
@@ -141,7 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-stream", action="store_true", help="print the text at the end instead of streaming it"
     )
     g.add_argument(
-        "prompt", nargs="?", default="def fibonacci(n):\n", help="the prompt text (\\n, \\t: newline, tab)"
+        "prompt", nargs="?", default=DEFAULT_PROMPT, help="the prompt text (\\n, \\t: newline, tab)"
     )
     g.set_defaults(func=cmd_generate)
 

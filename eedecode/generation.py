@@ -14,79 +14,18 @@ the allowed values, and nothing reaches the streamer.
 
 from __future__ import annotations
 
-import copy
 import time
-import warnings
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 
 import torch
 from transformers import GenerationConfig
 
-from .decoding import AutoregressiveDecoder, DecodeStats, SelfSpeculativeDecoder, TokenChooser
+from .config import DecodingConfig, engine_option_names, options_dict, resolve_config
+from .decoding import Decoder, DecodeStats, TokenChooser
 from .runner import ModelRunner, check_supported
-from .sampling import SamplingParams
+from .strategies import all_option_fields, get_strategy
 
 Tensor = torch.Tensor
-
-MODES = ("self_speculative", "autoregressive")
-
-# GenerationConfig fields that generate() honours, and those that change nothing here.
-_HONOURED = {
-    "max_new_tokens", "max_length", "do_sample", "temperature", "top_k", "top_p", "eos_token_id",
-    "pad_token_id", "assistant_early_exit", "num_assistant_tokens", "return_dict_in_generate",
-    "assistant_confidence_threshold",
-}  # fmt: skip
-_IGNORED = {
-    "bos_token_id", "decoder_start_token_id", "use_cache", "transformers_version", "_from_model_config",
-    "num_assistant_tokens_schedule", "length_penalty",
-    "early_stopping", "cache_implementation", "num_beams", "num_return_sequences", "repetition_penalty",
-    "typical_p", "num_beam_groups", "diversity_penalty", "output_scores", "output_logits",
-    "output_attentions", "output_hidden_states", "renormalize_logits", "remove_invalid_values",
-}  # fmt: skip
-# ...but only while they keep their default value:
-_NEUTRAL = {
-    "num_beams": 1, "num_return_sequences": 1, "repetition_penalty": 1.0, "typical_p": 1.0,
-    "num_beam_groups": 1, "diversity_penalty": 0.0, "output_scores": False, "output_logits": False,
-    "output_attentions": False, "output_hidden_states": False, "renormalize_logits": False,
-    "remove_invalid_values": False,
-}  # fmt: skip
-
-
-@dataclass(frozen=True)
-class DecodingConfig:
-    """Resolved settings of one generate() call (the CLI builds one too)."""
-
-    mode: str = "self_speculative"
-    exit_layer: int | None = None
-    num_speculations: int = 4
-    max_new_tokens: int = 20
-    sampling: SamplingParams = field(default_factory=SamplingParams)
-    eos_token_id: tuple[int, ...] = ()
-    pad_token_id: int | None = None
-    draft_confidence_threshold: float | None = None
-
-    def validate(self, num_layers: int) -> None:
-        if self.mode not in MODES:
-            raise ValueError(f"mode: must be one of {MODES}, got {self.mode!r}")
-        if self.mode == "self_speculative":
-            if self.exit_layer is None:
-                raise ValueError(
-                    f"exit_layer: required for mode='self_speculative' (an int in 1..{num_layers - 1}); "
-                    "pass exit_layer= (or assistant_early_exit=), or mode='autoregressive'"
-                )
-            if not _is_int(self.exit_layer) or not 1 <= self.exit_layer <= num_layers - 1:
-                raise ValueError(
-                    f"exit_layer: must be an int in 1..{num_layers - 1} for a model of {num_layers} "
-                    f"layers, got {self.exit_layer!r}"
-                )
-            if not _is_int(self.num_speculations) or self.num_speculations < 1:
-                raise ValueError(f"num_speculations: must be an int >= 1, got {self.num_speculations!r}")
-            t = self.draft_confidence_threshold
-            if t is not None and not (isinstance(t, (int, float)) and 0.0 <= t <= 1.0):
-                raise ValueError(f"draft_confidence_threshold: must be a float in [0, 1] or None, got {t!r}")
-        if not _is_int(self.max_new_tokens) or self.max_new_tokens < 0:
-            raise ValueError(f"max_new_tokens: must be an int >= 0, got {self.max_new_tokens!r}")
-        self.sampling.validate()
 
 
 @dataclass
@@ -94,8 +33,8 @@ class GenerationStats:
     """What a generate() call did. Rates are per row-round (one round of one batch row)."""
 
     mode: str
-    exit_layer: int | None
-    num_speculations: int | None
+    options: dict  # the mode's settings
+    description: str  # the mode and its settings, in words
     rounds: int
     drafted_tokens: int
     accepted_tokens: int
@@ -104,6 +43,14 @@ class GenerationStats:
     wall_time_s: float
     prefill_time_s: float
     row_rounds: int
+
+    @property
+    def exit_layer(self) -> int | None:
+        return self.options.get("exit_layer")
+
+    @property
+    def num_speculations(self) -> int | None:
+        return self.options.get("num_speculations")
 
     @property
     def acceptance_rate(self) -> float:
@@ -122,10 +69,10 @@ class GenerationStats:
         head = (
             f"{self.new_tokens} new tokens in {self.wall_time_s:.3f} s ({self.tokens_per_second:.1f} tok/s)"
         )
-        if self.mode == "autoregressive":
-            return f"{head}; autoregressive, {self.rounds} steps"
+        if not self.drafted_tokens:
+            return f"{head}; {self.description}, {self.rounds} steps"
         return (
-            f"{head}; self-speculative E={self.exit_layer} k={self.num_speculations}: {self.rounds} rounds, "
+            f"{head}; {self.description}: {self.rounds} rounds, "
             f"acceptance {self.acceptance_rate:.1%}, {self.mean_tokens_per_round:.2f} tokens/round, "
             f"accepted-length histogram {self.accepted_length_histogram}"
         )
@@ -137,104 +84,6 @@ class GenerateOutput:
 
     sequences: Tensor  # [B, prompt + new]
     stats: GenerationStats
-
-
-# -- argument resolution ---------------------------------------------------------------------------
-def _is_int(x) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool)
-
-
-def _eos_tuple(eos) -> tuple[int, ...]:
-    if eos is None:
-        return ()
-    if isinstance(eos, Tensor):
-        eos = eos.tolist()
-    eos = [eos] if _is_int(eos) else list(eos)
-    if not all(_is_int(e) for e in eos):
-        raise ValueError(f"eos_token_id: must be an int or a list of ints, got {eos!r}")
-    return tuple(eos)
-
-
-def _merged_generation_config(model, generation_config, overrides: dict) -> tuple[GenerationConfig, set]:
-    """Model defaults <- generation_config argument <- keyword arguments, as HF merges them.
-    Returns the merged config and the names the caller set."""
-    base = getattr(model, "generation_config", None)
-    merged = copy.deepcopy(base) if base is not None else GenerationConfig()
-    user_set = set()
-    if generation_config is not None:
-        if not isinstance(generation_config, GenerationConfig):
-            raise ValueError(
-                f"generation_config: must be a transformers.GenerationConfig, got {type(generation_config)}"
-            )
-        diff = generation_config.to_diff_dict()
-        for key, value in diff.items():
-            setattr(merged, key, value)
-        user_set |= set(diff)
-    for key, value in overrides.items():
-        setattr(merged, key, value)
-        user_set.add(key)
-    return merged, user_set
-
-
-def _check_unsupported(merged: GenerationConfig, user_set: set) -> None:
-    defaults = GenerationConfig().to_dict()
-    for key, value in merged.to_dict().items():
-        if key in _HONOURED or value == defaults.get(key, value):
-            continue
-        if key in _IGNORED and (key not in _NEUTRAL or value == _NEUTRAL[key]):
-            continue
-        message = f"eedecode.generate does not support {key}={value!r}"
-        if key in user_set:
-            raise ValueError(message)
-        warnings.warn(f"{message} (from the model's generation_config); ignoring it", stacklevel=3)
-
-
-def resolve_config(
-    model, num_prompt_tokens: int, generation_config=None, **kwargs
-) -> tuple[DecodingConfig, bool]:
-    """Turn generate()'s arguments into a :class:`DecodingConfig`; also return
-    ``return_dict_in_generate``."""
-    engine_keys = ("mode", "exit_layer", "num_speculations", "draft_confidence_threshold")
-    engine = {k: kwargs.pop(k) for k in engine_keys if k in kwargs}
-    overrides = {k: v for k, v in kwargs.items() if v is not None}
-    merged, user_set = _merged_generation_config(model, generation_config, overrides)
-    _check_unsupported(merged, user_set)
-
-    exit_layer = engine.get("exit_layer")
-    if exit_layer is None:
-        exit_layer = merged.assistant_early_exit
-    num_spec = engine.get("num_speculations")
-    if num_spec is None:
-        num_spec = merged.num_assistant_tokens if "num_assistant_tokens" in user_set else 4
-    if "max_new_tokens" in user_set or merged.max_new_tokens is not None:
-        max_new = merged.max_new_tokens
-    else:  # HF: max_length counts the prompt
-        max_new = max((merged.max_length or 20) - num_prompt_tokens, 0)
-    threshold = engine.get("draft_confidence_threshold")
-    if threshold is None and "assistant_confidence_threshold" in user_set:
-        threshold = merged.assistant_confidence_threshold
-    eos = _eos_tuple(merged.eos_token_id)
-    pad = merged.pad_token_id
-    if pad is None and eos:
-        pad = eos[0]
-    config = DecodingConfig(
-        mode=engine.get("mode") or "self_speculative",
-        exit_layer=exit_layer,
-        num_speculations=num_spec,
-        max_new_tokens=max_new,
-        sampling=SamplingParams(
-            do_sample=bool(merged.do_sample),
-            temperature=merged.temperature if merged.temperature is not None else 1.0,
-            top_k=merged.top_k,
-            top_p=merged.top_p,
-        ),
-        eos_token_id=eos,
-        pad_token_id=pad,
-        draft_confidence_threshold=threshold,
-    )
-    if config.mode == "autoregressive":
-        config = replace(config, exit_layer=None, num_speculations=None, draft_confidence_threshold=None)
-    return config, bool(merged.return_dict_in_generate)
 
 
 def _check_inputs(
@@ -286,69 +135,32 @@ def generate(
     input_ids: Tensor | None = None,
     attention_mask: Tensor | None = None,
     *,
-    exit_layer: int | None = None,
-    num_speculations: int | None = None,
-    max_new_tokens: int | None = None,
     mode: str | None = None,
     generation_config: GenerationConfig | None = None,
-    eos_token_id: int | list[int] | None = None,
-    pad_token_id: int | None = None,
     stopping_criteria=None,
     streamer=None,
-    return_dict_in_generate: bool | None = None,
-    assistant_early_exit: int | None = None,
-    num_assistant_tokens: int | None = None,
-    draft_confidence_threshold: float | None = None,
-    do_sample: bool | None = None,
-    temperature: float | None = None,
-    top_k: int | None = None,
-    top_p: float | None = None,
     generator: torch.Generator | None = None,
     seed: int | None = None,
     **kwargs,
 ):
-    """Generate like ``model.generate(input_ids, attention_mask, ...)``, drafting with the model's
-    own first ``exit_layer`` layers and verifying ``num_speculations`` drafts per round.
+    """Generate like ``model.generate(input_ids, attention_mask, ...)`` with a decoding ``mode``
+    (default ``self_speculative``: draft with the model's own first ``exit_layer`` layers, verify
+    ``num_speculations`` drafts per round with the rest).
 
-    Returns a LongTensor ``[batch, prompt + new]``, or a :class:`GenerateOutput` with
-    ``.sequences`` and ``.stats`` when ``return_dict_in_generate=True``. ``mode='autoregressive'``
-    runs the plain one-token-per-step baseline on the same engine. ``draft_confidence_threshold``
-    (alias: HF's ``assistant_confidence_threshold``) ends a round's drafting early once no row's
-    draft is at least that likely; it costs one host synchronisation per draft step. Sampling draws from
+    Keyword arguments are Hugging Face ``GenerationConfig`` fields (``max_new_tokens``,
+    ``do_sample``, ``temperature``, ``top_k``, ``top_p``, ``eos_token_id``, ``pad_token_id``,
+    ``return_dict_in_generate``, ...) and the mode's own settings (``exit_layer``,
+    ``num_speculations``, ``draft_confidence_threshold`` for ``self_speculative``; HF's
+    ``assistant_early_exit``, ``num_assistant_tokens`` and ``assistant_confidence_threshold`` are
+    aliases). Returns a LongTensor ``[batch, prompt + new]``, or a :class:`GenerateOutput` with
+    ``.sequences`` and ``.stats`` when ``return_dict_in_generate=True``. Sampling draws from
     ``generator`` (or a generator seeded with ``seed``, or torch's global generator).
     """
     check_supported(model)
-    unknown = [k for k in kwargs if not hasattr(GenerationConfig(), k)]
-    if unknown:
-        raise TypeError(f"generate() got unexpected keyword arguments {unknown}")
-    if exit_layer is not None and assistant_early_exit is not None and exit_layer != assistant_early_exit:
-        raise ValueError("exit_layer and assistant_early_exit are aliases; they disagree")
-    if (
-        num_speculations is not None
-        and num_assistant_tokens is not None
-        and num_speculations != num_assistant_tokens
-    ):
-        raise ValueError("num_speculations and num_assistant_tokens are aliases; they disagree")
+    _check_kwargs(kwargs)
     runner = ModelRunner(model)
     prompt_len = input_ids.shape[-1] if isinstance(input_ids, Tensor) and input_ids.dim() > 0 else 0
-    config, return_dict = resolve_config(
-        model,
-        prompt_len,
-        generation_config,
-        mode=mode,
-        exit_layer=exit_layer if exit_layer is not None else assistant_early_exit,
-        num_speculations=num_speculations if num_speculations is not None else num_assistant_tokens,
-        draft_confidence_threshold=draft_confidence_threshold,
-        max_new_tokens=max_new_tokens,
-        eos_token_id=eos_token_id,
-        pad_token_id=pad_token_id,
-        return_dict_in_generate=return_dict_in_generate,
-        do_sample=do_sample,
-        temperature=temperature,
-        top_k=top_k,
-        top_p=top_p,
-        **kwargs,
-    )
+    config, return_dict = resolve_config(model, prompt_len, generation_config, mode=mode, **kwargs)
     config.validate(runner.num_layers)
     _check_inputs(runner, input_ids, attention_mask, config, streamer, stopping_criteria)
     if generator is None and seed is not None:
@@ -357,18 +169,33 @@ def generate(
     return GenerateOutput(sequences, stats) if return_dict else sequences
 
 
-def run(runner, input_ids, attention_mask, config: DecodingConfig, streamer=None, stopping_criteria=None,
-        generator=None):  # fmt: skip
+def _check_kwargs(kwargs: dict) -> None:
+    """Unknown keyword arguments, and a mode setting that disagrees with its HF alias."""
+    hf_fields = GenerationConfig()
+    unknown = [k for k in kwargs if k not in engine_option_names() and not hasattr(hf_fields, k)]
+    if unknown:
+        raise TypeError(f"generate() got unexpected keyword arguments {unknown}")
+    for name, f in all_option_fields().items():
+        hf = f.metadata.get("hf_name")
+        ours, theirs = kwargs.get(name), kwargs.get(hf) if hf else None
+        if ours is not None and theirs is not None and ours != theirs:
+            raise ValueError(f"{name} and {hf} are aliases; they disagree ({ours!r} vs {theirs!r})")
+
+
+def run(
+    runner,
+    input_ids,
+    attention_mask,
+    config: DecodingConfig,
+    streamer=None,
+    stopping_criteria=None,
+    generator=None,
+):
     """The validated generation loop; returns ``(sequences, GenerationStats)``."""
     t0 = time.perf_counter()
     chooser = TokenChooser(config.sampling, generator)
-    common = (runner, chooser, input_ids, config.max_new_tokens, config.eos_token_id)
-    if config.mode == "autoregressive":
-        decoder, k = AutoregressiveDecoder(*common), 0
-    else:
-        k = config.num_speculations
-        decoder = SelfSpeculativeDecoder(*common, exit_layer=config.exit_layer, num_speculations=k,
-                                         confidence_threshold=config.draft_confidence_threshold)  # fmt: skip
+    strategy = get_strategy(config.mode)(config.options, runner)
+    decoder = Decoder(runner, chooser, strategy, input_ids, config.max_new_tokens, config.eos_token_id)
     # Tokens come back to the host only for a streamer or user stopping criteria.
     want_tokens = streamer is not None or bool(stopping_criteria)
     stopper = _CriteriaStopper(input_ids, stopping_criteria) if stopping_criteria else None
@@ -383,11 +210,12 @@ def run(runner, input_ids, attention_mask, config: DecodingConfig, streamer=None
                 streamer.put(torch.tensor(view.kept[0]))
             if not view.running:
                 break
-            view = decoder.step(min(k, view.max_remaining - 1), want_tokens)
+            view = decoder.step(view.max_remaining, want_tokens)
     if streamer is not None:
         streamer.end()
     sequences = decoder.sequences(input_ids, config.pad_token_id)
-    return sequences, _public_stats(config, decoder.stats(), int(decoder.out_len.sum()), t0)
+    stats = _public_stats(config, strategy, decoder.stats(), int(decoder.out_len.sum()), t0)
+    return sequences, stats
 
 
 class _CriteriaStopper:
@@ -413,11 +241,11 @@ class _CriteriaStopper:
         return view
 
 
-def _public_stats(config: DecodingConfig, s: DecodeStats, new_tokens: int, t0: float) -> GenerationStats:
+def _public_stats(config: DecodingConfig, strategy, s: DecodeStats, new_tokens: int, t0: float):
     return GenerationStats(
         mode=config.mode,
-        exit_layer=config.exit_layer,
-        num_speculations=config.num_speculations,
+        options=options_dict(config),
+        description=strategy.describe(),
         rounds=s.rounds,
         drafted_tokens=s.drafted_tokens,
         accepted_tokens=s.accepted_tokens,

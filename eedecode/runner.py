@@ -14,8 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from .cache import BlockContext, KVCache
-from .kernels import ExitHeadStats, exit_head
-from .kernels.exit_head_reference import exit_logits
+from .kernels import DEFAULT_STATS, ExitHeadStats, exit_head, exit_head_logits, logits_stats
 
 Tensor = torch.Tensor
 
@@ -122,6 +121,10 @@ class ModelRunner:
     >>> cache = runner.new_cache(batch_size=1, max_len=128)
     >>> h = runner.run_layers(runner.embed(ids), 0, runner.num_layers, cache)  # [B, T, H]
     >>> logits = runner.logits(h[:, -1])                                        # [B, V] fp32
+    >>> stats = runner.exit_head(h[:, -1], stats={"argmax", "entropy"})          # no [B, V] logits
+
+    Without a cache, ``run_layers`` runs a causal block on its own (training, teacher-forced
+    studies) and autograd works through it; the decoding loops call it under ``torch.no_grad``.
     """
 
     def __init__(self, model):
@@ -191,19 +194,21 @@ class ModelRunner:
         """``[B, T]`` token ids -> ``[B, T, H]`` input hidden states."""
         return self.embed_tokens(input_ids.to(self.device))
 
-    @torch.no_grad()
-    def run_layers(self, hidden: Tensor, start: int, end: int, cache: KVCache) -> Tensor:
+    def run_layers(self, hidden: Tensor, start: int, end: int, cache: KVCache | None = None) -> Tensor:
         """Run layers ``[start, end)`` over a block of tokens.
 
-        hidden: ``[B, T, H]`` states entering layer ``start``; the block goes into every row's
-        cache right after that row's current length for these layers (which must all be equal).
+        hidden: ``[B, T, H]`` states entering layer ``start``. With a cache, the block goes into
+        every row's cache right after that row's current length for these layers (which must all
+        be equal); without one, the block is a whole causal sequence at positions ``0..T-1``.
         Returns the states leaving layer ``end - 1``, ``[B, T, H]``.
         """
-        ctx = cache.block(start, hidden.shape[1])
+        B, T = hidden.shape[:2]
+        ctx = BlockContext.standalone(B, T, hidden.device) if cache is None else cache.block(start, T)
         cos, sin = self._rope(hidden, ctx)  # [B or 1, T, 1, D]
         for i in range(start, end):
             hidden = self._layer(i, hidden, cos, sin, cache, ctx)
-        cache.advance(start, end, hidden.shape[1])
+        if cache is not None:
+            cache.advance(start, end, T)
         return hidden
 
     def _rope(self, hidden: Tensor, ctx: BlockContext) -> tuple[Tensor, Tensor]:
@@ -226,7 +231,7 @@ class ModelRunner:
         return cos[positions][:, :, None], sin[positions][:, :, None]
 
     def _layer(
-        self, i: int, x: Tensor, cos: Tensor, sin: Tensor, cache: KVCache, ctx: BlockContext
+        self, i: int, x: Tensor, cos: Tensor, sin: Tensor, cache: KVCache | None, ctx: BlockContext
     ) -> Tensor:
         input_norm, q_proj, k_proj, v_proj, o_proj, post_norm, mlp = self._calls[i]
         if x.device != self.layer_devices[i]:  # models split across devices by accelerate
@@ -240,7 +245,7 @@ class ModelRunner:
             (self.num_heads, self.num_kv_heads), dim=2
         )
         q, k = q.transpose(1, 2), k.transpose(1, 2)
-        keys, values = cache.write(i, ctx, k, v)  # [B, Hkv, S, D]
+        keys, values = (k, v) if cache is None else cache.write(i, ctx, k, v)  # [B, Hkv, S, D]
         mask = ctx.mask(self.windows[i])
         if mask is not None and mask.device != q.device:
             mask = mask.to(q.device)
@@ -255,33 +260,60 @@ class ModelRunner:
         x = x + o_proj(o.transpose(1, 2).reshape(B, T, -1))
         return x + mlp(post_norm(x))
 
-    @torch.no_grad()
     def logits(self, hidden: Tensor) -> Tensor:
-        """Final norm + LM head on any hidden state ``[..., H]`` -> fp32 logits ``[..., V]``."""
+        """Final norm + LM head through the model's own modules on any hidden state ``[..., H]``
+        -> fp32 logits ``[..., V]`` (what HF's forward computes; autograd works through it)."""
         logits = self._head(self._final_norm(hidden.to(self.norm.weight.device)))
         return logits if logits.dtype == torch.float32 else logits.float()
 
     @torch.no_grad()
-    def exit_stats(self, hidden: Tensor, *, temperature: float | None = None, seed: Tensor | None = None,
-                   minimal: bool = False) -> ExitHeadStats:  # fmt: skip
-        """Softmax statistics of the exit head on ``[..., H]`` without materialising logits
-        (:func:`eedecode.kernels.exit_head`: Triton on CUDA, the chunked reference elsewhere)."""
+    def exit_head(
+        self,
+        hidden: Tensor,
+        *,
+        stats=DEFAULT_STATS,
+        temperature: float | None = None,
+        token_ids: Tensor | None = None,
+        seed: Tensor | None = None,
+        top_k: int = 0,
+    ) -> ExitHeadStats:
+        """Softmax statistics of the exit head (final norm + LM head) on ``[..., H]``, leading
+        shape kept: the fused kernel (:func:`eedecode.kernels.exit_head`: Triton on CUDA, the
+        chunked reference elsewhere) when the head is a plain linear layer, else the model's own
+        modules followed by the same statistics. ``stats`` names what is wanted
+        (:data:`eedecode.kernels.STATS`); ``token_ids`` ``[...]`` adds their log-probabilities,
+        ``seed`` a Gumbel-max sample, ``top_k`` the k likeliest tokens."""
         hidden = hidden.to(self.norm.weight.device)
         if self.fused_head:
-            return exit_head(hidden, self.norm.weight, self.norm_eps, self.lm_head.weight,
-                             temperature=temperature, seed=seed, minimal=minimal)  # fmt: skip
-        z = self.logits(hidden) / (temperature or 1.0)  # through the modules
-        m, arg = z.max(-1)
-        s = torch.exp(z - m[..., None]).sum(-1)
-        return ExitHeadStats(arg, 1 / s, None, m + torch.log(s), None)
+            return exit_head(
+                hidden,
+                self.norm.weight,
+                self.norm_eps,
+                self.lm_head.weight,
+                temperature=temperature,
+                token_ids=token_ids,
+                seed=seed,
+                stats=stats,
+                top_k=top_k,
+            )
+        lead = hidden.shape[:-1]
+        logits = self.logits(hidden).reshape(-1, self.vocab_size)
+        if token_ids is not None:
+            token_ids = token_ids.reshape(-1).to(torch.int64)
+        if seed is not None:
+            seed = torch.as_tensor(seed, device=logits.device).reshape(1).to(torch.int64)
+        inv_t = 1.0 if temperature is None else 1.0 / temperature
+        flat = logits_stats(logits, inv_t, token_ids, seed, frozenset(stats), top_k)
+        return ExitHeadStats(*(None if f is None else f.reshape(*lead, *f.shape[1:]) for f in flat))
 
     @torch.no_grad()
-    def exit_logits(self, hidden: Tensor) -> Tensor:
-        """fp32 logits computed as the fused exit head computes them (its sampling distribution)."""
+    def exit_head_logits(self, hidden: Tensor) -> Tensor:
+        """fp32 logits ``[..., V]`` computed as :meth:`exit_head` computes them: the distribution
+        its statistics and samples describe (equal to :meth:`logits` in float32)."""
         hidden = hidden.to(self.norm.weight.device)
         if not self.fused_head:
             return self.logits(hidden)
-        return exit_logits(hidden, self.norm.weight, self.norm_eps, self.lm_head.weight)
+        return exit_head_logits(hidden, self.norm.weight, self.norm_eps, self.lm_head.weight)
 
     @torch.no_grad()
     def prefill(self, input_ids: Tensor, cache: KVCache, end: int | None = None) -> Tensor:

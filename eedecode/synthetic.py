@@ -15,6 +15,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from .runner import ModelRunner
+from .study import layer_stats
 
 _LLAMA3_ROPE = {
     "rope_type": "llama3",
@@ -87,15 +88,9 @@ def _scale_deep(model, exit_layer: int, factor: float) -> None:
             proj.weight.mul_(factor)
 
 
-@torch.no_grad()
 def exit_agreement(model, exit_layer: int, tokens: torch.Tensor) -> float:
     """Fraction of positions where the exit layer's argmax equals the last layer's; ``tokens [B, T]``."""
-    runner = ModelRunner(model)
-    cache = runner.new_cache(tokens.shape[0], tokens.shape[1])
-    h = runner.run_layers(runner.embed(tokens), 0, exit_layer, cache)
-    early = runner.logits(h).argmax(-1)
-    final = runner.logits(runner.run_layers(h, exit_layer, runner.num_layers, cache)).argmax(-1)
-    return (early == final).float().mean().item()
+    return layer_stats(ModelRunner(model), tokens, [exit_layer])["agreement"][0]
 
 
 def calibrate(model, exit_layer: int, agreement: float, tokens: torch.Tensor, steps: int = 14) -> float:
@@ -123,18 +118,16 @@ def synthetic_model(
     exit_layer: int | None = None,
     agreement: float | None = None,
     seed: int = 0,
-    device: str = "auto",
-    dtype: str = "auto",
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
 ):
     """A random ``LlamaForCausalLM`` of a real architecture's shape; with ``agreement``, calibrated
     so that layer ``exit_layer`` (default L/4) agrees with the last layer that often."""
-    from .cli import resolve_device, resolve_dtype
-
     config = synthetic_config(shape)
-    dev = resolve_device(device)
+    dev = torch.device(device)
     torch.manual_seed(seed)
     with dev:
-        model = LlamaForCausalLM(config).to(resolve_dtype(dtype, dev)).eval()
+        model = LlamaForCausalLM(config).to(dtype).eval()
     if agreement is not None:
         E = exit_layer or max(1, config.num_hidden_layers // 4)
         g = torch.Generator().manual_seed(seed + 1)

@@ -5,6 +5,25 @@ Importing this package does not import Triton; the Triton backend is loaded on f
 """
 
 from .exit_head import BACKEND_ENV, BACKENDS, exit_head
-from .exit_head_reference import ExitHeadStats, exit_head_reference
+from .exit_head_reference import (
+    DEFAULT_STATS,
+    DRAFT_STATS,
+    STATS,
+    ExitHeadStats,
+    exit_head_logits,
+    exit_head_reference,
+    logits_stats,
+)
 
-__all__ = ["BACKEND_ENV", "BACKENDS", "ExitHeadStats", "exit_head", "exit_head_reference"]
+__all__ = [
+    "BACKEND_ENV",
+    "BACKENDS",
+    "DEFAULT_STATS",
+    "DRAFT_STATS",
+    "STATS",
+    "ExitHeadStats",
+    "exit_head",
+    "exit_head_logits",
+    "exit_head_reference",
+    "logits_stats",
+]

@@ -28,7 +28,7 @@ from numbers import Integral, Real
 
 import torch
 
-from .exit_head_reference import ExitHeadStats, exit_head_reference
+from .exit_head_reference import DEFAULT_STATS, STATS, ExitHeadStats, exit_head_reference
 
 BACKEND_ENV = "EEDECODE_EXIT_HEAD_BACKEND"
 BACKENDS = ("triton", "reference")
@@ -45,13 +45,16 @@ def exit_head(
     token_ids: torch.Tensor | None = None,  # [...]
     seed: int | torch.Tensor | None = None,
     backend: str | None = None,
-    minimal: bool = False,
+    stats: frozenset[str] | set[str] | tuple[str, ...] = DEFAULT_STATS,
+    top_k: int = 0,
 ) -> ExitHeadStats:
     """Softmax statistics of logits = RMSNorm(hidden) @ lm_head_weight.T, per leading index.
 
-    ``minimal=True`` asks only for ``argmax``, ``max_prob`` and ``logsumexp`` (a greedy draft step
-    and a confidence rule need no more): the reference then skips the other statistics, which
-    may come back as None; the Triton kernel computes everything at no extra cost.
+    ``stats`` names the statistics wanted (:data:`STATS`); others may come back as None.
+    :data:`DRAFT_STATS` (``argmax``, ``max_prob``, ``logsumexp``: what a greedy draft step and a
+    confidence rule need) lets the reference skip the rest; the Triton kernel computes its
+    fixed set at no extra cost. ``top_k > 0`` adds the k likeliest tokens and their
+    probabilities (computed by the reference: the kernel has no top-k).
 
     All statistics, `token_logprob` and `sample` are of softmax(logits / temperature). See
     `ExitHeadStats` for the fields. No autograd. No host synchronisation, provided that on a GPU
@@ -59,6 +62,7 @@ def exit_head(
     temperature a Python number; that is also what a CUDA graph capture of this call needs.
     """
     _check_shapes(hidden, norm_weight, lm_head_weight, token_ids)
+    stats = _check_stats(stats, top_k)
     lead, H = hidden.shape[:-1], hidden.shape[-1]
     inv_temperature = 1.0 if temperature is None else 1.0 / _check_temperature(temperature)
     x = hidden if hidden.dim() == 2 else hidden.reshape(-1, H)
@@ -67,9 +71,9 @@ def exit_head(
     seed_t = None if seed is None else _seed_tensor(seed, hidden.device)
     name = _resolve_backend(backend, hidden.device)
 
-    if name == "reference" or x.shape[0] == 0:
+    if name == "reference" or x.shape[0] == 0 or top_k:
         flat = exit_head_reference(
-            x, norm_weight, eps, lm_head_weight, inv_temperature, tok, seed_t, minimal=minimal
+            x, norm_weight, eps, lm_head_weight, inv_temperature, tok, seed_t, stats=stats, top_k=top_k
         )
     else:
         impl = _triton_impl(hidden.device)
@@ -117,6 +121,18 @@ def _check_shapes(hidden, norm_weight, lm_head_weight, token_ids) -> None:
             raise ValueError(f"token_ids must be an integer tensor, got {token_ids.dtype}")
         if token_ids.device != hidden.device:
             raise ValueError(f"token_ids is on {token_ids.device}, hidden on {hidden.device}")
+
+
+def _check_stats(stats, top_k) -> frozenset[str]:
+    stats = frozenset(stats)
+    unknown = sorted(stats - set(STATS))
+    if unknown:
+        raise ValueError(f"stats: unknown {unknown}; choose from {STATS}")
+    if isinstance(top_k, bool) or not isinstance(top_k, Integral) or top_k < 0:
+        raise ValueError(f"top_k must be an int >= 0, got {top_k!r}")
+    if "topk" in stats and not top_k:
+        raise ValueError("stats: 'topk' needs top_k > 0")
+    return stats | {"topk"} if top_k else stats
 
 
 def _check_temperature(temperature) -> float:

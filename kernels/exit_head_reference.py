@@ -25,14 +25,25 @@ _MASK32 = 0xFFFFFFFF
 _GOLDEN32 = 0x9E3779B9
 
 
+#: The statistics a caller may ask for (``stats=``); ``token_logprob`` needs ``token_ids``, ``sample``
+#: a seed and ``topk`` a ``top_k``.
+STATS = ("argmax", "max_prob", "entropy", "logsumexp", "margin", "token_logprob", "sample", "topk")
+#: What a greedy draft step or a confidence rule needs.
+DRAFT_STATS = frozenset({"argmax", "max_prob", "logsumexp"})
+#: The default: every statistic that needs no extra input.
+DEFAULT_STATS = frozenset({"argmax", "max_prob", "entropy", "logsumexp", "margin"})
+
+
 class ExitHeadStats(NamedTuple):
     """Softmax statistics of the exit head, fp32 (int64 for indices), leading shape `[...]`.
-    (`entropy` and `margin` are None when a minimal computation was asked for.)
+    A statistic that was not asked for may be None.
 
     All of them describe softmax(logits / temperature) (temperature 1 when none is given).
     `margin` is a *probability* margin p1 - p2 (0 on a tie); `logsumexp` is of logits / temperature;
     `token_logprob` is log p(token_ids) (NaN for ids outside [0, V)), None unless token_ids were given;
-    `sample` is a Gumbel-max sample, None unless a seed was given.
+    `sample` is a Gumbel-max sample, None unless a seed was given; `topk_ids` / `topk_probs`
+    ``[..., k]`` are the k likeliest tokens and their probabilities, most likely first, None unless
+    a ``top_k`` was given.
     """
 
     argmax: torch.Tensor
@@ -42,6 +53,8 @@ class ExitHeadStats(NamedTuple):
     margin: torch.Tensor | None
     token_logprob: torch.Tensor | None = None
     sample: torch.Tensor | None = None
+    topk_ids: torch.Tensor | None = None
+    topk_probs: torch.Tensor | None = None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -98,12 +111,17 @@ def rms_norm_hf(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tens
     return weight * xn.to(x.dtype)
 
 
-def exit_logits(hidden: torch.Tensor, norm_weight: torch.Tensor, eps: float, lm_head_weight: torch.Tensor):
+def exit_head_logits(
+    hidden: torch.Tensor, norm_weight: torch.Tensor, eps: float, lm_head_weight: torch.Tensor
+) -> torch.Tensor:
     """The fp32 logits ``[..., V]`` whose softmax the exit head's statistics and samples describe,
     materialised (for a few rows: speculative sampling needs the whole draft distribution q)."""
-    return _chunk_logits(
-        _head_input(rms_norm_hf(hidden, norm_weight, eps), lm_head_weight.dtype), lm_head_weight
-    )
+    h = _head_input(rms_norm_hf(hidden, norm_weight, eps), lm_head_weight.dtype)
+    V = lm_head_weight.shape[0]
+    chunk = _weight_chunk(lm_head_weight)
+    if chunk >= V:
+        return _chunk_logits(h, lm_head_weight)
+    return torch.cat([_chunk_logits(h, lm_head_weight[v0 : v0 + chunk]) for v0 in range(0, V, chunk)], -1)
 
 
 def merge_softmax_stats(m1, s1, a1, m2, s2, a2):
@@ -132,6 +150,14 @@ def _head_input(h: torch.Tensor, head_dtype: torch.dtype) -> torch.Tensor:
 def _chunk_logits(h: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     """[T, H] x [C, H] -> fp32 [T, C], accumulated in fp32 (16-bit weights are upcast per chunk)."""
     return torch.nn.functional.linear(h, w if w.dtype == torch.float32 else w.float())
+
+
+def _weight_chunk(w: torch.Tensor) -> int:
+    """Vocabulary rows per chunk: all of them for fp32 weights (used in place); for 16-bit weights
+    few enough that their fp32 copy stays within :data:`CHUNK_ELEMENTS`, never a copy of the head."""
+    if w.dtype == torch.float32:
+        return w.shape[0]
+    return max(1, CHUNK_ELEMENTS // max(w.shape[1], 1))
 
 
 def _first_max(z: torch.Tensor):
@@ -196,30 +222,64 @@ def exit_head_reference(
     token_ids: torch.Tensor | None = None,  # int64 [T]
     seed: torch.Tensor | None = None,  # int64 [1]
     chunk_size: int | None = None,
-    minimal: bool = False,
+    stats: frozenset[str] = DEFAULT_STATS,
+    top_k: int = 0,
 ) -> ExitHeadStats:
     """Exit-head statistics of each row of `hidden` (flat [T]); see the module docstring.
-    ``minimal``: when the vocabulary fits in one chunk and neither token ids nor a seed are given,
-    compute only argmax, max_prob and logsumexp (the rest are None)."""
+    At least the statistics named in ``stats`` are computed (see :data:`STATS`)."""
     T, V = hidden.shape[0], lm_head_weight.shape[0]
     h = _head_input(rms_norm_hf(hidden, norm_weight, eps), lm_head_weight.dtype)  # [T, H] fp32
-    chunk = chunk_size or max(1, CHUNK_ELEMENTS // max(T, 1))
-    if minimal and chunk >= V and token_ids is None and seed is None:
-        z = _chunk_logits(h, lm_head_weight)  # [T, V]
+    chunk = chunk_size or min(max(1, CHUNK_ELEMENTS // max(T, 1)), _weight_chunk(lm_head_weight))
+    return _vocab_stats(
+        lambda v0, v1: _chunk_logits(h, lm_head_weight[v0:v1]),
+        T, V, chunk, inv_temperature, token_ids, seed, stats, top_k, hidden.device,
+    )
+
+
+def logits_stats(
+    logits: torch.Tensor,  # [T, V] fp32
+    inv_temperature: float = 1.0,
+    token_ids: torch.Tensor | None = None,
+    seed: torch.Tensor | None = None,
+    stats: frozenset[str] = DEFAULT_STATS,
+    top_k: int = 0,
+) -> ExitHeadStats:
+    """The same statistics of logits that are already materialised (an LM head the fused path
+    cannot read: quantized, biased, or behind hooks)."""
+    T, V = logits.shape
+    chunk = max(1, CHUNK_ELEMENTS // max(T, 1))
+    return _vocab_stats(
+        lambda v0, v1: logits[:, v0:v1], T, V, chunk, inv_temperature, token_ids, seed, stats, top_k,
+        logits.device,
+    )
+
+
+def _vocab_stats(chunk_logits, T, V, chunk, inv_temperature, token_ids, seed, stats, top_k, device):
+    """Statistics over the vocabulary, ``chunk`` entries at a time; ``chunk_logits(v0, v1)`` gives
+    the fp32 logits of entries ``[v0, v1)``, ``[T, v1 - v0]``."""
+    simple = stats <= DRAFT_STATS | {"topk"} and token_ids is None and seed is None
+    if simple and chunk >= V:  # one pass of plain reductions: the draft step's path
+        z = chunk_logits(0, V)  # [T, V]
         if inv_temperature != 1.0:
             z = z * inv_temperature
         m, arg = z.max(dim=-1)  # the lowest index among equal maxima, as torch.argmax
         lse = torch.logsumexp(z, dim=-1)
-        return ExitHeadStats(arg, torch.exp(m - lse), None, lse, None)
-    rkey = None if seed is None else row_keys(seed.to(hidden.device), torch.arange(T, device=hidden.device))
+        ids = probs = None
+        if top_k:
+            vals, ids = z.topk(min(top_k, V), dim=-1)
+            probs = torch.exp(vals - lse[:, None])
+        return ExitHeadStats(arg, torch.exp(m - lse), None, lse, None, None, None, ids, probs)
+    rkey = None if seed is None else row_keys(seed.to(device), torch.arange(T, device=device))
 
-    run = None
+    run, top = None, None
     for v0 in range(0, V, chunk):
-        z = _chunk_logits(h, lm_head_weight[v0 : v0 + chunk])  # [T, C]
+        z = chunk_logits(v0, min(v0 + chunk, V))  # [T, C]
         if inv_temperature != 1.0:
             z = z * inv_temperature
         c = _chunk_stats(z, v0, token_ids, rkey)
         run = c if run is None else _merge_running(run, c)
+        if top_k:
+            top = _merge_topk(top, z, v0, top_k)
 
     log_s = torch.log(run.s)
     lse = run.m + log_s
@@ -236,4 +296,17 @@ def exit_head_reference(
         margin=max_prob - torch.exp(run.second - run.m) * max_prob,
         token_logprob=token_logprob,
         sample=run.g_arg,
+        topk_ids=None if top is None else top[1],
+        topk_probs=None if top is None else torch.exp(top[0] - lse[:, None]),
     )
+
+
+def _merge_topk(top, z: torch.Tensor, v0: int, k: int):
+    """The running k largest (values, ids) ``[T, k]`` merged with a chunk ``z`` of entries from v0."""
+    vals, ids = z.topk(min(k, z.shape[1]), dim=-1)
+    ids = ids + v0
+    if top is not None:
+        vals, ids = torch.cat([top[0], vals], 1), torch.cat([top[1], ids], 1)
+        vals, pos = vals.topk(min(k, vals.shape[1]), dim=-1)
+        ids = ids.gather(1, pos)
+    return vals, ids

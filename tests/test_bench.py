@@ -112,7 +112,7 @@ def test_sweep_and_heatmap(tmp_path):
 
 
 def test_synthetic_model_is_calibrated_to_the_asked_agreement():
-    model = synthetic_model("tiny", exit_layer=2, agreement=0.8, device="cpu", dtype="float32")
+    model = synthetic_model("tiny", exit_layer=2, agreement=0.8)
     held_out = torch.randint(3, 256, (4, 64), generator=torch.Generator().manual_seed(123))
     assert abs(exit_agreement(model, 2, held_out) - 0.8) < 0.1
     with pytest.raises(ValueError, match="shape"):

@@ -24,6 +24,11 @@ def model_without_eos(arch: str):
     return cached_tiny_model(arch, eos_token_id=None, bos_token_id=None)
 
 
+def SPEC_AND_AR(exit_layer: int, k: int):
+    """(mode, settings) pairs: self-speculative at (E, k), and the autoregressive baseline."""
+    return [("self_speculative", dict(exit_layer=exit_layer, num_speculations=k)), ("autoregressive", {})]
+
+
 _HF_CACHE: dict = {}
 
 
@@ -111,15 +116,9 @@ def test_eos_ends_where_hf_ends(arch, stop_at):
     ref = hf_greedy(model, ids, 30, eos_token_id=eos)
     assert ref.shape[1] == 7 + first + 1
     for k in (1, 3, 8):
-        for mode in ("self_speculative", "autoregressive"):
+        for mode, mode_settings in SPEC_AND_AR(2, k):
             out = eedecode.generate(
-                model,
-                ids,
-                mode=mode,
-                exit_layer=2,
-                num_speculations=k,
-                max_new_tokens=30,
-                eos_token_id=[eos, 96],
+                model, ids, mode=mode, **mode_settings, max_new_tokens=30, eos_token_id=[eos, 96]
             )
             assert torch.equal(out, ref)
 

@@ -19,7 +19,7 @@ import sys
 
 import pytest
 import torch
-from eedecode.kernels import BACKEND_ENV, ExitHeadStats, exit_head, exit_head_reference
+from eedecode.kernels import BACKEND_ENV, DRAFT_STATS, ExitHeadStats, exit_head, exit_head_reference
 from eedecode.kernels.exit_head_reference import gumbel_noise, mix32, rms_norm_hf, row_keys, uniform_from_bits
 from transformers.models.llama.modeling_llama import LlamaRMSNorm
 
@@ -121,10 +121,10 @@ def test_matches_float64_oracle(backend, lead, dtype, norm_dtype, temperature):
 
 
 @pytest.mark.parametrize("lead,dtype,norm_dtype,temperature", CASES)
-def test_minimal_reference_matches_oracle(lead, dtype, norm_dtype, temperature):
-    """minimal=True (the greedy draft step): argmax, max_prob and logsumexp only, same values."""
+def test_draft_stats_reference_matches_oracle(lead, dtype, norm_dtype, temperature):
+    """stats=DRAFT_STATS (the greedy draft step): argmax, max_prob and logsumexp only, same values."""
     hidden, nw, w = _inputs(lead, 96, 1000, dtype, norm_dtype=norm_dtype, seed=3)
-    stats = exit_head(hidden, nw, EPS, w, temperature=temperature, backend="reference", minimal=True)
+    stats = exit_head(hidden, nw, EPS, w, temperature=temperature, backend="reference", stats=DRAFT_STATS)
     assert stats.entropy is None and stats.margin is None
     ref = oracle(hidden, nw, w, temperature)
     assert_matches(stats, {k: ref[k] for k in ("z", "max_prob", "logsumexp")}, dtype)
@@ -291,7 +291,8 @@ def test_leading_shape_and_empty_input(backend):
     hidden, nw, w = _inputs((2, 3), 96, 500, torch.float32)
     tok = torch.zeros(2, 3, dtype=torch.int32)
     stats = exit_head(hidden, nw, EPS, w, token_ids=tok, seed=0, backend=backend)
-    assert all(f.shape == (2, 3) for f in stats)
+    assert stats.topk_ids is None and stats.topk_probs is None  # not asked for
+    assert all(f.shape == (2, 3) for f in stats[:7])
     empty = exit_head(hidden[:0], nw, EPS, w, seed=0, backend=backend)
     assert all(f.shape == (0, 3) for f in empty if f is not None)
 

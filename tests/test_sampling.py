@@ -117,12 +117,13 @@ def sampled_joint(
 
         monkeypatch.setattr(decoding.TokenChooser, "__init__", patched)
     ids = torch.tensor([prompt] * rows)
+    # with max_new_tokens=4: one prefill token, then a round of 2 drafts
+    settings = dict(exit_layer=1, num_speculations=3) if mode == "self_speculative" else {}
     out = eedecode.generate(
         model,
         ids,
         mode=mode,
-        exit_layer=1,
-        num_speculations=3,  # with max_new_tokens=4: one prefill token, then a round of 2 drafts
+        **settings,
         max_new_tokens=4,
         do_sample=True,
         temperature=params.temperature,

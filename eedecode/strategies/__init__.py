@@ -1,0 +1,35 @@
+"""Decoding strategies, found by name in one registry (:mod:`eedecode.strategies.base`).
+
+Built in: ``autoregressive`` (the baseline) and ``self_speculative`` (LayerSkip-style drafting
+from an exit layer, verified over the exit query cache). Adding a mode is one module that
+defines a :class:`Strategy` subclass and decorates it with :func:`register`.
+"""
+
+from . import autoregressive, self_speculative  # noqa: F401  (registers the built-in modes)
+from .base import (
+    NoOptions,
+    Round,
+    Strategy,
+    all_option_fields,
+    build_options,
+    get_strategy,
+    option,
+    option_fields,
+    register,
+    strategy_names,
+    unregister,
+)
+
+__all__ = [
+    "NoOptions",
+    "Round",
+    "Strategy",
+    "all_option_fields",
+    "build_options",
+    "get_strategy",
+    "option",
+    "option_fields",
+    "register",
+    "strategy_names",
+    "unregister",
+]

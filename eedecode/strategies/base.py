@@ -1,0 +1,154 @@
+"""The decoding-strategy seam: what every mode implements, and the one registry that
+``generate()``, the command line and the benchmark read.
+
+A strategy is one small object. Per round it drafts (or not), verifies or accepts, and says
+what it leaves in the cache; :class:`~eedecode.decoding.Decoder` owns everything else — the cache,
+each row's pending token, EOS and ``max_new_tokens``, the output buffer, the one host
+synchronisation per round — and calls the strategy once per round::
+
+    round = strategy.round(decoder, max_tokens)   # tokens [B, m], counts [B] (device tensors)
+    view = decoder.emit(round)                     # EOS / length cut, one host sync
+    strategy.observe(round, view)                  # feedback for adaptive policies
+
+Its settings are a frozen dataclass (``Options``): its fields are ``generate()``'s keyword
+arguments for the mode and the command line's flags. Registering a class makes it reachable
+from all three by its ``name``::
+
+    @register
+    class MyMode(Strategy):
+        name, short = "my_mode", "mm"
+        Options = MyOptions
+        def round(self, state, max_tokens): ...
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import torch
+
+if TYPE_CHECKING:
+    from ..decoding import Decoder, RoundView
+    from ..runner import ModelRunner
+
+Tensor = torch.Tensor
+
+
+@dataclass
+class Round:
+    """What one round produced, on the device: row ``b`` emits ``tokens[b, :counts[b]]``."""
+
+    tokens: Tensor  # [B, m]
+    counts: Tensor  # [B], 1..m
+    drafted: Tensor | int = 0  # drafts made for running rows (statistics)
+
+
+@dataclass(frozen=True)
+class NoOptions:
+    """A mode without settings."""
+
+    def validate(self, num_layers: int) -> None:
+        pass
+
+
+def option(default, help: str, hf_name: str | None = None, cli: bool = True):
+    """A field of a strategy's ``Options``: ``help`` for ``--help``; ``hf_name`` the Hugging Face
+    ``GenerationConfig`` field that is an alias of it (taken from the generation config)."""
+    return dataclasses.field(default=default, metadata={"help": help, "hf_name": hf_name, "cli": cli})
+
+
+class Strategy(ABC):
+    """One decoding mode. Subclasses set the class attributes and implement :meth:`round`."""
+
+    name: ClassVar[str]  # generate(mode=...), --mode
+    short: ClassVar[str]  # the benchmark's method name is "eedecode_<short>"
+    description: ClassVar[str] = ""
+    Options: ClassVar[type] = NoOptions
+    #: The round may leave rejected tokens in the cache: the decoder then moves every layer back
+    #: to each row's accepted length after the round (a length move, no copy).
+    rolls_back: ClassVar[bool] = True
+    #: Output equals the autoregressive mode's (greedy: token for token; sampling: in distribution).
+    lossless: ClassVar[bool] = True
+
+    def __init__(self, options, runner: ModelRunner):
+        self.options = options
+        self.runner = runner
+
+    @property
+    def max_drafts(self) -> int:
+        """The most tokens a round may emit, minus one (sizes the cache and output buffer)."""
+        return 0
+
+    @abstractmethod
+    def round(self, state: Decoder, max_tokens: int) -> Round:
+        """Run one round for the rows of ``state``; emit at most ``max_tokens`` tokens per row
+        (the decoder cuts at EOS and at each row's own limit)."""
+
+    def observe(self, rnd: Round, view: RoundView) -> None:  # noqa: B027 (optional hook)
+        """Called after each round, once the host knows its outcome (adaptive policies learn here)."""
+
+    def describe(self) -> str:
+        """One line for the statistics summary."""
+        fields = dataclasses.asdict(self.options)
+        settings = ", ".join(f"{k}={v}" for k, v in fields.items() if v is not None)
+        return f"{self.name}" + (f" ({settings})" if settings else "")
+
+
+# -- the registry ----------------------------------------------------------------------------------
+_REGISTRY: dict[str, type[Strategy]] = {}
+
+
+def register(cls: type[Strategy]) -> type[Strategy]:
+    """Make a strategy reachable by its name from ``generate(mode=...)``, the CLI and the benchmark."""
+    for attr in ("name", "short"):
+        if not isinstance(getattr(cls, attr, None), str):
+            raise TypeError(f"{cls.__name__}: a strategy needs a class attribute {attr!r} (a str)")
+    if not (dataclasses.is_dataclass(cls.Options) and cls.Options.__dataclass_params__.frozen):
+        raise TypeError(f"{cls.__name__}.Options must be a frozen dataclass")
+    clash = [s for s in _REGISTRY.values() if s.short == cls.short and s.name != cls.name]
+    if clash:
+        raise ValueError(f"strategy short name {cls.short!r} is taken by {clash[0].name!r}")
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def unregister(name: str) -> None:
+    _REGISTRY.pop(name, None)
+
+
+def strategy_names() -> tuple[str, ...]:
+    return tuple(_REGISTRY)
+
+
+def get_strategy(name: str) -> type[Strategy]:
+    if name not in _REGISTRY:
+        raise ValueError(f"mode: must be one of {strategy_names()}, got {name!r}")
+    return _REGISTRY[name]
+
+
+def option_fields(cls: type[Strategy]) -> dict[str, dataclasses.Field]:
+    return {f.name: f for f in dataclasses.fields(cls.Options)}
+
+
+def all_option_fields() -> dict[str, dataclasses.Field]:
+    """Every registered strategy's option fields by name (a name two modes share is one field)."""
+    out: dict[str, dataclasses.Field] = {}
+    for cls in _REGISTRY.values():
+        for name, f in option_fields(cls).items():
+            out.setdefault(name, f)
+    return out
+
+
+def build_options(cls: type[Strategy], values: dict[str, Any]):
+    """``cls.Options(**values)``; a value for a setting the mode does not have is an error."""
+    fields = option_fields(cls)
+    foreign = sorted(set(values) - set(fields))
+    if foreign:
+        allowed = ", ".join(fields) or "none"
+        raise ValueError(
+            f"{foreign[0]}: not a setting of mode={cls.name!r} (its settings: {allowed})"
+        )
+    return cls.Options(**values)

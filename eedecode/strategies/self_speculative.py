@@ -1,0 +1,100 @@
+"""Self-speculative decoding (LayerSkip, Elhoushi et al. 2024): draft with the model's own first
+``E`` layers and LM head, verify with layers ``[E, L)`` over the exit query cache.
+
+A round, exit layer ``E`` of ``L``, ``k`` drafts:
+
+1. draft: the pending token and each new draft go through layers ``[0, E)`` and the exit head;
+   the layer-E states are kept (the *exit query cache*);
+2. verify: the last draft goes through ``[0, E)``, then all ``k + 1`` exit states go through
+   ``[E, L)`` in one pass — layers ``< E`` never see a draft token twice;
+3. accept: a pure rule (greedy or speculative sampling, :mod:`eedecode.sampling`);
+4. the decoder rolls every layer back to the accepted length (a length move, no copy).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .base import Round, Strategy, option, register
+
+
+@dataclass(frozen=True)
+class SelfSpeculativeOptions:
+    exit_layer: int | None = option(
+        None, "draft with layers [0, E) (1..L-1)", hf_name="assistant_early_exit"
+    )
+    num_speculations: int = option(4, "drafts per round k (>= 1)", hf_name="num_assistant_tokens")
+    draft_confidence_threshold: float | None = option(
+        None,
+        "stop drafting once no row's draft is at least this likely (0..1)",
+        hf_name="assistant_confidence_threshold",
+    )
+
+    def validate(self, num_layers: int) -> None:
+        E = self.exit_layer
+        if E is None:
+            raise ValueError(
+                f"exit_layer: required for mode='self_speculative' (an int in 1..{num_layers - 1}); "
+                "pass exit_layer= (or assistant_early_exit=), or mode='autoregressive'"
+            )
+        if not _is_int(E) or not 1 <= E <= num_layers - 1:
+            raise ValueError(
+                f"exit_layer: must be an int in 1..{num_layers - 1} for a model of {num_layers} "
+                f"layers, got {E!r}"
+            )
+        if not _is_int(self.num_speculations) or self.num_speculations < 1:
+            raise ValueError(f"num_speculations: must be an int >= 1, got {self.num_speculations!r}")
+        t = self.draft_confidence_threshold
+        if t is not None and not (isinstance(t, (int, float)) and not isinstance(t, bool) and 0 <= t <= 1):
+            raise ValueError(f"draft_confidence_threshold: must be a float in [0, 1] or None, got {t!r}")
+
+
+def _is_int(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+@register
+class SelfSpeculative(Strategy):
+    name, short = "self_speculative", "ss"
+    description = "draft with the first E layers, verify with the rest over the exit query cache"
+    Options = SelfSpeculativeOptions
+
+    @property
+    def max_drafts(self) -> int:
+        return self.options.num_speculations
+
+    def round(self, state, max_tokens: int) -> Round:
+        runner, cache, E = self.runner, state.cache, self.options.exit_layer
+        num_drafts = min(self.options.num_speculations, max_tokens - 1)
+        threshold = self.options.draft_confidence_threshold
+        # 1) draft: layers [0, E) and the exit head, keeping the layer-E states.
+        x = state.pending[:, None]  # [B, 1]
+        exit_states, drafts, qs = [], [], []
+        for i in range(num_drafts):
+            h = runner.run_layers(runner.embed(x), 0, E, cache)  # [B, 1, H]
+            exit_states.append(h)
+            token, q, confidence = state.chooser.draft(runner, h[:, 0])
+            x = token[:, None]
+            drafts.append(x)
+            if q is not None:
+                qs.append(q)
+            # HF's assistant_confidence_threshold: reads the confidence on the host, one
+            # synchronisation per draft (only when a threshold is set).
+            last = i + 1 == num_drafts
+            if threshold is not None and not last and not bool(((confidence >= threshold) & state.active).any()):
+                break
+        k = len(drafts)
+        # 2) verify: the last draft through [0, E), then every unverified token through [E, L).
+        exit_states.append(runner.run_layers(runner.embed(x), 0, E, cache))
+        states = torch.cat(exit_states, 1)  # [B, k+1, H]: the exit query cache
+        h = runner.run_layers(states, E, runner.num_layers, cache)  # [B, k+1, H]
+        # 3) accept.
+        drafts_t = torch.cat(drafts, 1) if drafts else x.new_zeros(x.shape[0], 0)
+        tokens, counts = state.chooser.accept(runner, drafts_t, states[:, :k], qs, runner.logits(h))
+        return Round(tokens, counts, drafted=k * state.active.sum())
+
+    def describe(self) -> str:
+        o = self.options
+        return f"self-speculative E={o.exit_layer} k={o.num_speculations}"
