@@ -567,6 +567,15 @@ def plot_sweep(sweep: dict, path: str | Path, title: str = "") -> Path:
 
 
 # -- CLI -------------------------------------------------------------------------------------------
+def add_subcommand(subparsers) -> None:
+    from .arguments import add_model_arguments
+
+    p = subparsers.add_parser("bench", help="tokens/s of HF generate, HF assistant_early_exit and eedecode")
+    add_model_arguments(p)
+    add_arguments(p)
+    p.set_defaults(func=run_cli)
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prompts", default=None, help="JSONL prompt file (default: the shipped held-out set)")
     p.add_argument("--num-prompts", type=int, default=None)

@@ -754,6 +754,14 @@ def write_prompts(path: str | Path = PROMPTS_PATH, n: int = 24, root: str | Path
 # Command line: `eedecode train ...` mounts add_train_arguments / run_train
 
 
+def add_subcommand(subparsers) -> None:
+    p = subparsers.add_parser(
+        "train", help="train a small LLaMA (plain or early-exit) on the Python standard library"
+    )
+    add_train_arguments(p)
+    p.set_defaults(func=run_train)
+
+
 def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """One ``--flag`` per :class:`TrainConfig` field (``--hidden-size``, ``--no-progress``...),
     plus ``--write-prompts PATH``."""

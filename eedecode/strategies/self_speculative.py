@@ -82,9 +82,10 @@ class SelfSpeculative(Strategy):
                 qs.append(q)
             # HF's assistant_confidence_threshold: reads the confidence on the host, one
             # synchronisation per draft (only when a threshold is set).
-            last = i + 1 == num_drafts
-            if threshold is not None and not last and not bool(((confidence >= threshold) & state.active).any()):
-                break
+            if threshold is not None and i + 1 < num_drafts:
+                confident = (confidence >= threshold) & state.active
+                if not bool(confident.any()):
+                    break
         k = len(drafts)
         # 2) verify: the last draft through [0, E), then every unverified token through [E, L).
         exit_states.append(runner.run_layers(runner.embed(x), 0, E, cache))
