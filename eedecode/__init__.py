@@ -7,18 +7,25 @@ own first ``E`` layers and LM head and verifies the drafts in one pass of its re
 
 from .config import DecodingConfig
 from .demo import demo_model_path
+from .loading import LoadedModel, load_model
 from .generation import GenerateOutput, GenerationStats, generate
 from .runner import SUPPORTED_ARCHITECTURES, ModelRunner
 from .sampling import SamplingParams
+from .strategies import Strategy, register, strategy_names
 
 __all__ = [
     "DecodingConfig",
     "GenerateOutput",
     "GenerationStats",
+    "LoadedModel",
     "ModelRunner",
     "SUPPORTED_ARCHITECTURES",
     "SamplingParams",
+    "Strategy",
     "demo_model_path",
     "generate",
+    "load_model",
+    "register",
+    "strategy_names",
 ]
 __version__ = "0.1.0"

@@ -88,8 +88,13 @@ class TokenChooser:
         """drafts ``[B, k]`` made from exit states ``[B, k, H]``; target logits ``[B, k + 1, V]``."""
         if not self.params.do_sample:
             return greedy_accept(drafts, target_logits)
-        # Gumbel-max drafts were samples of softmax(exit logits / temperature): rebuild q from the states.
-        q = torch.stack(qs, 1) if qs else probabilities(runner.exit_head_logits(states), self.params)
+        B, k = drafts.shape
+        if qs:
+            q = torch.stack(qs, 1)  # [B, k, V]
+        elif k == 0:
+            q = target_logits.new_zeros(B, 0, target_logits.shape[-1])
+        else:  # Gumbel-max drafts were samples of softmax(exit logits / temperature): rebuild q
+            q = probabilities(runner.exit_head_logits(states), self.params)
         return self.accept_rule(drafts, q, probabilities(target_logits, self.params), self.generator)
 
 

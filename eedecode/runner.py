@@ -93,6 +93,7 @@ def _mlp_fn(m):
 # computed once per length and sliced (HF computes them elementwise per position, so the values
 # are bit for bit the same).
 _STATIC_ROPE = ("default", "linear", "llama3", "yarn")
+_ROPE_TABLE_MIN = 256  # positions in the first table
 
 
 def _apply_rope(x: Tensor, cos: Tensor, signed_sin: Tensor) -> Tensor:
@@ -221,7 +222,8 @@ class ModelRunner:
             cos, sin = self.rotary_emb(hidden, positions.to(hidden.device))
             return cos[:, :, None], _signed_sin(sin)[:, :, None]
         if self._rope_table is None or self._rope_table[0].shape[0] < ctx.kv_len:
-            n = max(ctx.kv_len, 2 * (0 if self._rope_table is None else self._rope_table[0].shape[0]), 256)
+            have = 0 if self._rope_table is None else self._rope_table[0].shape[0]
+            n = max(ctx.kv_len, 2 * have, _ROPE_TABLE_MIN)  # grow geometrically: few recomputations
             cos, sin = self.rotary_emb(hidden, torch.arange(n, device=hidden.device)[None])
             self._rope_table = (cos[0], _signed_sin(sin[0]))  # [n, D] each
         cos, sin = self._rope_table

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import torch
 
 Tensor = torch.Tensor
+_TINY = 1e-30  # guards a division whose result is discarded where the divisor is 0
 
 
 @dataclass(frozen=True)
@@ -112,7 +113,7 @@ def speculative_accept(
     total = last.sum(-1, keepdim=True)
     # p == q at the rejected position has probability zero of being rejected; guard the division.
     p_n = p.gather(1, n[:, None, None].expand(B, 1, p.shape[-1]))[:, 0]
-    last = torch.where(total > 0, last / total.clamp_min(1e-30), p_n)
+    last = torch.where(total > 0, last / total.clamp_min(_TINY), p_n)
     extra = sample(last, generator)  # [B]
     tokens = torch.cat([drafts, extra[:, None]], dim=1)  # [B, k+1]; past the prefix: filler
     tokens = tokens.scatter(1, n[:, None], extra[:, None])

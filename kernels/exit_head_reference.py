@@ -232,7 +232,15 @@ def exit_head_reference(
     chunk = chunk_size or min(max(1, CHUNK_ELEMENTS // max(T, 1)), _weight_chunk(lm_head_weight))
     return _vocab_stats(
         lambda v0, v1: _chunk_logits(h, lm_head_weight[v0:v1]),
-        T, V, chunk, inv_temperature, token_ids, seed, stats, top_k, hidden.device,
+        T,
+        V,
+        chunk,
+        inv_temperature,
+        token_ids,
+        seed,
+        stats,
+        top_k,
+        hidden.device,
     )
 
 
@@ -249,7 +257,15 @@ def logits_stats(
     T, V = logits.shape
     chunk = max(1, CHUNK_ELEMENTS // max(T, 1))
     return _vocab_stats(
-        lambda v0, v1: logits[:, v0:v1], T, V, chunk, inv_temperature, token_ids, seed, stats, top_k,
+        lambda v0, v1: logits[:, v0:v1],
+        T,
+        V,
+        chunk,
+        inv_temperature,
+        token_ids,
+        seed,
+        stats,
+        top_k,
         logits.device,
     )
 

@@ -23,6 +23,10 @@ competes with the tensor cores, so a separate launch normalises once (`prenorm`)
 Only `tl.*` math is used, so the same source runs in Triton's interpreter (TRITON_INTERPRET=1) on
 CPU tensors. Triton decides between compiling and interpreting at decoration time: for its own
 library when triton is first imported, for these kernels when this module is imported.
+
+Longer than 400 lines because the three kernels, their shared `@triton.jit` helpers and the
+launcher read as one unit: they share constants and the partials layout, and splitting them
+would scatter one algorithm over files (the formatter puts each launch argument on its own line).
 """
 
 from __future__ import annotations
@@ -95,10 +99,24 @@ def _rms_norm(x, rstd, nw, ROUND_PRODUCT: tl.constexpr):
 
 @triton.jit
 def _logits_tile(
-    x_ptr, nw_ptr, w_ptr, v, v_mask, t, t_mask, rstd, stride_xt, stride_wv, H,
-    PRENORMED: tl.constexpr, ROUND_PRODUCT: tl.constexpr, DOT_PRECISION: tl.constexpr,
-    TILE_T: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_H: tl.constexpr,
-):  # fmt: skip
+    x_ptr,
+    nw_ptr,
+    w_ptr,
+    v,
+    v_mask,
+    t,
+    t_mask,
+    rstd,
+    stride_xt,
+    stride_wv,
+    H,
+    PRENORMED: tl.constexpr,
+    ROUND_PRODUCT: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+    TILE_T: tl.constexpr,
+    BLOCK_V: tl.constexpr,
+    BLOCK_H: tl.constexpr,
+):
     """acc[t, v] = sum_k h[t, k] W[v, k] in fp32, h = RMSNorm(x) cast to W's dtype; with
     PRENORMED, x_ptr already holds h. Tokens are the dot's M side, as queries are in flash
     attention, so the softmax reductions over v run along rows. -> [TILE_T, BLOCK_V]"""
@@ -120,9 +138,17 @@ def _logits_tile(
 
 @triton.jit
 def _rms_norm_kernel(
-    x_ptr, nw_ptr, h_ptr, T, H, stride_xt, eps,
-    ROUND_PRODUCT: tl.constexpr, TILE_T: tl.constexpr, BLOCK_H: tl.constexpr,
-):  # fmt: skip
+    x_ptr,
+    nw_ptr,
+    h_ptr,
+    T,
+    H,
+    stride_xt,
+    eps,
+    ROUND_PRODUCT: tl.constexpr,
+    TILE_T: tl.constexpr,
+    BLOCK_H: tl.constexpr,
+):
     """h[t, :] = LlamaRMSNorm(x[t, :]) in h's dtype (W's): the prologue of the PRENORMED path."""
     t = tl.program_id(0) * TILE_T + tl.arange(0, TILE_T)
     t_mask = t < T
@@ -161,11 +187,30 @@ def _first_max(z, v):
 
 @triton.jit
 def _exit_head_partials_kernel(
-    x_ptr, nw_ptr, w_ptr, tok_ptr, seed_ptr, part_f_ptr, part_i_ptr,
-    T, V, H, stride_xt, stride_wv, eps, inv_temp, num_blocks,
-    HAS_TOKENS: tl.constexpr, HAS_SEED: tl.constexpr, PRENORMED: tl.constexpr, ROUND_PRODUCT: tl.constexpr,
-    DOT_PRECISION: tl.constexpr, TILE_T: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_H: tl.constexpr,
-):  # fmt: skip
+    x_ptr,
+    nw_ptr,
+    w_ptr,
+    tok_ptr,
+    seed_ptr,
+    part_f_ptr,
+    part_i_ptr,
+    T,
+    V,
+    H,
+    stride_xt,
+    stride_wv,
+    eps,
+    inv_temp,
+    num_blocks,
+    HAS_TOKENS: tl.constexpr,
+    HAS_SEED: tl.constexpr,
+    PRENORMED: tl.constexpr,
+    ROUND_PRODUCT: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+    TILE_T: tl.constexpr,
+    BLOCK_V: tl.constexpr,
+    BLOCK_H: tl.constexpr,
+):
     """Partials of one (token tile, vocabulary split): for z = logits * inv_temp over the split's
     blocks, m = max z, s = sum e^{z-m}, a = sum e^{z-m}(z-m), lowest argmax, second-largest z,
     z[token] (0 if the token is elsewhere), and the best Gumbel key z + g with its index.
@@ -195,9 +240,24 @@ def _exit_head_partials_kernel(
         v = blk * BLOCK_V + tl.arange(0, BLOCK_V)
         v_mask = v < V
         acc = _logits_tile(
-            x_ptr, nw_ptr, w_ptr, v, v_mask, t, t_mask, rstd, stride_xt, stride_wv, H,
-            PRENORMED, ROUND_PRODUCT, DOT_PRECISION, TILE_T, BLOCK_V, BLOCK_H,
-        )  # fmt: skip
+            x_ptr,
+            nw_ptr,
+            w_ptr,
+            v,
+            v_mask,
+            t,
+            t_mask,
+            rstd,
+            stride_xt,
+            stride_wv,
+            H,
+            PRENORMED,
+            ROUND_PRODUCT,
+            DOT_PRECISION,
+            TILE_T,
+            BLOCK_V,
+            BLOCK_H,
+        )
         z = tl.where(v_mask[None, :], acc * inv_temp, float("-inf"))  # [TILE_T, BLOCK_V]
         b_max, b_arg, b_second = _first_max(z, v)
         d = tl.where(v_mask[None, :], z - b_max[:, None], 0.0)
@@ -227,9 +287,19 @@ def _exit_head_partials_kernel(
 
 @triton.jit
 def _exit_head_reduce_kernel(
-    part_f_ptr, part_i_ptr, tok_ptr, out_f_ptr, out_i_ptr, T, V, num_splits,
-    HAS_TOKENS: tl.constexpr, HAS_SEED: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_S: tl.constexpr,
-):  # fmt: skip
+    part_f_ptr,
+    part_i_ptr,
+    tok_ptr,
+    out_f_ptr,
+    out_i_ptr,
+    T,
+    V,
+    num_splits,
+    HAS_TOKENS: tl.constexpr,
+    HAS_SEED: tl.constexpr,
+    BLOCK_T: tl.constexpr,
+    BLOCK_S: tl.constexpr,
+):
     """Combine the partials j = 0..S-1 of BLOCK_T tokens with tree reductions in a fixed order
     (bitwise deterministic). M = max_j m_j, s = sum_j s_j e^{m_j-M},
     a = sum_j e^{m_j-M} (a_j + (m_j - M) s_j); logsumexp = M + log s, max_prob = 1/s,
@@ -361,20 +431,59 @@ def exit_head_triton(
     if cfg.prenorm:
         x = torch.empty(T, H, dtype=lm_head_weight.dtype, device=dev)
         _rms_norm_kernel[(triton.cdiv(T, 16),)](
-            hidden, norm_weight, x, T, H, hidden.stride(0), float(eps),
-            ROUND_PRODUCT=round_product, TILE_T=16, BLOCK_H=min(256, triton.next_power_of_2(H)),
-        )  # fmt: skip
+            hidden,
+            norm_weight,
+            x,
+            T,
+            H,
+            hidden.stride(0),
+            float(eps),
+            ROUND_PRODUCT=round_product,
+            TILE_T=16,
+            BLOCK_H=min(256, triton.next_power_of_2(H)),
+        )
     _exit_head_partials_kernel[(num_tiles, num_splits)](
-        x, norm_weight, lm_head_weight, tok, seed_arg, part_f, part_i,
-        T, V, H, x.stride(0), lm_head_weight.stride(0), float(eps), float(inv_temperature), num_blocks,
-        HAS_TOKENS=has_tokens, HAS_SEED=has_seed, PRENORMED=cfg.prenorm, ROUND_PRODUCT=round_product,
-        DOT_PRECISION=precision, TILE_T=cfg.tile_t, BLOCK_V=cfg.block_v, BLOCK_H=cfg.block_h,
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
-    )  # fmt: skip
+        x,
+        norm_weight,
+        lm_head_weight,
+        tok,
+        seed_arg,
+        part_f,
+        part_i,
+        T,
+        V,
+        H,
+        x.stride(0),
+        lm_head_weight.stride(0),
+        float(eps),
+        float(inv_temperature),
+        num_blocks,
+        HAS_TOKENS=has_tokens,
+        HAS_SEED=has_seed,
+        PRENORMED=cfg.prenorm,
+        ROUND_PRODUCT=round_product,
+        DOT_PRECISION=precision,
+        TILE_T=cfg.tile_t,
+        BLOCK_V=cfg.block_v,
+        BLOCK_H=cfg.block_h,
+        num_warps=cfg.num_warps,
+        num_stages=cfg.num_stages,
+    )
     block_s = max(16, triton.next_power_of_2(num_splits))
     block_t = min(triton.next_power_of_2(T), max(1, 4096 // block_s), 64)
     _exit_head_reduce_kernel[(triton.cdiv(T, block_t),)](
-        part_f, part_i, tok, out_f, out_i, T, V, num_splits,
-        HAS_TOKENS=has_tokens, HAS_SEED=has_seed, BLOCK_T=block_t, BLOCK_S=block_s, num_warps=4,
-    )  # fmt: skip
+        part_f,
+        part_i,
+        tok,
+        out_f,
+        out_i,
+        T,
+        V,
+        num_splits,
+        HAS_TOKENS=has_tokens,
+        HAS_SEED=has_seed,
+        BLOCK_T=block_t,
+        BLOCK_S=block_s,
+        num_warps=4,
+    )
     return out_f, out_i

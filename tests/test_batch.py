@@ -47,9 +47,15 @@ def test_batch_equals_hf_padded_batch_and_rows_alone(arch, monkeypatch):
         ("self_speculative", 3, 5),
     ]:
         out = eedecode.generate(
-            model, ids, attention_mask=mask, mode=mode, exit_layer=E, num_speculations=k, max_new_tokens=25,
+            model,
+            ids,
+            attention_mask=mask,
+            mode=mode,
+            exit_layer=E,
+            num_speculations=k,
+            max_new_tokens=25,
             return_dict_in_generate=True,
-        )  # fmt: skip
+        )
         assert torch.equal(out.sequences, ref), (mode, E, k)
     # rows accepted their own number of drafts in the same round
     assert any(len(set(counts)) > 1 for counts in per_round)
@@ -74,9 +80,15 @@ def test_rows_that_stop_at_different_times(arch):
     assert len({int(s[0]) if len(s) else -1 for s in stops}) > 1, "rows should stop at different times"
     for k in (1, 4, 8):
         out = eedecode.generate(
-            model, ids, attention_mask=mask, exit_layer=2, num_speculations=k, max_new_tokens=30,
-            eos_token_id=eos, pad_token_id=0,
-        )  # fmt: skip
+            model,
+            ids,
+            attention_mask=mask,
+            exit_layer=2,
+            num_speculations=k,
+            max_new_tokens=30,
+            eos_token_id=eos,
+            pad_token_id=0,
+        )
         assert torch.equal(out, ref)
         for i, n in enumerate(lengths):
             alone = eedecode.generate(

@@ -49,9 +49,19 @@ def test_generate_bad_argument_is_one_clear_line_and_streams_nothing():
 
 def test_bench_writes_a_table_and_a_json_record(tmp_path):
     done = eedecode(
-        "bench", "--num-prompts", "2", "--max-new-tokens", "8", "--methods", "hf,eedecode_ar,eedecode_ss",
-        "--output", str(tmp_path), "--no-progress", "--threads", "1",
-    )  # fmt: skip
+        "bench",
+        "--num-prompts",
+        "2",
+        "--max-new-tokens",
+        "8",
+        "--methods",
+        "hf,eedecode_ar,eedecode_ss",
+        "--output",
+        str(tmp_path),
+        "--no-progress",
+        "--threads",
+        "1",
+    )
     assert done.returncode == 0, done.stderr
     record = json.loads((tmp_path / "bench.json").read_text())
     assert {r["method"] for r in record["results"]} == {"hf", "eedecode_ar", "eedecode_ss"}

@@ -259,9 +259,14 @@ def test_confidence_threshold_drafts_less_and_stays_lossless(arch):
     drafted = {}
     for threshold in (None, 0.0, 1.0):
         out = eedecode.generate(
-            model, ids, exit_layer=2, num_speculations=5, max_new_tokens=30,
-            draft_confidence_threshold=threshold, return_dict_in_generate=True,
-        )  # fmt: skip
+            model,
+            ids,
+            exit_layer=2,
+            num_speculations=5,
+            max_new_tokens=30,
+            draft_confidence_threshold=threshold,
+            return_dict_in_generate=True,
+        )
         assert_greedy_equal(model, out.sequences, ref, 8)
         drafted[threshold] = out.stats.drafted_tokens / out.stats.rounds
     assert drafted[1.0] <= 1.0  # (the last round may have no room for a draft)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 
 def test_kernels_live_inside_the_package(tmp_path):
@@ -18,8 +19,18 @@ def test_kernels_live_inside_the_package(tmp_path):
     assert done.stdout.split() == ["True", "True"]
 
 
+def console_script() -> str | None:
+    """The ``eedecode`` script of this interpreter's environment (its bin/ or Scripts/ folder,
+    whether or not the environment is activated), else the one on PATH."""
+    here = Path(sys.executable).parent
+    for name in ("eedecode", "eedecode.exe"):
+        if (here / name).is_file():
+            return str(here / name)
+    return shutil.which("eedecode")
+
+
 def test_console_script_is_installed():
-    script = shutil.which("eedecode")
-    assert script is not None, "the `eedecode` console script is not on PATH"
+    script = console_script()
+    assert script is not None, f"no `eedecode` console script beside {sys.executable} or on PATH"
     done = subprocess.run([script, "--help"], capture_output=True, text=True)
     assert done.returncode == 0 and all(c in done.stdout for c in ("generate", "bench", "train"))

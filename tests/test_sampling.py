@@ -173,8 +173,9 @@ def test_gumbel_max_drafts_from_the_fused_head_reproduce_the_target(small_vocab_
     exit query cache), forced on the CPU through the kernel's reference."""
     params = PARAMS[name]
     exact = exact_joint(small_vocab_model, PROMPT, params)
-    counts = sampled_joint(small_vocab_model, PROMPT, params, "self_speculative", seed=3, gumbel=True,
-                           monkeypatch=monkeypatch)  # fmt: skip
+    counts = sampled_joint(
+        small_vocab_model, PROMPT, params, "self_speculative", seed=3, gumbel=True, monkeypatch=monkeypatch
+    )
     p_value = chi_square_p_value(counts, exact)
     assert p_value > 1e-3, f"{name}: Gumbel drafts do not give the target (p={p_value:.2g})"
 

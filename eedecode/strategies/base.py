@@ -148,7 +148,5 @@ def build_options(cls: type[Strategy], values: dict[str, Any]):
     foreign = sorted(set(values) - set(fields))
     if foreign:
         allowed = ", ".join(fields) or "none"
-        raise ValueError(
-            f"{foreign[0]}: not a setting of mode={cls.name!r} (its settings: {allowed})"
-        )
+        raise ValueError(f"{foreign[0]}: not a setting of mode={cls.name!r} (its settings: {allowed})")
     return cls.Options(**values)

@@ -22,9 +22,7 @@ from .base import Round, Strategy, option, register
 
 @dataclass(frozen=True)
 class SelfSpeculativeOptions:
-    exit_layer: int | None = option(
-        None, "draft with layers [0, E) (1..L-1)", hf_name="assistant_early_exit"
-    )
+    exit_layer: int | None = option(None, "draft with layers [0, E) (1..L-1)", hf_name="assistant_early_exit")
     num_speculations: int = option(4, "drafts per round k (>= 1)", hf_name="num_assistant_tokens")
     draft_confidence_threshold: float | None = option(
         None,

@@ -1,0 +1,132 @@
+"""The package's layout: no import cycles, modules that fit in the head, a documented module map."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+MAX_LINES = 400
+#: A module may be longer only if its docstring says why, in a sentence starting with this.
+LONG_REASON = "Longer than 400 lines because"
+
+
+def package_modules() -> dict[str, Path]:
+    """Module name -> source file, for eedecode and its installed-inside kernels package."""
+    mods = {}
+    for base, prefix in ((ROOT / "eedecode", "eedecode"), (ROOT / "kernels", "eedecode.kernels")):
+        for f in base.rglob("*.py"):
+            rel = f.relative_to(base).with_suffix("")
+            parts = [p for p in rel.parts if p != "__init__"]
+            mods[".".join([prefix, *parts])] = f
+    return mods
+
+
+def _is_type_checking(node: ast.If) -> bool:
+    t = node.test
+    return (isinstance(t, ast.Name) and t.id == "TYPE_CHECKING") or (
+        isinstance(t, ast.Attribute) and t.attr == "TYPE_CHECKING"
+    )
+
+
+def imports_of(name: str, path: Path, modules: dict[str, Path]) -> set[str]:
+    """The package modules ``name`` imports anywhere (functions included; TYPE_CHECKING excluded)."""
+    is_pkg = path.name == "__init__.py"
+    package = name if is_pkg else name.rsplit(".", 1)[0]
+    found: set[str] = set()
+
+    def visit(node):
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.If) and _is_type_checking(child):
+                continue
+            if isinstance(child, ast.Import):
+                found.update(a.name for a in child.names)
+            elif isinstance(child, ast.ImportFrom):
+                if child.level:
+                    base = package.split(".")
+                    base = base[: len(base) - (child.level - 1)]
+                    target = ".".join(base + ([child.module] if child.module else []))
+                else:
+                    target = child.module or ""
+                found.add(target)
+                found.update(f"{target}.{a.name}" for a in child.names)
+            visit(child)
+
+    visit(ast.parse(path.read_text()))
+    return {m for m in found if m in modules and m != name}
+
+
+def import_graph() -> dict[str, set[str]]:
+    modules = package_modules()
+    return {name: imports_of(name, path, modules) for name, path in modules.items()}
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    state: dict[str, int] = {}  # 1: on the stack, 2: done
+    stack: list[str] = []
+
+    def dfs(node):
+        state[node] = 1
+        stack.append(node)
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == 1:
+                return stack[stack.index(nxt) :] + [nxt]
+            if nxt not in state and (cycle := dfs(nxt)):
+                return cycle
+        stack.pop()
+        state[node] = 2
+        return None
+
+    for node in sorted(graph):
+        if node not in state and (cycle := dfs(node)):
+            return cycle
+    return None
+
+
+def test_the_cycle_finder_finds_a_planted_cycle():
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": set()}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b"}, "b": set()}) is None
+
+
+def test_the_import_walker_resolves_relative_imports(tmp_path):
+    src = tmp_path / "m.py"
+    src.write_text(
+        "from . import a\nfrom .b import x\nfrom ..c import y\nimport d\n"
+        "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from . import e\n"
+        "def f():\n    from .g import z\n"
+    )
+    mods = dict.fromkeys(["p.q.a", "p.q.b", "p.c", "d", "p.q.e", "p.q.g"], src)
+    assert imports_of("p.q.m", src, mods) == {"p.q.a", "p.q.b", "p.c", "d", "p.q.g"}
+
+
+def test_no_import_cycles():
+    graph = import_graph()
+    assert "eedecode.cli" in graph and graph["eedecode.cli"], "the walker found no imports"
+    assert find_cycle(graph) is None, f"import cycle: {' -> '.join(find_cycle(graph))}"
+
+
+def test_nothing_imports_the_command_line():
+    graph = import_graph()
+    users = sorted(m for m, deps in graph.items() if "eedecode.cli" in deps)
+    assert users == [], f"{users} import eedecode.cli; shared pieces belong in loading / arguments"
+
+
+@pytest.mark.parametrize("name", sorted(package_modules()))
+def test_modules_fit_or_say_why(name):
+    path = package_modules()[name]
+    lines = len(path.read_text().splitlines())
+    doc = ast.get_docstring(ast.parse(path.read_text())) or ""
+    assert lines <= MAX_LINES or LONG_REASON in doc, f"{path.name}: {lines} lines and no reason given"
+
+
+def test_architecture_doc_names_every_module():
+    doc = (ROOT / "docs" / "architecture.md").read_text()
+    for name, path in package_modules().items():
+        if path.name == "__init__.py" and name in ("eedecode", "eedecode.kernels"):
+            continue
+        rel = path.relative_to(ROOT).as_posix()
+        assert rel in doc, f"docs/architecture.md does not mention {rel}"
+    for rel in set(__import__("re").findall(r"`((?:eedecode|kernels)/[\w/]+\.py)`", doc)):
+        assert (ROOT / rel).is_file(), f"docs/architecture.md names {rel}, which does not exist"

@@ -1,0 +1,107 @@
+"""The strategy seam: a new decoding mode is one class, registered once, and generate(), the
+command line and the benchmark find it. The toy mode here lives only in this file."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+import torch
+from conftest import cached_tiny_model
+
+import eedecode
+from eedecode.strategies import Round, Strategy, get_strategy, option, register, strategy_names, unregister
+
+
+@dataclass(frozen=True)
+class FixedTokenOptions:
+    token: int = option(5, "the token every draft proposes")
+    num_speculations: int = option(3, "drafts per round")
+
+    def validate(self, num_layers: int) -> None:
+        if not isinstance(self.token, int) or self.token < 0:
+            raise ValueError(f"token: must be an int >= 0, got {self.token!r}")
+
+
+class FixedToken(Strategy):
+    """Drafts the same token k times; verifies all k + 1 tokens through every layer (lossless)."""
+
+    name, short = "fixed_token", "ft"
+    Options = FixedTokenOptions
+
+    @property
+    def max_drafts(self) -> int:
+        return self.options.num_speculations
+
+    def round(self, state, max_tokens: int) -> Round:
+        runner, B = self.runner, state.pending.shape[0]
+        k = min(self.options.num_speculations, max_tokens - 1)
+        drafts = torch.full((B, k), self.options.token, dtype=torch.long, device=state.pending.device)
+        block = torch.cat([state.pending[:, None], drafts], 1)  # [B, k + 1]
+        h = runner.run_layers(runner.embed(block), 0, runner.num_layers, state.cache)
+        q = [torch.nn.functional.one_hot(drafts[:, i], runner.vocab_size).float() for i in range(k)]
+        tokens, counts = state.chooser.accept(runner, drafts, None, q, runner.logits(h))
+        return Round(tokens, counts, drafted=k * state.active.sum())
+
+
+@pytest.fixture
+def fixed_token_mode():
+    register(FixedToken)
+    yield FixedToken
+    unregister(FixedToken.name)
+
+
+def test_a_registered_toy_mode_is_reachable_from_generate(fixed_token_mode):
+    model = cached_tiny_model("llama", eos_token_id=None)
+    ids = torch.randint(3, 97, (2, 9), generator=torch.Generator().manual_seed(0))
+    ref = model.generate(ids, max_new_tokens=25, do_sample=False, pad_token_id=0)
+    # draft the token the model writes most often, so that some drafts are accepted
+    common = int(ref[:, 9:].flatten().bincount().argmax())
+    out = eedecode.generate(
+        model, ids, mode="fixed_token", token=common, max_new_tokens=25, return_dict_in_generate=True
+    )
+    assert torch.equal(out.sequences, ref)  # lossless: verification is the full model
+    assert out.stats.drafted_tokens > 0 and out.stats.accepted_tokens > 0
+    assert out.stats.mode == "fixed_token" and out.stats.options == {"token": common, "num_speculations": 3}
+
+
+def test_a_toy_mode_samples_and_validates(fixed_token_mode):
+    model = cached_tiny_model("llama")
+    ids = torch.tensor([[5, 6, 7]])
+    a = eedecode.generate(model, ids, mode="fixed_token", do_sample=True, seed=1, max_new_tokens=12)
+    b = eedecode.generate(model, ids, mode="fixed_token", do_sample=True, seed=1, max_new_tokens=12)
+    assert torch.equal(a, b)
+    with pytest.raises(ValueError, match="token: must be an int >= 0"):
+        eedecode.generate(model, ids, mode="fixed_token", token=-1)
+    with pytest.raises(ValueError, match="exit_layer: not a setting of mode='fixed_token'"):
+        eedecode.generate(model, ids, mode="fixed_token", exit_layer=2)
+
+
+def test_a_toy_mode_gets_command_line_flags(fixed_token_mode):
+    from eedecode.cli import build_parser
+
+    args = build_parser().parse_args(["generate", "--mode", "fixed_token", "--token", "7", "x"])
+    assert args.mode == "fixed_token" and args.token == 7
+
+
+def test_unregistered_mode_is_a_clear_error():
+    assert "fixed_token" not in strategy_names()
+    with pytest.raises(ValueError, match=r"mode: must be one of \('autoregressive', 'self_speculative'"):
+        get_strategy("fixed_token")
+    with pytest.raises(ValueError, match="mode: must be one of"):
+        eedecode.generate(cached_tiny_model("llama"), torch.tensor([[5]]), mode="fixed_token")
+
+
+def test_registry_rejects_malformed_strategies():
+    class NoName(Strategy):
+        def round(self, state, max_tokens):
+            raise AssertionError
+
+    with pytest.raises(TypeError, match="needs a class attribute 'name'"):
+        register(NoName)
+
+    class Clash(NoName):
+        name, short = "clash", "ss"
+
+    with pytest.raises(ValueError, match="short name 'ss' is taken"):
+        register(Clash)
