@@ -7,8 +7,8 @@ own first ``E`` layers and LM head and verifies the drafts in one pass of its re
 
 from .config import DecodingConfig
 from .demo import demo_model_path
-from .loading import LoadedModel, load_model
 from .generation import GenerateOutput, GenerationStats, generate
+from .loading import LoadedModel, load_model
 from .runner import SUPPORTED_ARCHITECTURES, ModelRunner
 from .sampling import SamplingParams
 from .strategies import Strategy, register, strategy_names
