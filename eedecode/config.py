@@ -1,153 +1,99 @@
-"""Turning ``generate()``'s arguments into one validated :class:`DecodingConfig`.
+"""Turning ``generate()``'s arguments into one validated plan, the way Hugging Face does.
 
-Settings come from the model's ``generation_config``, then a ``generation_config`` argument, then
-keyword arguments, as Hugging Face merges them. The decoding mode and its settings come from the
-strategy registry (:mod:`eedecode.strategies`): each mode's ``Options`` fields are keyword
-arguments, and a field's ``hf_name`` (``assistant_early_exit``, ``num_assistant_tokens``, ...) is
-read from the merged generation config.
+Settings are merged and defaulted by transformers' own ``generate()`` preparation steps (the
+model's ``generation_config``, then a ``generation_config`` argument, then keyword arguments;
+HF's global defaults such as 20 new tokens, or ``top_k=50`` when sampling). The same goes for the
+special tokens, the attention mask inferred from ``pad_token_id``, ``num_return_sequences``, the
+length limits, the logits processors and the stopping criteria. Those steps are private methods
+of ``GenerationMixin``. Calling them, instead of copying them, keeps eedecode's conventions equal
+to the installed transformers. ``tests/test_hf_conventions.py`` checks the result against
+``model.generate``.
+
+The decoding mode and its settings come from the strategy registry (:mod:`eedecode.strategies`).
+Each mode's ``Options`` fields are keyword arguments, and a field's ``hf_name``
+(``assistant_early_exit``, ``num_assistant_tokens``, ...) is read from the merged generation
+config. Everything is checked here, before anything runs. A setting eedecode cannot honour raises
+an error that names it, also when it comes from the model's own generation config.
 """
 
 from __future__ import annotations
 
-import copy
+import contextlib
 import dataclasses
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from transformers import GenerationConfig
+import torch
+from transformers import GenerationConfig, LogitsProcessorList
+from transformers.generation.stopping_criteria import (
+    EosTokenCriteria,
+    MaxLengthCriteria,
+    StoppingCriteriaList,
+)
 
-from .sampling import SamplingParams
 from .strategies import all_option_fields, build_options, get_strategy, option_fields
 
+Tensor = torch.Tensor
 DEFAULT_MODE = "self_speculative"
 
-# GenerationConfig fields that generate() honours, and those that change nothing here.
-_HONOURED = {
-    "max_new_tokens",
-    "max_length",
-    "do_sample",
-    "temperature",
-    "top_k",
-    "top_p",
-    "eos_token_id",
-    "pad_token_id",
-    "assistant_early_exit",
-    "num_assistant_tokens",
-    "return_dict_in_generate",
-    "assistant_confidence_threshold",
-}
-_IGNORED = {
-    "bos_token_id",
-    "decoder_start_token_id",
-    "use_cache",
-    "transformers_version",
-    "_from_model_config",
-    "num_assistant_tokens_schedule",
-    "length_penalty",
-    "early_stopping",
-    "cache_implementation",
-    "num_beams",
-    "num_return_sequences",
-    "repetition_penalty",
-    "typical_p",
-    "num_beam_groups",
-    "diversity_penalty",
-    "output_scores",
-    "output_logits",
-    "output_attentions",
-    "output_hidden_states",
-    "renormalize_logits",
-    "remove_invalid_values",
-}
-# ...but only while they keep their default value:
-_NEUTRAL = {
+#: Settings eedecode cannot honour while they differ from these values (None: unset).
+_UNSUPPORTED = {
     "num_beams": 1,
-    "num_return_sequences": 1,
-    "repetition_penalty": 1.0,
-    "typical_p": 1.0,
     "num_beam_groups": 1,
-    "diversity_penalty": 0.0,
-    "output_scores": False,
-    "output_logits": False,
+    "penalty_alpha": None,
+    "constraints": None,
+    "force_words_ids": None,
+    "dola_layers": None,
+    "use_mtp": False,
+    "guidance_scale": 1.0,
     "output_attentions": False,
     "output_hidden_states": False,
-    "renormalize_logits": False,
-    "remove_invalid_values": False,
+    "token_healing": False,
+    "prompt_lookup_num_tokens": None,
 }
+_REASONS = {
+    "num_beams": "beam search is not a speculative decoding mode",
+    "guidance_scale": "classifier-free guidance needs a second forward pass per token",
+    "output_attentions": "eedecode's attention is fused (scaled_dot_product_attention)",
+    "output_hidden_states": "use eedecode.study for per-layer states",
+    "prompt_lookup_num_tokens": "prompt-lookup drafting is not an eedecode mode",
+}
+#: Keyword arguments of generate() that are neither GenerationConfig fields nor mode settings.
+_CALL_ARGUMENTS = ("tokenizer", "logits_processor", "prefix_allowed_tokens_fn")
 
 
 @dataclass(frozen=True)
 class DecodingConfig:
-    """Resolved settings of one generate() call: the mode and its options, length, sampling and
-    the special tokens."""
+    """The engine's settings for one generate() call."""
 
     mode: str = DEFAULT_MODE
     options: object = None  # the mode's Options instance
     max_new_tokens: int = 20
-    sampling: SamplingParams = field(default_factory=SamplingParams)
+    do_sample: bool = False
     eos_token_id: tuple[int, ...] = ()
     pad_token_id: int | None = None
-
-    def validate(self, num_layers: int) -> None:
-        get_strategy(self.mode)
-        if self.options is not None:
-            self.options.validate(num_layers)
-        if not _is_int(self.max_new_tokens) or self.max_new_tokens < 0:
-            raise ValueError(f"max_new_tokens: must be an int >= 0, got {self.max_new_tokens!r}")
-        self.sampling.validate()
 
     def setting(self, name: str, default=None):
         """One of the mode's settings (``exit_layer``, ...), or ``default`` if it has none."""
         return getattr(self.options, name, default)
 
 
-def _is_int(x) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool)
+@dataclass
+class Plan:
+    """Everything generate() runs with, validated."""
+
+    input_ids: Tensor  # [B * num_return_sequences, P]
+    attention_mask: Tensor | None  # None when nothing is padded
+    config: DecodingConfig
+    processors: object  # transformers LogitsProcessorList (warpers included when sampling)
+    stopping_criteria: StoppingCriteriaList  # checked on the host: user's, stop strings, max_time
+    return_dict: bool
+    output_scores: bool
+    output_logits: bool
 
 
-def _eos_tuple(eos) -> tuple[int, ...]:
-    if eos is None:
-        return ()
-    if hasattr(eos, "tolist"):
-        eos = eos.tolist()
-    eos = [eos] if _is_int(eos) else list(eos)
-    if not all(_is_int(e) for e in eos):
-        raise ValueError(f"eos_token_id: must be an int or a list of ints, got {eos!r}")
-    return tuple(eos)
-
-
-def _merged_generation_config(model, generation_config, overrides: dict) -> tuple[GenerationConfig, set]:
-    """Model defaults <- generation_config argument <- keyword arguments, as HF merges them.
-    Returns the merged config and the names the caller set."""
-    base = getattr(model, "generation_config", None)
-    merged = copy.deepcopy(base) if base is not None else GenerationConfig()
-    user_set = set()
-    if generation_config is not None:
-        if not isinstance(generation_config, GenerationConfig):
-            raise ValueError(
-                f"generation_config: must be a transformers.GenerationConfig, got {type(generation_config)}"
-            )
-        diff = generation_config.to_diff_dict()
-        for key, value in diff.items():
-            setattr(merged, key, value)
-        user_set |= set(diff)
-    for key, value in overrides.items():
-        setattr(merged, key, value)
-        user_set.add(key)
-    return merged, user_set
-
-
-def _check_unsupported(merged: GenerationConfig, user_set: set) -> None:
-    defaults = GenerationConfig().to_dict()
-    for key, value in merged.to_dict().items():
-        if key in _HONOURED or value == defaults.get(key, value):
-            continue
-        if key in _IGNORED and (key not in _NEUTRAL or value == _NEUTRAL[key]):
-            continue
-        message = f"eedecode.generate does not support {key}={value!r}"
-        if key in user_set:
-            raise ValueError(message)
-        warnings.warn(f"{message} (from the model's generation_config); ignoring it", stacklevel=4)
+def options_dict(config: DecodingConfig) -> dict:
+    return dataclasses.asdict(config.options) if config.options is not None else {}
 
 
 def engine_option_names() -> set[str]:
@@ -155,63 +101,156 @@ def engine_option_names() -> set[str]:
     return set(all_option_fields())
 
 
-def _mode_options(mode: str, engine: dict, merged: GenerationConfig, user_set: set):
-    """The mode's Options from its keyword arguments, else from their HF aliases in the merged
-    generation config (set by the caller, or differing from HF's default)."""
-    cls = get_strategy(mode)
-    foreign = {k: v for k, v in engine.items() if k not in option_fields(cls)}
-    values = {k: v for k, v in engine.items() if k in option_fields(cls)}
-    hf_defaults = GenerationConfig()
-    for name, f in option_fields(cls).items():
-        hf = f.metadata.get("hf_name")
-        if name in values or hf is None:
-            continue
-        value = getattr(merged, hf, None)
-        if value is not None and (hf in user_set or value != getattr(hf_defaults, hf, None)):
-            values[name] = value
-    if foreign:
-        build_options(cls, {**values, **foreign})  # raises, naming the foreign setting
-    return build_options(cls, values)
+@contextlib.contextmanager
+def _quiet():
+    """transformers' preparation logs advice meant for its own loop; eedecode raises instead."""
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        hf_logging.set_verbosity(level)
 
 
-def resolve_config(
-    model, num_prompt_tokens: int, generation_config=None, **kwargs
-) -> tuple[DecodingConfig, bool]:
-    """Turn generate()'s arguments into a :class:`DecodingConfig`; also return
-    ``return_dict_in_generate``."""
-    mode = kwargs.pop("mode", None) or DEFAULT_MODE
-    get_strategy(mode)
+def split_kwargs(kwargs: dict) -> tuple[dict, dict, dict]:
+    """generate()'s keyword arguments -> (mode settings, GenerationConfig fields, call arguments).
+    Anything else is a TypeError."""
     names = engine_option_names()
-    engine = {k: kwargs.pop(k) for k in list(kwargs) if k in names and kwargs[k] is not None}
-    for k in names & set(kwargs):
-        kwargs.pop(k)
-    overrides = {k: v for k, v in kwargs.items() if v is not None}
-    merged, user_set = _merged_generation_config(model, generation_config, overrides)
-    _check_unsupported(merged, user_set)
+    engine = {k: v for k, v in kwargs.items() if k in names}
+    call = {k: v for k, v in kwargs.items() if k in _CALL_ARGUMENTS}
+    hf = {k: v for k, v in kwargs.items() if k not in names and k not in call}
+    fields = GenerationConfig()
+    unknown = sorted(k for k in hf if not hasattr(fields, k) or k.startswith("_"))
+    if unknown:
+        raise TypeError(f"generate() got unexpected keyword arguments {unknown}")
+    for name, f in all_option_fields().items():
+        alias = f.metadata.get("hf_name")
+        ours, theirs = engine.get(name), hf.get(alias) if alias else None
+        if ours is not None and theirs is not None and ours != theirs:
+            raise ValueError(f"{name} and {alias} are aliases; they disagree ({ours!r} vs {theirs!r})")
+    return engine, hf, call
 
-    if "max_new_tokens" in user_set or merged.max_new_tokens is not None:
-        max_new = merged.max_new_tokens
-    else:  # HF: max_length counts the prompt
-        max_new = max((merged.max_length or 20) - num_prompt_tokens, 0)
-    eos = _eos_tuple(merged.eos_token_id)
-    pad = merged.pad_token_id
-    if pad is None and eos:
-        pad = eos[0]
+
+def _explicit(model, generation_config, hf_kwargs: dict) -> dict:
+    """Settings someone chose (not HF's global defaults), with where they came from."""
+    chosen = {}
+    base = getattr(model, "generation_config", None)
+    for source, cfg in (("the model's generation_config", base), ("generation_config", generation_config)):
+        if cfg is not None:
+            chosen.update({k: (v, source) for k, v in cfg.to_dict().items() if v is not None})
+    chosen.update({k: (v, "argument") for k, v in hf_kwargs.items()})
+    return chosen
+
+
+def _check_unsupported(gen: GenerationConfig, chosen: dict) -> None:
+    for key, neutral in _UNSUPPORTED.items():
+        value = getattr(gen, key, None)
+        if value is None or value == neutral:
+            continue
+        origin = chosen.get(key, (None, "argument"))[1]
+        where = "" if origin == "argument" else f" (from {origin})"
+        reason = _REASONS.get(key, "not supported by eedecode")
+        raise ValueError(f"{key}: eedecode.generate does not support {key}={value!r}{where}; {reason}")
+
+
+def _mode_options(mode: str, engine: dict, gen: GenerationConfig, chosen: dict):
+    """The mode's Options from its keyword arguments, else from their HF aliases that someone set."""
+    cls = get_strategy(mode)
+    own = option_fields(cls)
+    values = {k: v for k, v in engine.items() if k in own and v is not None}
+    for name, f in own.items():
+        alias = f.metadata.get("hf_name")
+        if name not in values and alias in chosen and getattr(gen, alias, None) is not None:
+            values[name] = getattr(gen, alias)
+    foreign = {k: v for k, v in engine.items() if k not in own and v is not None}
+    return build_options(cls, {**values, **foreign})  # a foreign setting raises, naming it
+
+
+def prepare(
+    model, runner, input_ids, attention_mask, mode, generation_config, kwargs: dict, stopping_criteria
+) -> Plan:
+    """Validate and resolve a generate() call. ``kwargs``: generate()'s other keyword arguments."""
+    from . import validation
+
+    mode = DEFAULT_MODE if mode is None else mode
+    if not isinstance(mode, str):
+        raise ValueError(f"mode: must be a string, one of the registered modes, got {mode!r}")
+    get_strategy(mode)
+    engine, hf_kwargs, call = split_kwargs(kwargs)
+    if generation_config is not None and not isinstance(generation_config, GenerationConfig):
+        raise ValueError(
+            "generation_config: must be a transformers.GenerationConfig, "
+            f"got {type(generation_config).__name__}"
+        )
+    validation.check_input_ids(input_ids, runner.vocab_size)
+    validation.check_attention_mask(attention_mask, input_ids)
+    validation.check_lengths(hf_kwargs)
+    base = model.generation_config
+    has_default_max = all(c is None or c.max_length is None for c in (base, generation_config)) and (
+        hf_kwargs.get("max_length") is None
+    )
+    has_default_min = all(c is None or c.min_length is None for c in (base, generation_config)) and (
+        hf_kwargs.get("min_length") is None
+    )
+    chosen = _explicit(model, generation_config, hf_kwargs)
+    with _quiet():
+        gen, model_kwargs = model._prepare_generation_config(generation_config, **hf_kwargs)
+    _check_unsupported(gen, chosen)
+    options = _mode_options(mode, engine, gen, chosen)
+    options.validate(runner.num_layers)
+
+    B = input_ids.shape[0]
+    with _quiet():
+        model._prepare_special_tokens(gen, attention_mask is not None, device=input_ids.device, batch_size=B)
+        if attention_mask is None:
+            attention_mask = model._prepare_attention_mask_for_generation(input_ids, gen, {})
+        validation.check_attention_mask(attention_mask, input_ids, inferred=True)
+        n = gen.num_return_sequences or 1
+        if n > 1:
+            input_ids = input_ids.repeat_interleave(n, dim=0)
+            attention_mask = attention_mask.repeat_interleave(n, dim=0)
+        P = input_ids.shape[1]
+        gen = model._prepare_generated_length(
+            gen, has_default_max, has_default_min, "input_ids", P, input_ids
+        )
+        model._validate_generated_length(gen, P, has_default_max)
+        processors = model._get_logits_processor(
+            generation_config=gen,
+            input_ids_seq_length=P,
+            encoder_input_ids=input_ids,
+            prefix_allowed_tokens_fn=call.get("prefix_allowed_tokens_fn"),
+            logits_processor=LogitsProcessorList(call.get("logits_processor") or []),
+            device=input_ids.device,
+            model_kwargs={"attention_mask": attention_mask},
+        )
+        if not isinstance(stopping_criteria, StoppingCriteriaList):  # HF also takes a plain list
+            stopping_criteria = StoppingCriteriaList(list(stopping_criteria or []))
+        criteria = model._get_stopping_criteria(gen, stopping_criteria, call.get("tokenizer"))
+    # Length and EOS are handled on the device, exactly as these two criteria define them.
+    host_criteria = StoppingCriteriaList(
+        c for c in criteria if not isinstance(c, (MaxLengthCriteria, EosTokenCriteria))
+    )
+    eos = gen._eos_token_tensor
+    pad = gen._pad_token_tensor
     config = DecodingConfig(
         mode=mode,
-        options=_mode_options(mode, engine, merged, user_set),
-        max_new_tokens=max_new,
-        sampling=SamplingParams(
-            do_sample=bool(merged.do_sample),
-            temperature=merged.temperature if merged.temperature is not None else 1.0,
-            top_k=merged.top_k,
-            top_p=merged.top_p,
-        ),
-        eos_token_id=eos,
-        pad_token_id=pad,
+        options=options,
+        max_new_tokens=gen.max_length - P,
+        do_sample=bool(gen.do_sample),
+        eos_token_id=() if eos is None else tuple(int(e) for e in eos.reshape(-1).tolist()),
+        pad_token_id=None if pad is None else int(pad),
     )
-    return config, bool(merged.return_dict_in_generate)
-
-
-def options_dict(config: DecodingConfig) -> dict:
-    return dataclasses.asdict(config.options) if config.options is not None else {}
+    return Plan(
+        input_ids=input_ids,
+        attention_mask=None if bool(attention_mask.all()) else attention_mask,
+        config=config,
+        processors=processors,
+        stopping_criteria=host_criteria,
+        return_dict=bool(gen.return_dict_in_generate),
+        output_scores=bool(gen.output_scores),
+        output_logits=bool(gen.output_logits),
+    )

@@ -15,8 +15,9 @@ from dataclasses import dataclass, field
 import torch
 
 from .kernels import DRAFT_STATS
+from .processing import LogitsPipeline
 from .runner import ModelRunner
-from .sampling import SamplingParams, greedy_accept, probabilities, sample, speculative_accept
+from .sampling import greedy_accept, sample, speculative_accept
 from .strategies.base import Round, Strategy
 
 Tensor = torch.Tensor
@@ -38,64 +39,90 @@ class DecodeStats:
 
 
 class TokenChooser:
-    """Picks tokens: argmax (greedy) or a draw after temperature/top-k/top-p.
+    """Picks tokens: argmax (greedy) or a draw, after the call's logits processors (Hugging Face's,
+    warpers included: :class:`~eedecode.processing.LogitsPipeline`).
 
     Drafts come from the exit head (:meth:`ModelRunner.exit_head`, the fused kernel): its argmax
-    when greedy; when sampling with a temperature only (on CUDA), its Gumbel-max sample, and the
-    draft distribution q is then rebuilt at verification from the exit query cache. Otherwise
-    (top-k, top-p, or the CPU) the draft step materialises the exit logits and keeps q.
+    when greedy without processors; when sampling with a temperature only (on CUDA), its
+    Gumbel-max sample, and the draft distribution q is then rebuilt at verification from the exit
+    query cache. Otherwise the draft step materialises the exit logits, processes them with the
+    draft context, and keeps q.
     """
 
     def __init__(
         self,
-        params: SamplingParams,
+        do_sample: bool = False,
+        pipeline: LogitsPipeline | None = None,
         generator: torch.Generator | None = None,
         accept_rule=None,
         gumbel_drafts: bool | None = None,
     ):
-        self.params = params
+        self.do_sample = do_sample
+        self.pipeline = pipeline or LogitsPipeline()
         self.generator = generator
         self.accept_rule = accept_rule or speculative_accept
-        p = params
-        self.gumbel_eligible = p.do_sample and not p.top_k and (p.top_p is None or p.top_p >= 1.0)
+        self.gumbel_eligible = do_sample and self.pipeline.only_temperature
         # None: on CUDA only. The CPU reference hashes a noise value per vocabulary entry, which
         # costs more there than materialising the logits and drawing with torch.multinomial.
         self.gumbel_drafts = gumbel_drafts
+        self.record = False  # keep each block's logits and scores (output_scores / output_logits)
+        self.recorded: tuple[Tensor, Tensor] | None = None
 
-    def choose(self, logits: Tensor) -> Tensor:
-        """Full-model logits ``[B, V]`` -> token ``[B]``."""
-        if not self.params.do_sample:
-            return logits.argmax(-1)
-        return sample(probabilities(logits, self.params), self.generator)
+    @property
+    def temperature(self) -> float | None:
+        procs = self.pipeline.processors
+        return float(procs[0].temperature) if len(procs) else None
 
-    def draft(self, runner: ModelRunner, h: Tensor) -> tuple[Tensor, Tensor | None, Tensor]:
+    def _scores(self, logits: Tensor, state, drafts=None, offset: int = 0) -> Tensor:
+        return self.pipeline(logits, state, drafts, offset)
+
+    def choose(self, state, logits: Tensor) -> Tensor:
+        """Full-model logits ``[B, V]`` -> token ``[B]`` (the prefill's and plain decoding's)."""
+        scores = self._scores(logits[:, None], state)[:, 0]
+        if self.record:
+            self.recorded = (logits[:, None].float(), scores[:, None])
+        if not self.do_sample:
+            return scores.argmax(-1)
+        return sample(scores.softmax(-1), self.generator)
+
+    def draft(self, state, h: Tensor, drafts: Tensor | None = None, i: int = 0):
         """Exit-layer states ``[B, H]`` -> draft token ``[B]``, q ``[B, V]`` if already computed,
-        and the draft's confidence ``[B]`` (the probability of the likeliest token)."""
-        if not self.params.do_sample:
+        and the draft's confidence ``[B]`` (the probability of the likeliest token). ``drafts``
+        ``[B, >= i]``: the round's earlier drafts (the context of draft ``i``)."""
+        runner = state.runner
+        if not self.do_sample and self.pipeline.empty:
             stats = runner.exit_head(h, stats=DRAFT_STATS)
             return stats.argmax, None, stats.max_prob
         use_gumbel = self.gumbel_drafts if self.gumbel_drafts is not None else h.is_cuda
         if self.gumbel_eligible and use_gumbel:
             seed = torch.randint(-_SEED_BOUND, _SEED_BOUND, (1,), generator=self.generator, device=h.device)
             stats = runner.exit_head(
-                h, temperature=self.params.temperature, seed=seed, stats=DRAFT_STATS | {"sample"}
+                h, temperature=self.temperature, seed=seed, stats=DRAFT_STATS | {"sample"}
             )
             return stats.sample, None, stats.max_prob
-        q = probabilities(runner.exit_head_logits(h), self.params)
+        scores = self._scores(runner.exit_head_logits(h)[:, None], state, drafts, offset=i)[:, 0]
+        if not self.do_sample:
+            return scores.argmax(-1), None, scores.softmax(-1).max(-1).values
+        q = scores.softmax(-1)
         return sample(q, self.generator), q, q.max(-1).values
 
-    def accept(self, runner, drafts: Tensor, states: Tensor, qs: list[Tensor], target_logits: Tensor):
-        """drafts ``[B, k]`` made from exit states ``[B, k, H]``; target logits ``[B, k + 1, V]``."""
-        if not self.params.do_sample:
-            return greedy_accept(drafts, target_logits)
+    def accept(self, state, drafts: Tensor, states: Tensor | None, qs: list[Tensor], target_logits: Tensor):
+        """drafts ``[B, k]`` (made from exit states ``[B, k, H]``, or with ``qs`` their draft
+        distributions) and the full model's logits ``[B, k + 1, V]`` -> tokens ``[B, k + 1]`` and
+        counts ``[B]`` (:mod:`eedecode.sampling`)."""
+        scores = self._scores(target_logits, state, drafts)
+        if self.record:
+            self.recorded = (target_logits.float(), scores)
+        if not self.do_sample:
+            return greedy_accept(drafts, scores)
         B, k = drafts.shape
         if qs:
             q = torch.stack(qs, 1)  # [B, k, V]
         elif k == 0:
-            q = target_logits.new_zeros(B, 0, target_logits.shape[-1])
+            q = scores.new_zeros(B, 0, scores.shape[-1])
         else:  # Gumbel-max drafts were samples of softmax(exit logits / temperature): rebuild q
-            q = probabilities(runner.exit_head_logits(states), self.params)
-        return self.accept_rule(drafts, q, probabilities(target_logits, self.params), self.generator)
+            q = self._scores(state.runner.exit_head_logits(states), state, drafts).softmax(-1)
+        return self.accept_rule(drafts, q, scores.softmax(-1), self.generator)
 
 
 @dataclass
@@ -106,13 +133,17 @@ class RoundView:
     max_remaining: int  # new tokens the furthest-behind running row may still emit
     kept: list[list[int]] | None = None  # tokens each row emitted this round (when asked for)
     cache_lengths: tuple[int, int] | None = None  # (max, min) row cache length, when the cache rolls back
+    counts: list[int] | None = (
+        None  # tokens each row's round produced, before EOS/length cuts (when asked for)
+    )
 
 
 class Decoder:
-    """State of one generation, all on the device: the cache, each row's pending token (the
-    newest emitted token, not yet in the cache), cache length and activity, the output buffer,
-    and the statistics. A round ends in :meth:`_emit`, which applies EOS and ``max_new_tokens``
-    per row without a Python loop over rows, then reads a few flags in one synchronisation."""
+    """State of one generation, all on the device: the prompt, the cache, each row's pending token
+    (the newest emitted token, not yet in the cache), cache length and activity, the output
+    buffer, and the statistics. A round ends in :meth:`_emit`, which applies EOS and
+    ``max_new_tokens`` per row without a Python loop over rows, then reads a few numbers in one
+    synchronisation (:meth:`_sync`)."""
 
     def __init__(
         self,
@@ -124,10 +155,11 @@ class Decoder:
         eos_token_id: tuple[int, ...] = (),
     ):
         B, P = input_ids.shape
-        max_drafts = strategy.max_drafts
+        max_drafts = min(strategy.max_drafts, max_new_tokens)  # a round never emits more than that
         self.runner, self.chooser, self.strategy = runner, chooser, strategy
         self.cache = runner.new_cache(B, P + max_new_tokens + max_drafts + 2)
         dev = self.cache.device
+        self.prompt = input_ids.to(dev)
         self.max_new = max_new_tokens
         self.eos = torch.tensor(eos_token_id, dtype=torch.long, device=dev)
         self.out = torch.zeros(B, max_new_tokens + max_drafts + 1, dtype=torch.long, device=dev)  # [B, W]
@@ -141,6 +173,21 @@ class Decoder:
         self.drafted = torch.zeros((), dtype=torch.long, device=dev)
         self.rounds = 0
         self.prefill_time_s = 0.0
+        # Host copies the sync brings back only when something needs them: each row's output length
+        # (processors that read the context), and each row's count (strategies that learn from it).
+        self.host_out_len: list[int] | None = [0] * B if not chooser.pipeline.context_free else None
+        self.wants_counts = strategy.observes_counts
+        self.records: list[tuple[Tensor, Tensor, Tensor]] = []  # (logits, scores, kept) per block
+
+    def sequences_so_far(self):
+        """Each row's tokens so far, ``(ids [G, P + n], rows [G])`` per group of rows with equal
+        ``n`` (the context of logits processors; needs :attr:`host_out_len`)."""
+        groups: dict[int, list[int]] = {}
+        for b, n in enumerate(self.host_out_len):
+            groups.setdefault(n, []).append(b)
+        for n, rows in groups.items():
+            idx = torch.tensor(rows, device=self.prompt.device)
+            yield torch.cat([self.prompt[idx], self.out[idx, :n]], 1), idx
 
     def prefill(
         self, input_ids: Tensor, attention_mask: Tensor | None, want_tokens: bool = False
@@ -150,7 +197,7 @@ class Decoder:
         if attention_mask is not None:
             self.cache.set_padding(attention_mask)
         last = self.runner.prefill(input_ids, self.cache)  # [B, H]
-        token = self.chooser.choose(self.runner.logits(last))  # [B]
+        token = self.chooser.choose(self, self.runner.logits(last))  # [B]
         view = self._emit(token[:, None], torch.ones_like(token), want_tokens, first=True)
         self.prefill_time_s = time.perf_counter() - t0
         return view
@@ -193,29 +240,43 @@ class Decoder:
             self.seq_len = torch.where(stop, 0, self.seq_len + counts)
             self.hist.scatter_add_(0, last, running.long())
             self.rounds += 1
-        return self._sync(remaining, keep if want_tokens else None, tokens)
+        if self.chooser.recorded is not None:
+            self.records.append((*self.chooser.recorded, keep))
+            self.chooser.recorded = None
+        return self._sync(remaining, counts, keep if want_tokens else None, tokens)
 
-    def _sync(self, remaining: Tensor, keep: Tensor | None = None, tokens: Tensor | None = None) -> RoundView:
+    def _sync(self, remaining: Tensor, counts=None, keep=None, tokens=None) -> RoundView:
         """The round's one host synchronisation: one tensor, laid out as
-        ``[max remaining of a running row, (max, min cache length)?, (kept count per row, tokens)?]``
-        (the lengths where the strategy rolls back, the tokens when asked for)."""
+        ``[max remaining of a running row | (max, min) cache length | output length per row |
+        count per row | (kept count per row, tokens)]``, each part present only when needed: the
+        lengths when the strategy rolls back, the output lengths for processors that read the
+        context, the counts for strategies that learn from them, the tokens when asked for."""
+        B = self.out_len.shape[0]
         parts = [(remaining * self.active).max()[None]]
         rolls_back = self.strategy.rolls_back
         if rolls_back:
             parts.append(torch.stack([self.seq_len.max(), self.seq_len.min()]))
+        if self.host_out_len is not None:
+            parts.append(self.out_len)
+        with_counts = self.wants_counts and counts is not None
+        if with_counts:
+            parts.append(counts)
         if keep is not None:
             parts += [keep, tokens.flatten()]
         host = torch.cat(parts).tolist()
-        left, i = host[0], 1
-        lengths = None
+        view = RoundView(host[0] > 0, host[0])
+        i = 1
         if rolls_back:
-            lengths, i = (host[1], host[2]), 3
-        kept = None
+            view.cache_lengths, i = (host[1], host[2]), 3
+        if self.host_out_len is not None:
+            self.host_out_len, i = host[i : i + B], i + B
+        if with_counts:
+            view.counts, i = host[i : i + B], i + B
         if keep is not None:
-            B, m = tokens.shape
-            counts, toks = host[i : i + B], host[i + B :]
-            kept = [toks[b * m : b * m + n] for b, n in enumerate(counts)]
-        return RoundView(left > 0, left, kept, lengths)
+            m = tokens.shape[1]
+            kept_counts, toks = host[i : i + B], host[i + B :]
+            view.kept = [toks[b * m : b * m + n] for b, n in enumerate(kept_counts)]
+        return view
 
     def truncate(self, row: int, length: int) -> RoundView:
         """Stop ``row`` with ``length`` new tokens (a user stopping criterion fired; host path)."""
@@ -233,7 +294,7 @@ class Decoder:
             hi, lo = view.cache_lengths
             self.cache.rollback(self.seq_len, hi, uniform=hi == lo)
 
-    def sequences(self, prompt: Tensor, pad_token_id: int | None) -> Tensor:
+    def output(self, prompt: Tensor, pad_token_id: int | None) -> Tensor:
         """``[B, P + new]``: each row's new tokens, padded after its end with ``pad_token_id``."""
         width = int(self.out_len.max())
         new = self.out[:, :width]

@@ -19,11 +19,14 @@ from dataclasses import dataclass
 
 import torch
 from transformers import GenerationConfig
+from transformers.generation.utils import GenerateDecoderOnlyOutput
 
-from .config import DecodingConfig, engine_option_names, options_dict, resolve_config
+from .config import DecodingConfig, Plan, options_dict, prepare
 from .decoding import Decoder, DecodeStats, TokenChooser
+from .processing import LogitsPipeline
 from .runner import ModelRunner, check_supported
-from .strategies import all_option_fields, get_strategy
+from .strategies import get_strategy
+from .validation import check_call
 
 Tensor = torch.Tensor
 
@@ -79,53 +82,11 @@ class GenerationStats:
 
 
 @dataclass
-class GenerateOutput:
-    """Returned when ``return_dict_in_generate=True``."""
+class GenerateOutput(GenerateDecoderOnlyOutput):
+    """Returned when ``return_dict_in_generate=True``: Hugging Face's output object (attribute and
+    key access; ``scores`` / ``logits`` when ``output_scores`` / ``output_logits``), plus ``stats``."""
 
-    sequences: Tensor  # [B, prompt + new]
-    stats: GenerationStats
-
-
-def _check_inputs(
-    runner: ModelRunner, input_ids, attention_mask, config: DecodingConfig, streamer, stopping_criteria
-):
-    if (
-        not isinstance(input_ids, Tensor)
-        or input_ids.dim() != 2
-        or input_ids.dtype not in (torch.long, torch.int)
-    ):
-        raise ValueError("input_ids: must be an integer tensor of shape [batch, prompt_length]")
-    B, P = input_ids.shape
-    if B == 0 or P == 0:
-        raise ValueError(
-            f"input_ids: empty prompt (shape {tuple(input_ids.shape)}); need at least one token per row"
-        )
-    if attention_mask is not None:
-        if not isinstance(attention_mask, Tensor) or attention_mask.shape != input_ids.shape:
-            shape = (
-                tuple(attention_mask.shape) if isinstance(attention_mask, Tensor) else type(attention_mask)
-            )
-            raise ValueError(
-                f"attention_mask: shape {shape} does not match input_ids {tuple(input_ids.shape)}"
-            )
-        m = attention_mask.to(torch.long)
-        if ((m != 0) & (m != 1)).any():
-            raise ValueError("attention_mask: values must be 0 or 1")
-        if not bool(m[:, -1].all()) or bool((m[:, 1:] < m[:, :-1]).any()):
-            raise ValueError(
-                "attention_mask: padding must be on the left (tokenizer padding_side='left'), "
-                "with every row ending in a real token"
-            )
-    if runner.max_positions is not None and P + config.max_new_tokens > runner.max_positions:
-        raise ValueError(
-            f"max_new_tokens: prompt ({P}) + max_new_tokens ({config.max_new_tokens}) = "
-            f"{P + config.max_new_tokens} exceeds the model's max_position_embeddings "
-            f"({runner.max_positions})"
-        )
-    if streamer is not None and B > 1:
-        raise ValueError(f"streamer: supports batch size 1 only (as Hugging Face's streamers), got batch {B}")
-    if B > 1 and config.pad_token_id is None and (config.eos_token_id or stopping_criteria):
-        raise ValueError("pad_token_id: needed to pad batch rows that stop early; pass pad_token_id=")
+    stats: GenerationStats | None = None
 
 
 # -- the loop --------------------------------------------------------------------------------------
@@ -148,74 +109,98 @@ def generate(
     ``num_speculations`` drafts per round with the rest).
 
     Keyword arguments are Hugging Face ``GenerationConfig`` fields (``max_new_tokens``,
-    ``do_sample``, ``temperature``, ``top_k``, ``top_p``, ``eos_token_id``, ``pad_token_id``,
-    ``return_dict_in_generate``, ...) and the mode's own settings (``exit_layer``,
-    ``num_speculations``, ``draft_confidence_threshold`` for ``self_speculative``; HF's
-    ``assistant_early_exit``, ``num_assistant_tokens`` and ``assistant_confidence_threshold`` are
-    aliases). Returns a LongTensor ``[batch, prompt + new]``, or a :class:`GenerateOutput` with
-    ``.sequences`` and ``.stats`` when ``return_dict_in_generate=True``. Sampling draws from
+    ``do_sample``, ``temperature``, ``top_k``, ``top_p``, ``repetition_penalty``, ``eos_token_id``,
+    ``num_return_sequences``, ``output_scores``, ``return_dict_in_generate``, ...), HF's call
+    arguments ``logits_processor``, ``prefix_allowed_tokens_fn`` and ``tokenizer`` (for
+    ``stop_strings``), and the mode's own settings (``exit_layer``, ``num_speculations``,
+    ``draft_confidence_threshold`` for ``self_speculative``; HF's ``assistant_early_exit``,
+    ``num_assistant_tokens``, ``assistant_confidence_threshold`` and
+    ``num_assistant_tokens_schedule`` are aliases). Defaults come from the model's generation
+    config as HF applies them. Returns a LongTensor ``[batch, prompt + new]``, or a
+    :class:`GenerateOutput` when ``return_dict_in_generate=True``. Sampling draws from
     ``generator`` (or a generator seeded with ``seed``, or torch's global generator).
+    Every argument is checked before anything runs: a bad one raises with its name and the
+    allowed values, and nothing reaches the streamer.
     """
     check_supported(model)
-    _check_kwargs(kwargs)
     runner = ModelRunner(model)
-    prompt_len = input_ids.shape[-1] if isinstance(input_ids, Tensor) and input_ids.dim() > 0 else 0
-    config, return_dict = resolve_config(model, prompt_len, generation_config, mode=mode, **kwargs)
-    config.validate(runner.num_layers)
-    _check_inputs(runner, input_ids, attention_mask, config, streamer, stopping_criteria)
+    plan = prepare(
+        model, runner, input_ids, attention_mask, mode, generation_config, kwargs, stopping_criteria
+    )
+    cfg = plan.config
+    runner.check_generation(plan.input_ids.shape[1] + cfg.max_new_tokens, cfg.mode != "autoregressive")
+    B = plan.input_ids.shape[0]
+    stopping = len(plan.stopping_criteria) > 0
+    check_call(streamer, generator, seed, B, stopping, cfg.pad_token_id, cfg.eos_token_id, runner.device)
     if generator is None and seed is not None:
         generator = torch.Generator(device=runner.device).manual_seed(seed)
-    sequences, stats = run(runner, input_ids, attention_mask, config, streamer, stopping_criteria, generator)
-    return GenerateOutput(sequences, stats) if return_dict else sequences
+    chooser = TokenChooser(cfg.do_sample, LogitsPipeline(plan.processors), generator)
+    chooser.record = plan.output_scores or plan.output_logits
+    sequences, stats, records = run(runner, plan, chooser, streamer)
+    if not plan.return_dict:
+        return sequences
+    scores, logits = _per_step(records) if records else (None, None)
+    return GenerateOutput(
+        sequences=sequences,
+        scores=scores if plan.output_scores else None,
+        logits=logits if plan.output_logits else None,
+        stats=stats,
+    )
 
 
-def _check_kwargs(kwargs: dict) -> None:
-    """Unknown keyword arguments, and a mode setting that disagrees with its HF alias."""
-    hf_fields = GenerationConfig()
-    unknown = [k for k in kwargs if k not in engine_option_names() and not hasattr(hf_fields, k)]
-    if unknown:
-        raise TypeError(f"generate() got unexpected keyword arguments {unknown}")
-    for name, f in all_option_fields().items():
-        hf = f.metadata.get("hf_name")
-        ours, theirs = kwargs.get(name), kwargs.get(hf) if hf else None
-        if ours is not None and theirs is not None and ours != theirs:
-            raise ValueError(f"{name} and {hf} are aliases; they disagree ({ours!r} vs {theirs!r})")
-
-
-def run(
-    runner,
-    input_ids,
-    attention_mask,
-    config: DecodingConfig,
-    streamer=None,
-    stopping_criteria=None,
-    generator=None,
-):
-    """The validated generation loop; returns ``(sequences, GenerationStats)``."""
+def run(runner: ModelRunner, plan: Plan, chooser: TokenChooser, streamer=None):
+    """The validated generation loop; returns ``(sequences, GenerationStats, records)``."""
     t0 = time.perf_counter()
-    chooser = TokenChooser(config.sampling, generator)
+    config = plan.config
+    input_ids = plan.input_ids
     strategy = get_strategy(config.mode)(config.options, runner)
     decoder = Decoder(runner, chooser, strategy, input_ids, config.max_new_tokens, config.eos_token_id)
-    # Tokens come back to the host only for a streamer or user stopping criteria.
-    want_tokens = streamer is not None or bool(stopping_criteria)
-    stopper = _CriteriaStopper(input_ids, stopping_criteria) if stopping_criteria else None
+    # Tokens come back to the host only for a streamer or stopping criteria.
+    criteria = plan.stopping_criteria
+    want_tokens = streamer is not None or len(criteria) > 0
+    stopper = _CriteriaStopper(decoder.prompt, criteria) if len(criteria) else None
     if streamer is not None:
         streamer.put(input_ids.cpu())
-    if config.max_new_tokens > 0:
-        view = decoder.prefill(input_ids, attention_mask, want_tokens)
-        while True:
-            if stopper is not None:
-                view = stopper.apply(decoder, view)
-            if streamer is not None and view.kept[0]:
-                streamer.put(torch.tensor(view.kept[0]))
-            if not view.running:
-                break
-            view = decoder.step(view.max_remaining, want_tokens)
+    view = decoder.prefill(input_ids, plan.attention_mask, want_tokens)
+    while True:
+        if stopper is not None:
+            view = stopper.apply(decoder, view)
+        if streamer is not None and view.kept[0]:
+            streamer.put(torch.tensor(view.kept[0]))
+        if not view.running:
+            break
+        view = decoder.step(view.max_remaining, want_tokens)
     if streamer is not None:
         streamer.end()
-    sequences = decoder.sequences(input_ids, config.pad_token_id)
+    sequences = decoder.output(input_ids, config.pad_token_id)
     stats = _public_stats(config, strategy, decoder.stats(), int(decoder.out_len.sum()), t0)
-    return sequences, stats
+    return sequences, stats, _records(decoder)
+
+
+def _records(decoder: Decoder):
+    """Per row, the logits and scores of the tokens it emitted: ``[(logits [n_b, V], scores)]``."""
+    if not decoder.records:
+        return None
+    out = []
+    for b in range(decoder.out_len.shape[0]):
+        pairs = [(lg[b, : int(k[b])], sc[b, : int(k[b])]) for lg, sc, k in decoder.records]
+        out.append((torch.cat([p[0] for p in pairs]), torch.cat([p[1] for p in pairs])))
+    return out
+
+
+def _per_step(records):
+    """HF's layout: one ``[B, V]`` tensor per generated step (scores, then logits); rows that
+    ended earlier hold zeros there."""
+    steps = max(r[0].shape[0] for r in records)
+    V = records[0][0].shape[-1]
+
+    def stack(which):
+        full = torch.zeros(len(records), steps, V, device=records[0][which].device)
+        for b, r in enumerate(records):
+            full[b, : r[which].shape[0]] = r[which]
+        return tuple(full[:, t] for t in range(steps))
+
+    return stack(1), stack(0)
 
 
 class _CriteriaStopper:

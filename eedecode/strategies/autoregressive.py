@@ -17,7 +17,7 @@ class Autoregressive(Strategy):
     def round(self, state, max_tokens: int) -> Round:
         runner = self.runner
         h = runner.run_layers(runner.embed(state.pending[:, None]), 0, runner.num_layers, state.cache)
-        token = state.chooser.choose(runner.logits(h[:, 0]))  # [B]
+        token = state.chooser.choose(state, runner.logits(h[:, 0]))  # [B]
         return Round(token[:, None], torch.ones_like(token))
 
     def describe(self) -> str:

@@ -72,6 +72,8 @@ class Strategy(ABC):
     rolls_back: ClassVar[bool] = True
     #: Output equals the autoregressive mode's (greedy: token for token; sampling: in distribution).
     lossless: ClassVar[bool] = True
+    #: :meth:`observe` needs each row's count of produced tokens on the host (``view.counts``).
+    observes_counts: ClassVar[bool] = False
 
     def __init__(self, options, runner: ModelRunner):
         self.options = options

@@ -29,6 +29,11 @@ class SelfSpeculativeOptions:
         "stop drafting once no row's draft is at least this likely (0..1)",
         hf_name="assistant_confidence_threshold",
     )
+    schedule: str = option(
+        "constant",
+        "'constant' k, or 'heuristic': +2 after a round that accepts every draft, -1 otherwise",
+        hf_name="num_assistant_tokens_schedule",
+    )
 
     def validate(self, num_layers: int) -> None:
         E = self.exit_layer
@@ -47,6 +52,13 @@ class SelfSpeculativeOptions:
         t = self.draft_confidence_threshold
         if t is not None and not (isinstance(t, (int, float)) and not isinstance(t, bool) and 0 <= t <= 1):
             raise ValueError(f"draft_confidence_threshold: must be a float in [0, 1] or None, got {t!r}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule: must be one of {SCHEDULES}, got {self.schedule!r}")
+
+
+SCHEDULES = ("constant", "heuristic")
+#: The draft length the heuristic schedule may grow to (it sizes the cache; HF sets no bound).
+HEURISTIC_MAX_DRAFTS = 32
 
 
 def _is_int(x) -> bool:
@@ -59,21 +71,41 @@ class SelfSpeculative(Strategy):
     description = "draft with the first E layers, verify with the rest over the exit query cache"
     Options = SelfSpeculativeOptions
 
+    def __init__(self, options, runner):
+        super().__init__(options, runner)
+        self.k = options.num_speculations  # the current draft length (the heuristic schedule moves it)
+        self.heuristic = options.schedule == "heuristic"
+        self.observes_counts = self.heuristic
+        self.drafted_last = 0
+
     @property
     def max_drafts(self) -> int:
-        return self.options.num_speculations
+        k = self.options.num_speculations
+        return max(k, HEURISTIC_MAX_DRAFTS) if self.heuristic else k
+
+    def observe(self, rnd: Round, view) -> None:
+        """HF's heuristic schedule: two more drafts after a round in which every running row
+        accepted every draft, one fewer (at least one) otherwise."""
+        if self.heuristic and view.counts is not None and self.drafted_last:
+            produced = [c for c in view.counts if c > 0]
+            if produced and min(produced) == self.drafted_last + 1:
+                self.k = min(self.k + 2, self.max_drafts)
+            else:
+                self.k = max(1, self.k - 1)
 
     def round(self, state, max_tokens: int) -> Round:
         runner, cache, E = self.runner, state.cache, self.options.exit_layer
-        num_drafts = min(self.options.num_speculations, max_tokens - 1)
+        num_drafts = min(self.k, max_tokens - 1, self.max_drafts)
         threshold = self.options.draft_confidence_threshold
         # 1) draft: layers [0, E) and the exit head, keeping the layer-E states.
         x = state.pending[:, None]  # [B, 1]
         exit_states, drafts, qs = [], [], []
+        needs_context = not state.chooser.pipeline.context_free
         for i in range(num_drafts):
             h = runner.run_layers(runner.embed(x), 0, E, cache)  # [B, 1, H]
             exit_states.append(h)
-            token, q, confidence = state.chooser.draft(runner, h[:, 0])
+            context = torch.cat(drafts, 1) if needs_context and drafts else None
+            token, q, confidence = state.chooser.draft(state, h[:, 0], context, i)
             x = token[:, None]
             drafts.append(x)
             if q is not None:
@@ -84,14 +116,14 @@ class SelfSpeculative(Strategy):
                 confident = (confidence >= threshold) & state.active
                 if not bool(confident.any()):
                     break
-        k = len(drafts)
+        k = self.drafted_last = len(drafts)
         # 2) verify: the last draft through [0, E), then every unverified token through [E, L).
         exit_states.append(runner.run_layers(runner.embed(x), 0, E, cache))
         states = torch.cat(exit_states, 1)  # [B, k+1, H]: the exit query cache
         h = runner.run_layers(states, E, runner.num_layers, cache)  # [B, k+1, H]
         # 3) accept.
         drafts_t = torch.cat(drafts, 1) if drafts else x.new_zeros(x.shape[0], 0)
-        tokens, counts = state.chooser.accept(runner, drafts_t, states[:, :k], qs, runner.logits(h))
+        tokens, counts = state.chooser.accept(state, drafts_t, states[:, :k], qs, runner.logits(h))
         return Round(tokens, counts, drafted=k * state.active.sum())
 
     def describe(self) -> str:

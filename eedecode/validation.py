@@ -1,0 +1,106 @@
+"""Checks of generate()'s inputs, run before anything is computed or streamed. Each error names
+the argument and what is allowed."""
+
+from __future__ import annotations
+
+import torch
+
+Tensor = torch.Tensor
+
+#: Generation-config fields that must be integers when given (HF would accept 2.5 and round later).
+_INT_FIELDS = (
+    "max_new_tokens",
+    "max_length",
+    "min_new_tokens",
+    "min_length",
+    "top_k",
+    "no_repeat_ngram_size",
+    "num_return_sequences",
+    "num_assistant_tokens",
+)
+_FLOAT_FIELDS = ("temperature", "top_p", "min_p", "typical_p", "repetition_penalty", "max_time")
+
+
+def is_int(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _describe(x) -> str:
+    if isinstance(x, Tensor):
+        return f"a {x.dtype} tensor of shape {tuple(x.shape)}"
+    return f"{type(x).__name__} {x!r}"[:80]
+
+
+def check_input_ids(input_ids, vocab_size: int) -> None:
+    if not isinstance(input_ids, Tensor):
+        raise ValueError(
+            f"input_ids: must be a LongTensor [batch, prompt_length] (tokenizer(..., return_tensors='pt')), "
+            f"got {_describe(input_ids)}"
+        )
+    if input_ids.dim() != 2 or input_ids.dtype not in (torch.long, torch.int):
+        raise ValueError(
+            "input_ids: must be an integer tensor of shape [batch, prompt_length], "
+            f"got {_describe(input_ids)}"
+        )
+    if input_ids.shape[0] == 0 or input_ids.shape[1] == 0:
+        raise ValueError(
+            f"input_ids: empty prompt (shape {tuple(input_ids.shape)}); need at least one token per row"
+        )
+    lo, hi = int(input_ids.min()), int(input_ids.max())
+    if lo < 0 or hi >= vocab_size:
+        bad = lo if lo < 0 else hi
+        raise ValueError(f"input_ids: token id {bad} is outside the vocabulary [0, {vocab_size})")
+
+
+def check_attention_mask(attention_mask, input_ids: Tensor, inferred: bool = False) -> None:
+    if attention_mask is None:
+        return
+    if not isinstance(attention_mask, Tensor) or attention_mask.shape != input_ids.shape:
+        raise ValueError(
+            f"attention_mask: must be a tensor of input_ids' shape {tuple(input_ids.shape)}, "
+            f"got {_describe(attention_mask)}"
+        )
+    m = attention_mask.to(torch.long)
+    if ((m != 0) & (m != 1)).any():
+        raise ValueError("attention_mask: values must be 0 or 1")
+    if not bool(m[:, -1].all()) or bool((m[:, 1:] < m[:, :-1]).any()):
+        where = " (inferred from pad_token_id)" if inferred else ""
+        raise ValueError(
+            f"attention_mask{where}: padding must be on the left (tokenizer padding_side='left'), "
+            "with every row ending in a real token"
+        )
+
+
+def check_lengths(hf_kwargs: dict) -> None:
+    """Types of the numeric generation settings given as arguments."""
+    for name in _INT_FIELDS:
+        value = hf_kwargs.get(name)
+        if value is not None and not is_int(value):
+            raise ValueError(f"{name}: must be an int, got {_describe(value)}")
+    for name in _FLOAT_FIELDS:
+        value = hf_kwargs.get(name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise ValueError(f"{name}: must be a number, got {_describe(value)}")
+
+
+def check_call(
+    streamer, generator, seed, batch_size: int, stopping: bool, pad_token_id, eos: tuple, device
+) -> None:
+    """The arguments that are not generation settings."""
+    if streamer is not None:
+        if not (hasattr(streamer, "put") and hasattr(streamer, "end")):
+            raise ValueError(
+                f"streamer: must have put() and end() (a transformers streamer), got {streamer!r}"
+            )
+        if batch_size > 1:
+            raise ValueError(
+                f"streamer: supports batch size 1 only (as Hugging Face's streamers), got batch {batch_size}"
+            )
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise ValueError(f"generator: must be a torch.Generator, got {_describe(generator)}")
+    if generator is not None and generator.device.type != torch.device(device).type:
+        raise ValueError(f"generator: is on {generator.device}, the model on {device}")
+    if seed is not None and not is_int(seed):
+        raise ValueError(f"seed: must be an int, got {_describe(seed)}")
+    if batch_size > 1 and pad_token_id is None and (eos or stopping):
+        raise ValueError("pad_token_id: needed to pad batch rows that stop early; pass pad_token_id=")
