@@ -66,9 +66,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _commands():
     """The other subcommands' modules; each has ``add_subcommand(subparsers)``."""
-    from . import bench, train
+    from . import bench
+    from .training import cli as train_cli
 
-    return (bench, train)
+    return (bench, train_cli)
 
 
 def main(argv: list[str] | None = None) -> int:
