@@ -31,6 +31,7 @@ from transformers.generation.stopping_criteria import (
     StoppingCriteriaList,
 )
 
+from . import validation
 from .strategies import all_option_fields, build_options, get_strategy, option_fields
 
 Tensor = torch.Tensor
@@ -174,8 +175,6 @@ def prepare(
     model, runner, input_ids, attention_mask, mode, generation_config, kwargs: dict, stopping_criteria
 ) -> Plan:
     """Validate and resolve a generate() call. ``kwargs``: generate()'s other keyword arguments."""
-    from . import validation
-
     mode = DEFAULT_MODE if mode is None else mode
     if not isinstance(mode, str):
         raise ValueError(f"mode: must be a string, one of the registered modes, got {mode!r}")

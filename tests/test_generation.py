@@ -244,10 +244,13 @@ def test_text_streamer_receives_prompt_then_new_tokens(capsys):
     assert printed.strip() == "".join(f"<{i}>" for i in out[0, 5:11].tolist())
 
 
-def test_max_new_tokens_zero_returns_the_prompt():
+def test_max_new_tokens_zero_is_refused_as_hf_refuses_it():
     model = model_without_eos("llama")
     ids = prompt(1, 5, seed=7)
-    assert torch.equal(eedecode.generate(model, ids, exit_layer=2, max_new_tokens=0), ids)
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        model.generate(ids, max_new_tokens=0)
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        eedecode.generate(model, ids, exit_layer=2, max_new_tokens=0)
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2"])
