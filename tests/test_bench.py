@@ -1,17 +1,52 @@
-"""Benchmark bookkeeping: speed-up and ideal speed-up arithmetic, token counting, an end-to-end run."""
+"""The benchmark (eedecode.bench): the arithmetic on hand numbers, timing under a fake clock (so
+tokens/s, paired ratios and step costs have known values), methods from the strategy registry,
+the table, flag checks, and small end-to-end runs on a tiny random model."""
 
 from __future__ import annotations
 
+import itertools
 import json
+from dataclasses import dataclass
 
 import pytest
 import torch
 from conftest import cached_tiny_model
 
 from eedecode import bench
+from eedecode.bench import measure
+from eedecode.bench.methods import Speculation, available_methods, display_name
+from eedecode.cli import main
+from eedecode.generation import generate
+from eedecode.strategies import Round, Strategy, option, register, unregister
 from eedecode.synthetic import exit_agreement, synthetic_model
 
 
+def tiny():
+    return cached_tiny_model("llama", eos_token_id=None, bos_token_id=None)
+
+
+def prompt_ids(n: int, length: int = 4) -> list[torch.Tensor]:
+    return [torch.randint(3, 97, (1, length), generator=torch.Generator().manual_seed(i)) for i in range(n)]
+
+
+def step_clock(monkeypatch) -> None:
+    """Every read of the benchmark's clock is one second after the previous one: every timed call
+    takes exactly 1 s."""
+    ticks = itertools.count()
+    monkeypatch.setattr(measure, "_clock", lambda: float(next(ticks)))
+
+
+def summed_stats(model, ids: list[torch.Tensor], max_new_tokens: int, **mode) -> tuple[int, int, int]:
+    """(drafted, accepted, row-rounds) of eedecode itself over the prompts, one at a time."""
+    totals = [0, 0, 0]
+    for x in ids:
+        st = generate(model, x, max_new_tokens=max_new_tokens, return_dict_in_generate=True, **mode).stats
+        for i, v in enumerate((st.drafted_tokens, st.accepted_tokens, st.row_rounds)):
+            totals[i] += v
+    return tuple(totals)
+
+
+# -- arithmetic ------------------------------------------------------------------------------------
 def test_speedup_and_ideal_speedup_arithmetic():
     assert bench.speedup(300.0, 100.0) == 3.0
     # a round of 4 drafts at c = 0.25 and a verify costing one step: 2 steps for mean(n) tokens
@@ -25,90 +60,240 @@ def test_speedup_and_ideal_speedup_arithmetic():
 
 def test_new_tokens_stop_at_the_first_eos():
     seq = torch.tensor([[9, 9, 5, 2, 0, 0], [9, 9, 5, 6, 7, 8]])
-    assert bench._count_new(seq, 2, eos=2, pad=0) == 2 + 4
-    assert bench._count_new(seq, 2, eos=[7, 2], pad=0) == 2 + 3
-    assert bench._count_new(seq, 2, eos=None, pad=0) == 8
+    assert measure._count_new(seq, 2, eos=2, pad=0) == 2 + 4
+    assert measure._count_new(seq, 2, eos=[7, 2], pad=0) == 2 + 3
+    assert measure._count_new(seq, 2, eos=None, pad=0) == 8
 
 
-def test_derived_columns():
+def test_ideal_and_efficiency_only_for_batch_one_exit_layer_drafting():
+    ss = dict(method="eedecode_ss", batch_size=1, exit_layer=2, speedup_vs_ar=1.6)
+    ss.update(mean_tokens_per_round=3.0, mean_drafts_per_round=2.0)
     record = {
         "step_costs": {"c": 0.5, "v": 1.0},
         "results": [
-            {"method": "hf", "batch_size": 1, "tokens_per_s": 100.0, "speedup_vs_hf": 1.0},
-            {"method": "eedecode_ss", "batch_size": 1, "tokens_per_s": 240.0, "speedup_vs_ar": 1.6,
-             "mean_tokens_per_round": 3.0, "mean_drafts_per_round": 2.0},
+            {"method": "hf", "batch_size": 1, "exit_layer": None, "speedup_vs_hf": 1.0},
+            ss,
+            {**ss, "batch_size": 4},
+            {**ss, "method": "eedecode_tr", "exit_layer": None},  # drafts, but not from an exit layer
         ],
-    }  # fmt: skip
-    bench._derive(record)
-    ss = record["results"][1]
+    }
+    bench.derive(record)
     assert ss["ideal_speedup"] == pytest.approx(1.5)  # 3 / (2 * 0.5 + 1)
     assert ss["efficiency"] == pytest.approx(1.6 / 1.5)
+    assert [("ideal_speedup" in r) for r in record["results"]] == [False, True, False, False]
 
 
+# -- timing under a fake clock ---------------------------------------------------------------------
 def test_paired_speedups_are_medians_of_per_batch_ratios(monkeypatch):
     """Every method decodes each prompt in turn; a speed-up is the median of same-prompt ratios,
     so a machine that slows down for a while does not favour the method measured later."""
-    model = cached_tiny_model("llama", eos_token_id=None, bos_token_id=None)
-    clock = iter([0.0, 1.0, 1.0, 3.0, 3.0, 4.0, 4.0, 6.0, 6.0, 9.0, 9.0, 12.0])  # [hf, ar] x 3 prompts
-    monkeypatch.setattr(bench, "_clock", lambda: next(clock))
-    ids = [torch.randint(3, 97, (1, 4), generator=torch.Generator().manual_seed(i)) for i in range(3)]
-    res = bench.time_methods(model, ["hf", "eedecode_ar"], ids, max_new_tokens=6, warmup=0)
-    # durations: prompt 0: hf 1 s, ar 2 s; prompt 1 (ar first): ar 1 s, hf 2 s; prompt 2: hf 3 s, ar 3 s
+    clock = iter([0.0, 1.0, 1.0, 3.0, 3.0, 4.0, 4.0, 6.0, 6.0, 9.0, 9.0, 15.0])  # [hf, ar] x 3 prompts
+    monkeypatch.setattr(measure, "_clock", lambda: next(clock))
+    res = bench.time_methods(tiny(), ["hf", "eedecode_ar"], prompt_ids(3), max_new_tokens=6, warmup=0)
+    # durations: prompt 0: hf 1 s, ar 2 s; prompt 1 (ar first): ar 1 s, hf 2 s; prompt 2: hf 3 s, ar 6 s
     assert res["hf"].tokens_per_s_all == [6.0, 3.0, 2.0]
-    assert res["eedecode_ar"].tokens_per_s_all == [3.0, 6.0, 2.0]
-    assert res["eedecode_ar"].speedup_vs_hf == pytest.approx(1.0)  # median of 0.5, 2, 1
-    assert res["eedecode_ar"].identical_to_hf == 3
+    assert res["eedecode_ar"].tokens_per_s_all == [3.0, 6.0, 1.0]
+    assert res["hf"].tokens_per_s == 3.0 and res["eedecode_ar"].tokens_per_s == 3.0
+    # paired: the median of 0.5, 2, 0.5 (the ratio of the medians would say 1)
+    assert res["eedecode_ar"].speedup_vs_hf == 0.5
+    assert res["hf"].speedup_vs_ar == 2.0  # the median of 2, 0.5, 2
+    assert res["eedecode_ar"].identical_to_hf == 3 and res["eedecode_ar"].new_tokens == 18
 
 
-def test_benchmark_end_to_end_on_a_tiny_model(tmp_path):
-    model = cached_tiny_model("llama", eos_token_id=None, bos_token_id=None)
-    prompts = [{"prompt": "x"}] * 3
-    record = bench.run_benchmark(
-        model,
-        None,
-        prompts,
-        spec=bench.Speculation(2, 3),
-        max_new_tokens=10,
-        batch_sizes=(1, 2),
-        warmup=1,
-        show_progress=False,
+def test_step_costs_are_median_times_relative_to_an_autoregressive_step(monkeypatch):
+    # per round: an ar step, a draft step, a verification; three warm-up rounds, then three timed
+    durations = iter([100.0] * 9 + [2.0, 0.5, 3.0] * 2 + [50.0] * 3)
+    now, started = [0.0], [False]
+
+    def clock():
+        if started[0]:
+            now[0] += next(durations)
+        started[0] = not started[0]
+        return now[0]
+
+    monkeypatch.setattr(measure, "_clock", clock)
+    costs = bench.measure_step_costs(tiny(), prompt_ids(1, 8)[0], exit_layer=2, num_speculations=3, reps=3)
+    assert costs == {"ar_step_s": 2.0, "draft_step_s": 0.5, "verify_s": 3.0, "c": 0.25, "v": 1.5}
+
+
+# -- methods ---------------------------------------------------------------------------------------
+def test_methods_come_from_the_strategy_registry():
+    methods = available_methods()
+    assert list(methods) == ["hf", "hf_early_exit", "hf_prompt_lookup", "eedecode_ar", "eedecode_ss"]
+    assert [m.display for m in methods.values()][3:] == [
+        "eedecode autoregressive",
+        "eedecode self-speculative",
+    ]
+    spec = Speculation(exit_layer=2, num_speculations=3, prompt_lookup_num_tokens=7)
+    assert methods["eedecode_ss"].settings(spec) == {"exit_layer": 2, "num_speculations": 3}
+    assert methods["eedecode_ar"].settings(spec) == {}  # the settings its mode has: none
+    assert methods["hf_prompt_lookup"].settings(spec) == {"prompt_lookup_num_tokens": 7}
+    with pytest.raises(ValueError, match="^methods: unknown 'nope'"):
+        bench.time_methods(tiny(), ["hf", "nope"], prompt_ids(1))
+    with pytest.raises(ValueError, match="hf_prompt_lookup run at batch size 1 only"):
+        bench.time_methods(tiny(), ["hf", "hf_prompt_lookup"], prompt_ids(2), batch_size=2)
+
+
+@dataclass(frozen=True)
+class RepeatOptions:
+    num_speculations: int = option(2, "drafts per round")
+
+    def validate(self, num_layers: int) -> None:
+        pass
+
+
+class RepeatPending(Strategy):
+    """A toy drafter: guess that the pending token repeats k times; verify with every layer."""
+
+    name, short = "repeat_pending", "rp"
+    Options = RepeatOptions
+
+    @property
+    def max_drafts(self) -> int:
+        return self.options.num_speculations
+
+    def round(self, state, max_tokens: int) -> Round:
+        runner, k = self.runner, min(self.options.num_speculations, max_tokens - 1)
+        x = state.pending[:, None]
+        drafts = x.repeat(1, k)
+        h = runner.run_layers(runner.embed(torch.cat([x, drafts], 1)), 0, runner.num_layers, state.cache)
+        tokens, counts = state.chooser.accept(runner, drafts, h[:, :k], [], runner.logits(h))
+        return Round(tokens, counts, drafted=k * state.active.sum())
+
+
+@pytest.fixture
+def toy_strategy():
+    register(RepeatPending)
+    try:
+        yield RepeatPending
+    finally:
+        unregister(RepeatPending.name)
+
+
+def test_a_registered_strategy_is_a_measured_method(toy_strategy, monkeypatch):
+    assert (
+        bench.method_names()[-1] == "eedecode_rp" and display_name("eedecode_rp") == "eedecode repeat-pending"
     )
+    step_clock(monkeypatch)
+    model, ids = tiny(), prompt_ids(3, 6)
+    spec = Speculation(exit_layer=2, num_speculations=3)  # the toy gets only num_speculations
+    res = bench.time_methods(model, ["hf", "eedecode_rp"], ids, max_new_tokens=8, spec=spec, warmup=0)
+    toy = res["eedecode_rp"]
+    assert (toy.exit_layer, toy.num_speculations, toy.extra) == (None, 3, {})
+    assert toy.identical_to_hf == 3 and toy.new_tokens == 24 and toy.tokens_per_s_all == [8.0] * 3
+    drafted, accepted, row_rounds = summed_stats(model, ids, 8, mode="repeat_pending", num_speculations=3)
+    assert drafted > 0  # it drafts, so it gets the statistics columns
+    assert toy.acceptance_rate == accepted / drafted
+    assert toy.mean_drafts_per_round == drafted / row_rounds
+    assert toy.mean_tokens_per_round == (accepted + row_rounds) / row_rounds
+    assert res["hf"].acceptance_rate is None
+    unregister(RepeatPending.name)
+    assert "eedecode_rp" not in bench.method_names()
+
+
+# -- the table -------------------------------------------------------------------------------------
+def test_markdown_table_of_a_hand_made_record():
+    settings = dict(exit_layer=2, num_layers=8, num_speculations=3, max_new_tokens=16, num_prompts=4)
+    ss = dict(method="eedecode_ss", batch_size=1, tokens_per_s=123.46, speedup_vs_hf=1.5, identical_to_hf=4)
+    ss.update(acceptance_rate=0.625, mean_tokens_per_round=2.75, ideal_speedup=1.25, efficiency=0.8)
+    hf = dict(method="hf", batch_size=4, tokens_per_s=50.0, speedup_vs_hf=1.0, identical_to_hf=3)
+    gone = dict(method="eedecode_gone", batch_size=1, tokens_per_s=1.0)  # a mode no longer registered
+    record = {"settings": settings, "step_costs": {"c": 0.25, "v": 1.5}, "results": [ss, hf, gone]}
+    assert bench.markdown_table(record).splitlines() == [
+        "E = 2 of 8 layers, k = 3, 16 new tokens, 4 prompts; step costs: c = 0.250, v = 1.500",
+        "",
+        "| method | batch | tokens/s (median) | vs HF generate | acceptance | tokens/round | ideal "
+        "| efficiency | identical to HF |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| eedecode self-speculative | 1 | 123.5 | 1.50× | 62.5% | 2.75 | 1.25× | 0.80 | 4/4 |",
+        "| HF generate | 4 | 50.0 | 1.00× |  |  |  |  | 3/4 |",
+        "| eedecode_gone | 1 | 1.0 |  |  |  |  |  | /4 |",
+    ]
+
+
+# -- flags -----------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--num-prompts", "0"], "--num-prompts: must be an int >= 1, got 0"),
+        (["--num-prompts", "999"], "--num-prompts: 999 asked for, the prompt file has 24"),
+        (["--repeats", "0"], "--repeats: must be an int >= 1, got 0"),
+        (["--max-new-tokens", "0"], "--max-new-tokens: must be an int >= 1, got 0"),
+        (["--exit-layer", "0"], "--exit-layer: must be an int >= 1, got 0"),
+        (["--num-speculations", "0"], "--num-speculations: must be an int >= 1, got 0"),
+        (["--prompt-lookup-num-tokens", "0"], "--prompt-lookup-num-tokens: must be an int >= 1, got 0"),
+        (["--warmup", "-1"], "--warmup: must be an int >= 0, got -1"),
+        (["--draft-confidence-threshold", "1.5"], "--draft-confidence-threshold: must be in [0, 1], got 1.5"),
+        (["--batch-sizes", "0"], "--batch-sizes: expected distinct comma-separated ints >= 1, got '0'"),
+        (["--batch-sizes", "1,x"], "--batch-sizes: expected distinct comma-separated ints >= 1, got '1,x'"),
+        (["--batch-sizes", ""], "--batch-sizes: expected distinct comma-separated ints >= 1, got ''"),
+        (["--sweep-draft-lengths", "2,,3"], "--sweep-draft-lengths: expected distinct comma-separated"),
+        (["--methods", "hf,nope"], "--methods: unknown 'nope'; choose from hf, hf_early_exit,"),
+        (["--methods", "hf,hf"], "--methods: need one or more distinct methods, got ['hf', 'hf']"),
+        (["--methods", "hf", "--sweep"], "--methods: not for --sweep"),
+    ],
+)
+def test_a_bad_flag_is_one_line_naming_it(flags, message, capsys, tmp_path):
+    with pytest.raises(SystemExit) as done:  # checked before any model loads
+        main(["bench", *flags, "--output", str(tmp_path), "--no-progress"])
+    assert done.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"eedecode bench: error: {message}") and err.count("\n") == 1
+
+
+# -- end to end on a tiny random model -------------------------------------------------------------
+def test_benchmark_end_to_end_on_a_tiny_model(monkeypatch):
+    step_clock(monkeypatch)  # every timed decode and step takes 1 s
+    model = tiny()
+    prompts = [{"prompt": "x"}] * 3
+    spec = Speculation(2, 3, prompt_lookup_num_tokens=4)
+    kw = dict(methods=bench.method_names(), spec=spec, max_new_tokens=10, batch_sizes=(1, 2), warmup=1)
+    record = bench.run_benchmark(model, None, prompts, **kw, show_progress=False)
     by = {(r["method"], r["batch_size"]): r for r in record["results"]}
-    assert set(by) == {(m, 1) for m in bench.METHODS} | {("hf", 2), ("eedecode_ar", 2), ("eedecode_ss", 2)}
-    for r in record["results"]:
-        assert r["tokens_per_s"] > 0 and r["new_tokens"] == 30
-        assert r["identical_to_hf"] == 3  # greedy: every method returns HF's tokens
+    batched = {"hf", "eedecode_ar", "eedecode_ss"}
+    assert set(by) == {(m, 1) for m in bench.method_names()} | {(m, 2) for m in batched}
+    for (_, b), r in by.items():
+        assert r["new_tokens"] == 30 and r["identical_to_hf"] == 3  # greedy: HF's tokens, every method
+        assert r["tokens_per_s_all"] == ([10.0] * 3 if b == 1 else [20.0, 10.0])  # batches of 2 and 1
+        assert r["tokens_per_s"] == (10.0 if b == 1 else 15.0)
+        assert r["speedup_vs_hf"] == 1.0 and r["speedup_vs_ar"] == 1.0
+    assert by[("hf_prompt_lookup", 1)]["extra"] == {"prompt_lookup_num_tokens": 4}
+    assert record["step_costs"]["c"] == 1.0 and record["step_costs"]["v"] == 1.0
     ss = by[("eedecode_ss", 1)]
-    assert 0 <= ss["acceptance_rate"] <= 1 and ss["ideal_speedup"] > 0 and ss["efficiency"] > 0
-    assert record["step_costs"]["c"] > 0 and record["step_costs"]["v"] > 0
+    ids = measure.encode_prompts(None, prompts, model.config.vocab_size, "cpu")
+    ss_mode = dict(mode="self_speculative", exit_layer=2, num_speculations=3)
+    drafted, accepted, row_rounds = summed_stats(model, ids, 10, **ss_mode)
+    assert ss["acceptance_rate"] == accepted / drafted
+    assert ss["mean_tokens_per_round"] == (accepted + row_rounds) / row_rounds
+    assert ss["ideal_speedup"] == pytest.approx(ss["mean_tokens_per_round"] / (drafted / row_rounds + 1))
+    assert ss["efficiency"] == pytest.approx(1 / ss["ideal_speedup"])
+    assert by[("eedecode_ar", 1)]["acceptance_rate"] is None and "ideal_speedup" not in by[("eedecode_ss", 2)]
     table = bench.markdown_table(record)
     assert table.count("\n| ") == len(record["results"]) + 1
     json.dumps(record)  # the record is JSON-able
 
 
-def test_sweep_and_heatmap(tmp_path):
-    model = cached_tiny_model("llama", eos_token_id=None, bos_token_id=None)
+def test_sweep_and_heatmap(tmp_path, monkeypatch):
+    step_clock(monkeypatch)
+    model = tiny()
+    grid = dict(exit_layers=[1, 3], draft_lengths=[1, 4])
     sweep = bench.run_sweep(
-        model,
-        None,
-        [{"prompt": "x"}] * 2,
-        exit_layers=[1, 3],
-        draft_lengths=[1, 4],
-        max_new_tokens=6,
-        warmup=0,
-        show_progress=False,
+        model, None, [{"prompt": "x"}] * 2, **grid, max_new_tokens=6, warmup=0, show_progress=False
     )
-    assert {(c["exit_layer"], c["num_speculations"]) for c in sweep["cells"]} == {
-        (1, 1),
-        (1, 4),
-        (3, 1),
-        (3, 4),
-    }
-    for c in sweep["cells"]:  # greedy: every method of every cell returns HF's tokens
-        assert c["identical_to_hf"] == 2
-        assert c["eedecode_ar_speedup_vs_hf"] > 0 and c["speedup_vs_ar"] > 0
+    cells = {(c["exit_layer"], c["num_speculations"]): c for c in sweep["cells"]}
+    assert set(cells) == {(1, 1), (1, 4), (3, 1), (3, 4)}
+    for (e, k), c in cells.items():
+        assert c["identical_to_hf"] == 2  # greedy: every method of every cell returns HF's tokens
+        assert c["hf_tokens_per_s"] == c["eedecode_ss_tokens_per_s"] == 6.0
+        assert c["speedup_vs_hf"] == c["eedecode_ar_speedup_vs_hf"] == c["hf_early_exit_speedup_vs_hf"] == 1.0
+        ids = measure.encode_prompts(None, [{}] * 2, model.config.vocab_size, "cpu")
+        ss_mode = dict(mode="self_speculative", exit_layer=e, num_speculations=k)
+        drafted, accepted, _ = summed_stats(model, ids, 6, **ss_mode)
+        assert c["acceptance_rate"] == accepted / drafted
     png = bench.plot_sweep(sweep, tmp_path / "sweep.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(ValueError, match="^exit_layer: must be an int in 1..5"):
+        bench.run_sweep(model, None, [{"prompt": "x"}], exit_layers=[6], draft_lengths=[1])
 
 
 def test_synthetic_model_is_calibrated_to_the_asked_agreement():

@@ -1,0 +1,53 @@
+"""Tokens-per-second benchmark of HF ``generate``, HF's assisted decoding (``assistant_early_exit``,
+prompt lookup) and every registered eedecode mode, on one model and a prompt set; and a sweep
+over exit layers x draft lengths.
+
+:mod:`.methods` names the methods (from the strategy registry), :mod:`.measure` times them
+(interleaved per prompt, paired ratios, step costs), :mod:`.sweep` runs the grid, :mod:`.report`
+derives the ideal speed-up and efficiency and draws the table, the legend and the heatmap, and
+:mod:`.cli` is ``eedecode bench``. Nothing here asserts a time.
+"""
+
+from __future__ import annotations
+
+from .cli import add_subcommand
+from .measure import MethodResult, load_prompts, measure_step_costs, run_measurements, time_methods
+from .methods import Speculation, available_methods, method_names
+from .report import (
+    complete,
+    derive,
+    expected_tokens_per_round,
+    ideal_speedup,
+    markdown_table,
+    plot_sweep,
+    speedup,
+)
+from .sweep import run_sweep
+
+
+def run_benchmark(model, tokenizer, prompts: list[dict], **kwargs) -> dict:
+    """:func:`~.measure.run_measurements` (same arguments), then the machine and the derived columns: the
+    record ``eedecode bench`` writes."""
+    return complete(run_measurements(model, tokenizer, prompts, **kwargs), model)
+
+
+__all__ = [
+    "MethodResult",
+    "Speculation",
+    "add_subcommand",
+    "available_methods",
+    "complete",
+    "derive",
+    "expected_tokens_per_round",
+    "ideal_speedup",
+    "load_prompts",
+    "markdown_table",
+    "run_measurements",
+    "measure_step_costs",
+    "method_names",
+    "plot_sweep",
+    "run_benchmark",
+    "run_sweep",
+    "speedup",
+    "time_methods",
+]

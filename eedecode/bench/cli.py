@@ -1,0 +1,197 @@
+"""``eedecode bench``: its flags, their checks, and the run that measures, reports and writes the
+JSON record, the markdown table and its legend, or (``--sweep``) the heatmap.
+
+Every flag is checked before the model loads, as far as it can be without the model; a bad value
+is a ValueError whose message starts with the flag's name (the command line prints it as one line
+and exits with status 2). A flag given as 0 is an error, never a request for the default.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from ..arguments import add_model_arguments, set_threads
+from ..loading import load_model
+from .measure import check_count, load_prompts, run_measurements
+from .methods import Speculation, method_names, resolve_methods
+from .report import LEGEND, best_cells_line, complete, machine_line, markdown_table, plot_sweep
+from .sweep import run_sweep
+
+
+def add_subcommand(subparsers) -> None:
+    p = subparsers.add_parser(
+        "bench", help="tokens/s of HF generate, HF assisted decoding and every eedecode mode"
+    )
+    add_model_arguments(p)  # --model, --device, --dtype, --threads
+    add_arguments(p)
+    p.set_defaults(func=run_cli)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--prompts", default=None, help="JSONL prompt file (default: the shipped held-out set)")
+    p.add_argument("--num-prompts", type=int, default=None, help="the first N prompts (default: all)")
+    p.add_argument(
+        "--methods", default=None, help=f"comma-separated subset of {','.join(method_names())} (default: all)"
+    )
+    p.add_argument("--exit-layer", type=int, default=None)
+    p.add_argument("--num-speculations", type=int, default=None)
+    p.add_argument(
+        "--draft-confidence-threshold",
+        type=float,
+        default=None,
+        help="stop drafting below this draft probability (HF: assistant_confidence_threshold)",
+    )
+    p.add_argument("--prompt-lookup-num-tokens", type=int, default=10, help="hf_prompt_lookup's draft length")
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument(
+        "--batch-sizes",
+        default="1",
+        help="comma-separated, e.g. 1,4,16 (batch size 1 always runs; HF's assisted methods run only it)",
+    )
+    p.add_argument("--warmup", type=int, default=1, help="batches decoded untimed first (0: none)")
+    p.add_argument("--repeats", type=int, default=1, help="decode every prompt this many times per method")
+    p.add_argument(
+        "--sweep",
+        action="store_true",
+        help="sweep exit layers x draft lengths (HF generate, HF assistant_early_exit and every "
+        "eedecode mode) and draw a heatmap",
+    )
+    p.add_argument("--sweep-exit-layers", default=None, help="comma-separated (default: 1..L-1)")
+    p.add_argument("--sweep-draft-lengths", default="1,2,3,4,6,8")
+    p.add_argument(
+        "--synthetic-agreement",
+        type=float,
+        default=None,
+        help="for --model synthetic:<shape>: the exit layer's target agreement with the last layer",
+    )
+    p.add_argument("--output", default="runs/bench", help="directory for the JSON record, table and heatmap")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def int_list(flag: str, text: str) -> list[int]:
+    """``"1,4,16"`` -> ``[1, 4, 16]``; anything else (empty, not ints, < 1, repeats) names ``flag``."""
+    try:
+        values = [int(x) for x in text.split(",")]
+    except ValueError:
+        values = []
+    if not values or min(values) < 1 or len(set(values)) != len(values):
+        raise ValueError(f"{flag}: expected distinct comma-separated ints >= 1, got {text!r}")
+    return values
+
+
+def check_flags(args) -> None:
+    """Every check that needs no model."""
+    for name in ("num_prompts", "exit_layer", "num_speculations"):
+        if getattr(args, name) is not None:
+            check_count("--" + name.replace("_", "-"), getattr(args, name))
+    check_count("--max-new-tokens", args.max_new_tokens)
+    check_count("--repeats", args.repeats)
+    check_count("--warmup", args.warmup, minimum=0)
+    check_count("--prompt-lookup-num-tokens", args.prompt_lookup_num_tokens)
+    t = args.draft_confidence_threshold
+    if t is not None and not 0 <= t <= 1:
+        raise ValueError(f"--draft-confidence-threshold: must be in [0, 1], got {t!r}")
+    int_list("--batch-sizes", args.batch_sizes)
+    int_list("--sweep-draft-lengths", args.sweep_draft_lengths)
+    if args.sweep_exit_layers is not None:
+        int_list("--sweep-exit-layers", args.sweep_exit_layers)
+    if args.methods is not None:
+        if args.sweep:
+            raise ValueError(
+                "--methods: not for --sweep, which runs HF generate, HF assistant_early_exit and eedecode"
+            )
+        resolve_methods(args.methods.split(","), "--methods")
+
+
+def _prompts(args) -> list[dict]:
+    prompts = load_prompts(args.prompts)
+    n = args.num_prompts
+    if n is not None and n > len(prompts):
+        raise ValueError(f"--num-prompts: {n} asked for, the prompt file has {len(prompts)}")
+    return prompts[:n] if n is not None else prompts
+
+
+def _check_exit_layers(flag: str, layers: list[int], num_layers: int, path: str) -> None:
+    if max(layers) > num_layers - 1:
+        raise ValueError(
+            f"{flag}: must be in 1..{num_layers - 1} for {path} ({num_layers} layers), got {max(layers)}"
+        )
+
+
+def _speculation(args, num_layers: int, path: str, recommended: dict) -> Speculation:
+    """The flags, else the checkpoint's recommendation, else E = L/4 and k = 4."""
+    if args.exit_layer is not None:
+        _check_exit_layers("--exit-layer", [args.exit_layer], num_layers, path)
+        exit_layer = args.exit_layer
+    else:
+        exit_layer = recommended.get("exit_layer") or max(1, num_layers // 4)
+    k = args.num_speculations
+    if k is None:
+        k = recommended.get("num_speculations") or 4
+    threshold = args.draft_confidence_threshold
+    if threshold is None:
+        threshold = recommended.get("draft_confidence_threshold")
+    return Speculation(exit_layer, k, threshold, args.prompt_lookup_num_tokens)
+
+
+def run_cli(args) -> int:
+    check_flags(args)
+    prompts = _prompts(args)
+    set_threads(args)
+    loaded = load_model(
+        args.model,
+        args.device,
+        args.dtype,
+        synthetic_agreement=args.synthetic_agreement,
+        synthetic_exit_layer=args.exit_layer,
+    )
+    L = loaded.model.config.num_hidden_layers
+    spec = _speculation(args, L, loaded.path, loaded.settings)
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    common = dict(
+        max_new_tokens=args.max_new_tokens,
+        warmup=args.warmup,
+        repeats=args.repeats,
+        show_progress=not args.no_progress,
+    )
+    if args.sweep:
+        return _sweep(args, loaded, prompts, spec, out, common)
+    methods = args.methods.split(",") if args.methods is not None else method_names()
+    batch_sizes = tuple(int_list("--batch-sizes", args.batch_sizes))
+    measured = run_measurements(
+        loaded.model, loaded.tokenizer, prompts, methods=methods, spec=spec, batch_sizes=batch_sizes, **common
+    )
+    record = {**complete(measured, loaded.model), "model": loaded.path}
+    table = f"{markdown_table(record)}\n\n{LEGEND}"
+    (out / "bench.json").write_text(json.dumps(record, indent=1))
+    (out / "bench.md").write_text(table + "\n")
+    print(f"{machine_line(record)}\n\n{table}\n\nrecord: {out / 'bench.json'}")
+    return 0
+
+
+def _sweep(args, loaded, prompts, spec: Speculation, out: Path, common: dict) -> int:
+    L = loaded.model.config.num_hidden_layers
+    if args.sweep_exit_layers is None:
+        exits = list(range(1, L))
+    else:
+        exits = int_list("--sweep-exit-layers", args.sweep_exit_layers)
+        _check_exit_layers("--sweep-exit-layers", exits, L, loaded.path)
+    lengths = int_list("--sweep-draft-lengths", args.sweep_draft_lengths)
+    measured = run_sweep(
+        loaded.model,
+        loaded.tokenizer,
+        prompts,
+        exit_layers=exits,
+        draft_lengths=lengths,
+        confidence_threshold=spec.confidence_threshold,
+        **common,
+    )
+    sweep = {**complete(measured, loaded.model), "model": loaded.path}
+    (out / "sweep.json").write_text(json.dumps(sweep, indent=1))
+    title = f"{Path(loaded.path).name}: speed-up over HF generate (acceptance)"
+    png = plot_sweep(sweep, out / "sweep.png", title=title)
+    print(f"{best_cells_line(sweep)}; heatmap: {png}")
+    return 0

@@ -1,0 +1,183 @@
+"""The benchmark's methods, by name, in one table built from the strategy registry.
+
+Three Hugging Face baselines — ``hf`` (plain ``generate``), ``hf_early_exit`` (assisted decoding
+with ``assistant_early_exit``, LayerSkip's drafter) and ``hf_prompt_lookup`` (assisted decoding with
+``prompt_lookup_num_tokens``, n-gram drafts from the prompt) — and ``eedecode_<short>`` for every
+mode registered in :mod:`eedecode.strategies`, so a newly registered mode is measured without a
+change here. Every method decodes greedily; HF's assisted decoding runs batch size 1 only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..generation import generate
+from ..strategies import build_options, get_strategy, option_fields, strategy_names
+
+HF = "hf"  # the baseline of "vs HF generate" and "identical to HF"
+AR = "eedecode_ar"  # the baseline of the ideal speed-up and the efficiency
+#: Speculation's fields by the name of the strategy option they set.
+SPEC_OPTIONS = {
+    "exit_layer": "exit_layer",
+    "num_speculations": "num_speculations",
+    "draft_confidence_threshold": "confidence_threshold",
+}
+
+
+@dataclass(frozen=True)
+class Speculation:
+    """The speculation settings one benchmark run gives every method that has them."""
+
+    exit_layer: int | None = None
+    num_speculations: int | None = None
+    confidence_threshold: float | None = None  # eedecode's draft_confidence_threshold, HF's assistant_...
+    prompt_lookup_num_tokens: int = 10  # HF prompt lookup's draft length
+
+    def validate(self, num_layers: int) -> None:
+        E, k = self.exit_layer, self.num_speculations
+        if not (_is_int(E) and 1 <= E <= num_layers - 1):
+            raise ValueError(f"exit_layer: must be an int in 1..{num_layers - 1}, got {E!r}")
+        if not (_is_int(k) and k >= 1):
+            raise ValueError(f"num_speculations: must be an int >= 1, got {k!r}")
+        t = self.confidence_threshold
+        if t is not None and not 0 <= t <= 1:
+            raise ValueError(f"confidence_threshold: must be in [0, 1] or None, got {t!r}")
+        n = self.prompt_lookup_num_tokens
+        if not (_is_int(n) and n >= 1):
+            raise ValueError(f"prompt_lookup_num_tokens: must be an int >= 1, got {n!r}")
+
+
+def _is_int(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+class Method:
+    """One way to decode a batch greedily: ``run`` returns ``(sequences [B, P + new], stats)``,
+    stats being eedecode's ``GenerationStats`` or None."""
+
+    name: str
+    display: str
+    batch_one_only = False
+
+    def settings(self, spec: Speculation) -> dict:
+        """The speculation settings this method runs with (None ones left out)."""
+        return {}
+
+    def validate(self, spec: Speculation, num_layers: int) -> None:
+        pass
+
+    def run(self, model, ids, mask, max_new_tokens: int, spec: Speculation):
+        raise NotImplementedError
+
+
+class HFGenerate(Method):
+    name, display = HF, "HF generate"
+
+    def run(self, model, ids, mask, max_new_tokens, spec):
+        extra = self.hf_arguments(spec)
+        common = dict(attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False)
+        return model.generate(ids, **common, pad_token_id=pad_token_id(model), **extra), None
+
+    def hf_arguments(self, spec: Speculation) -> dict:
+        return {}
+
+
+class HFEarlyExit(HFGenerate):
+    name, display = "hf_early_exit", "HF assistant_early_exit"
+    batch_one_only = True
+
+    def settings(self, spec):
+        values = {
+            "exit_layer": spec.exit_layer,
+            "num_speculations": spec.num_speculations,
+            "draft_confidence_threshold": spec.confidence_threshold,
+        }
+        return {k: v for k, v in values.items() if v is not None}
+
+    def validate(self, spec, num_layers):
+        spec.validate(num_layers)
+
+    def hf_arguments(self, spec):
+        extra = {}
+        if spec.confidence_threshold is not None:
+            extra["assistant_confidence_threshold"] = spec.confidence_threshold
+        return dict(
+            extra,
+            assistant_early_exit=spec.exit_layer,
+            num_assistant_tokens=spec.num_speculations,
+            num_assistant_tokens_schedule="constant",
+        )
+
+
+class HFPromptLookup(HFGenerate):
+    name, display = "hf_prompt_lookup", "HF prompt lookup"
+    batch_one_only = True  # HF: "assisted generate is only supported for batch_size = 1"
+
+    def settings(self, spec):
+        return {"prompt_lookup_num_tokens": spec.prompt_lookup_num_tokens}
+
+    def validate(self, spec, num_layers):
+        spec.validate(num_layers)
+
+    def hf_arguments(self, spec):
+        return {"prompt_lookup_num_tokens": spec.prompt_lookup_num_tokens}
+
+
+class Eedecode(Method):
+    """A registered eedecode mode, given the speculation settings its ``Options`` have."""
+
+    def __init__(self, mode: str):
+        self.mode = mode
+        self.name = f"eedecode_{get_strategy(mode).short}"
+        self.display = f"eedecode {mode.replace('_', '-')}"
+
+    def settings(self, spec):
+        own = option_fields(get_strategy(self.mode))
+        values = {opt: getattr(spec, attr) for opt, attr in SPEC_OPTIONS.items() if opt in own}
+        return {k: v for k, v in values.items() if v is not None}
+
+    def validate(self, spec, num_layers):
+        build_options(get_strategy(self.mode), self.settings(spec)).validate(num_layers)
+
+    def run(self, model, ids, mask, max_new_tokens, spec):
+        common = dict(attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False)
+        settings = self.settings(spec)
+        out = generate(model, ids, **common, mode=self.mode, return_dict_in_generate=True, **settings)
+        return out.sequences, out.stats
+
+
+def available_methods() -> dict[str, Method]:
+    """Every method by name, in the default order; read from the strategy registry on each call."""
+    methods = [HFGenerate(), HFEarlyExit(), HFPromptLookup(), *(Eedecode(m) for m in strategy_names())]
+    return {m.name: m for m in methods}
+
+
+def method_names() -> tuple[str, ...]:
+    return tuple(available_methods())
+
+
+def resolve_methods(names, what: str = "methods") -> list[Method]:
+    """Methods by name; an unknown or repeated name, or none, is a ValueError naming ``what``."""
+    table = available_methods()
+    names = list(names)
+    unknown = [n for n in names if n not in table]
+    if unknown:
+        raise ValueError(f"{what}: unknown {', '.join(map(repr, unknown))}; choose from {', '.join(table)}")
+    if not names or len(set(names)) != len(names):
+        raise ValueError(f"{what}: need one or more distinct methods, got {names}")
+    return [table[n] for n in names]
+
+
+def display_name(name: str) -> str:
+    """A method's name in a table ("eedecode self-speculative"); the name itself if unknown."""
+    method = available_methods().get(name)
+    return method.display if method else name
+
+
+def pad_token_id(model) -> int | None:
+    """The model's pad token, else its (first) EOS token, else None."""
+    pad = model.generation_config.pad_token_id
+    if pad is None:
+        eos = model.generation_config.eos_token_id
+        pad = eos[0] if isinstance(eos, (list, tuple)) and eos else eos
+    return pad

@@ -1,0 +1,213 @@
+"""Reporting: derived columns, the markdown table and its legend, the sweep's heatmap, and the
+machine record that goes with every result.
+
+Beside the measured speed-up the benchmark reports the *ideal* speed-up of drafting from an exit
+layer (DESIGN.md; Leviathan et al. 2023, "Fast Inference from Transformers via Speculative
+Decoding")::
+
+    ideal = mean(n) / (mean(d) * c + v)
+
+with n the tokens a round produces, d the drafts it makes, c the cost of one draft step and v the
+cost of one verification pass, both relative to one autoregressive step of the same engine
+(:func:`~eedecode.bench.measure.measure_step_costs`); *efficiency* = measured speed-up over eedecode
+autoregressive / ideal. Only arithmetic on measured numbers happens here.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+from .methods import display_name
+
+LEGEND = """\
+tokens/s: new tokens per second, the median over batches (greedy decoding, warm-up excluded).
+vs HF generate: the median over batches of tokens/s / HF generate's tokens/s on the same batch.
+acceptance: the share of drafted tokens that the full model accepted (eedecode modes that draft).
+tokens/round: tokens a row gains per round: its accepted drafts plus the one the verifier adds.
+ideal: the speed-up over eedecode autoregressive that tokens/round would give at the measured step
+  costs, tokens/round / (drafts/round * c + v) (c: a draft step, v: a verification; batch 1).
+efficiency: the measured speed-up over eedecode autoregressive / ideal (1.00: as fast as the step
+  costs predict).
+identical to HF: prompts whose output equals HF generate's, token for token."""
+
+
+# -- arithmetic (pure) -----------------------------------------------------------------------------
+def speedup(tokens_per_s: float, baseline_tokens_per_s: float) -> float:
+    return tokens_per_s / baseline_tokens_per_s if baseline_tokens_per_s > 0 else float("nan")
+
+
+def ideal_speedup(
+    mean_tokens_per_round: float, mean_drafts_per_round: float, draft_cost: float, verify_cost: float
+) -> float:
+    """``mean(n) / (mean(d)·c + v)``: tokens per round over the round's cost in autoregressive steps."""
+    return mean_tokens_per_round / (mean_drafts_per_round * draft_cost + verify_cost)
+
+
+def expected_tokens_per_round(acceptance: float, k: int) -> float:
+    """Mean tokens per round for i.i.d. acceptance α and k drafts: (1 − α^(k+1)) / (1 − α)."""
+    if acceptance >= 1.0:
+        return k + 1.0
+    return (1 - acceptance ** (k + 1)) / (1 - acceptance)
+
+
+def derive(record: dict) -> None:
+    """Add ``ideal_speedup`` and ``efficiency`` to the batch-1 results of the eedecode modes that
+    draft from an exit layer (the round the step costs c and v describe)."""
+    costs = record["step_costs"]
+    for r in record["results"]:
+        drafts_from_exit = r["method"].startswith("eedecode_") and r.get("exit_layer") is not None
+        measured = r.get("mean_tokens_per_round") and r.get("speedup_vs_ar")
+        if drafts_from_exit and measured and r["batch_size"] == 1:
+            r["ideal_speedup"] = ideal_speedup(
+                r["mean_tokens_per_round"], r["mean_drafts_per_round"], costs["c"], costs["v"]
+            )
+            r["efficiency"] = r["speedup_vs_ar"] / r["ideal_speedup"]
+
+
+# -- the record ------------------------------------------------------------------------------------
+def complete(measured: dict, model) -> dict:
+    """The JSON record of a run (:func:`~eedecode.bench.measure.run_measurements` or a sweep): the machine
+    first, then what was measured, with the derived columns."""
+    record = {"machine": machine_record(model, next(model.parameters()).device), **measured}
+    if "results" in record:
+        derive(record)
+    return record
+
+
+def machine_record(model, device) -> dict:
+    import transformers
+
+    rec = {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "processor": _cpu_name(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "device": str(device),
+        "dtype": str(next(model.parameters()).dtype),
+        "time": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+    if torch.device(device).type == "cuda":
+        rec["gpu"] = torch.cuda.get_device_name(device)
+    return rec
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def machine_line(record: dict) -> str:
+    m = record["machine"]
+    return (
+        f"{record.get('model', 'model')} on {m.get('gpu') or m['processor']} ({m['device']}, {m['dtype']}, "
+        f"torch {m['torch']}, transformers {m['transformers']}, threads: {m['torch_threads']})"
+    )
+
+
+# -- the table -------------------------------------------------------------------------------------
+def markdown_table(record: dict) -> str:
+    s = record["settings"]
+    lines = [
+        f"E = {s['exit_layer']} of {s['num_layers']} layers, k = {s['num_speculations']}, "
+        f"{s['max_new_tokens']} new tokens, {s['num_prompts']} prompts; step costs: "
+        f"c = {record['step_costs']['c']:.3f}, v = {record['step_costs']['v']:.3f}",
+        "",
+        "| method | batch | tokens/s (median) | vs HF generate | acceptance | tokens/round | ideal "
+        "| efficiency | identical to HF |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    lines += [_row(r, s["num_prompts"]) for r in record["results"]]
+    return "\n".join(lines)
+
+
+def _row(r: dict, num_prompts: int) -> str:
+    identical = "" if r.get("identical_to_hf") is None else r["identical_to_hf"]
+    cells = [
+        display_name(r["method"]),
+        str(r["batch_size"]),
+        f"{r['tokens_per_s']:.1f}",
+        _fmt(r.get("speedup_vs_hf"), "x"),
+        _fmt(r.get("acceptance_rate"), "%"),
+        _fmt(r.get("mean_tokens_per_round")),
+        _fmt(r.get("ideal_speedup"), "x"),
+        _fmt(r.get("efficiency")),
+        f"{identical}/{num_prompts}",
+    ]
+    return "| " + " | ".join(cells) + " |"
+
+
+def _fmt(x, unit: str = "") -> str:
+    if x is None:
+        return ""
+    if unit == "%":
+        return f"{x:.1%}"
+    return f"{x:.2f}{'×' if unit == 'x' else ''}"
+
+
+# -- the sweep -------------------------------------------------------------------------------------
+def best_cells_line(sweep: dict) -> str:
+    best = max(sweep["cells"], key=lambda c: c["speedup_vs_hf"])
+    best_hf = max(sweep["cells"], key=lambda c: c["hf_early_exit_speedup_vs_hf"])
+    return (
+        f"best eedecode: E={best['exit_layer']} k={best['num_speculations']} "
+        f"{best['speedup_vs_hf']:.2f}x HF generate ({best['acceptance_rate']:.0%} accepted); "
+        f"best HF assistant_early_exit: E={best_hf['exit_layer']} k={best_hf['num_speculations']} "
+        f"{best_hf['hf_early_exit_speedup_vs_hf']:.2f}x HF generate"
+    )
+
+
+def plot_sweep(sweep: dict, path: str | Path, title: str = "") -> Path:
+    """Heatmaps over exit layer x draft length: eedecode's speed-up over HF generate (annotated
+    with its acceptance rate) beside HF assistant_early_exit's, on one colour scale."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cells = sweep["cells"]
+    es = sorted({c["exit_layer"] for c in cells})
+    ks = sorted({c["num_speculations"] for c in cells})
+    panels = {
+        "eedecode self-speculative": "speedup_vs_hf",
+        "HF assistant_early_exit": "hf_early_exit_speedup_vs_hf",
+    }
+    grids = {name: torch.full((len(es), len(ks)), float("nan")) for name in panels}
+    acc = torch.full((len(es), len(ks)), float("nan"))
+    for c in cells:
+        i, j = es.index(c["exit_layer"]), ks.index(c["num_speculations"])
+        for name, key in panels.items():
+            grids[name][i, j] = c[key]
+        acc[i, j] = c["acceptance_rate"] or 0.0
+    lo = min(float(g.nan_to_num(9).min()) for g in grids.values())
+    hi = max(float(g.nan_to_num(0).max()) for g in grids.values())
+    fig, axes = plt.subplots(1, 2, figsize=(2 * (1.0 * len(ks) + 1.6), 0.6 * len(es) + 2.0), sharey=True)
+    for ax, (name, grid) in zip(axes, grids.items(), strict=True):
+        im = ax.imshow(grid.numpy(), cmap="viridis", aspect="auto", origin="lower", vmin=lo, vmax=hi)
+        ax.set_xticks(range(len(ks)), [str(k) for k in ks])
+        ax.set_yticks(range(len(es)), [str(e) for e in es])
+        ax.set_xlabel("draft length k")
+        ax.set_title(name, fontsize=10)
+        for i in range(len(es)):
+            for j in range(len(ks)):
+                label = f"{grid[i, j]:.2f}×" + (f"\n{acc[i, j]:.0%}" if name.startswith("eedecode") else "")
+                ax.text(j, i, label, ha="center", va="center", color="w", fontsize=7)
+    axes[0].set_ylabel("exit layer E")
+    fig.colorbar(im, ax=list(axes), label="tokens/s vs HF generate (paired median)")
+    fig.suptitle(title or "speed-up over HF generate (eedecode: with acceptance rate)", fontsize=10)
+    path = Path(path)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    return path
