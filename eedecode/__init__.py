@@ -9,8 +9,8 @@ from .config import DecodingConfig
 from .demo import demo_model_path
 from .generation import GenerateOutput, GenerationStats, generate
 from .loading import LoadedModel, load_model
-from .runner import SUPPORTED_ARCHITECTURES, ModelRunner
-from .sampling import SamplingParams
+from .compat import SUPPORTED_ARCHITECTURES
+from .runner import ModelRunner
 from .strategies import Strategy, register, strategy_names
 
 __all__ = [
@@ -20,7 +20,6 @@ __all__ = [
     "LoadedModel",
     "ModelRunner",
     "SUPPORTED_ARCHITECTURES",
-    "SamplingParams",
     "Strategy",
     "demo_model_path",
     "generate",

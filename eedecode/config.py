@@ -187,7 +187,9 @@ def prepare(
         )
     validation.check_input_ids(input_ids, runner.vocab_size)
     validation.check_attention_mask(attention_mask, input_ids)
-    validation.check_lengths(hf_kwargs)
+    validation.check_settings(hf_kwargs)
+    if generation_config is not None:
+        validation.check_settings(generation_config.to_diff_dict())
     base = model.generation_config
     has_default_max = all(c is None or c.max_length is None for c in (base, generation_config)) and (
         hf_kwargs.get("max_length") is None

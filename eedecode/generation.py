@@ -21,10 +21,11 @@ import torch
 from transformers import GenerationConfig
 from transformers.generation.utils import GenerateDecoderOnlyOutput
 
+from .compat import check_generation, check_supported
 from .config import DecodingConfig, Plan, options_dict, prepare
 from .decoding import Decoder, DecodeStats, TokenChooser
 from .processing import LogitsPipeline
-from .runner import ModelRunner, check_supported
+from .runner import ModelRunner
 from .strategies import get_strategy
 from .validation import check_call
 
@@ -128,13 +129,19 @@ def generate(
         model, runner, input_ids, attention_mask, mode, generation_config, kwargs, stopping_criteria
     )
     cfg = plan.config
-    runner.check_generation(plan.input_ids.shape[1] + cfg.max_new_tokens, cfg.mode != "autoregressive")
+    check_generation(runner, plan.input_ids.shape[1] + cfg.max_new_tokens, cfg.mode != "autoregressive")
     B = plan.input_ids.shape[0]
     stopping = len(plan.stopping_criteria) > 0
     check_call(streamer, generator, seed, B, stopping, cfg.pad_token_id, cfg.eos_token_id, runner.device)
     if generator is None and seed is not None:
         generator = torch.Generator(device=runner.device).manual_seed(seed)
-    chooser = TokenChooser(cfg.do_sample, LogitsPipeline(plan.processors), generator)
+    pipeline = LogitsPipeline(plan.processors)
+    if pipeline.stateful and cfg.mode != "autoregressive":
+        raise ValueError(
+            f"watermarking_config: {pipeline.stateful[0]} updates its state on every call and cannot "
+            "score drafts that may be rejected; use mode='autoregressive'"
+        )
+    chooser = TokenChooser(cfg.do_sample, pipeline, generator)
     chooser.record = plan.output_scores or plan.output_logits
     sequences, stats, records = run(runner, plan, chooser, streamer)
     if not plan.return_dict:

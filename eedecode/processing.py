@@ -15,6 +15,8 @@ taken only when such a processor is present.
 
 from __future__ import annotations
 
+import copy
+
 import torch
 from transformers.generation import logits_process as lp
 
@@ -41,6 +43,28 @@ CONTEXT_FREE = tuple(
 )
 
 
+#: Processors that keep a tensor per batch row: sliced to the rows of a group when called on one.
+ROW_STATE = {"RepetitionPenaltyLogitsProcessor": ("prompt_ignore_length",)}
+#: Processors that update internal state on every call: they cannot score positions that may be
+#: rejected afterwards (a speculative round scores drafts that verification throws away).
+STATEFUL = ("SynthIDTextWatermarkLogitsProcessor",)
+
+
+def _for_rows(processors, rows: Tensor, batch_size: int):
+    """The processors as they apply to ``rows`` of the batch (per-row state sliced)."""
+    if rows.numel() == batch_size:
+        return processors
+    out = lp.LogitsProcessorList()
+    for p in processors:
+        attrs = [a for a in ROW_STATE.get(type(p).__name__, ()) if isinstance(getattr(p, a, None), Tensor)]
+        if attrs:
+            p = copy.copy(p)
+            for a in attrs:
+                setattr(p, a, getattr(p, a).to(rows.device)[rows])
+        out.append(p)
+    return out
+
+
 class LogitsPipeline:
     """A ``LogitsProcessorList`` applied to ``[B, m, V]`` blocks of logits (see the module doc)."""
 
@@ -48,6 +72,11 @@ class LogitsPipeline:
         self.processors = lp.LogitsProcessorList(processors or [])
         self.empty = len(self.processors) == 0
         self.context_free = all(type(p) in CONTEXT_FREE for p in self.processors)
+
+    @property
+    def stateful(self) -> list[str]:
+        """Names of processors that cannot score positions a round may reject."""
+        return [type(p).__name__ for p in self.processors if type(p).__name__ in STATEFUL]
 
     @property
     def only_temperature(self) -> bool:
@@ -73,8 +102,9 @@ class LogitsPipeline:
             return self.processors(dummy, logits.reshape(B * m, V).clone()).view(B, m, V)
         scores = torch.empty_like(logits)
         for base, rows in context.sequences_so_far():
+            processors = _for_rows(self.processors, rows, B)
             for j in range(m):
                 n = offset + j
                 ids = base if n == 0 else torch.cat([base, drafts[rows, :n]], 1)
-                scores[rows, j] = self.processors(ids, logits[rows, j].clone())
+                scores[rows, j] = processors(ids, logits[rows, j].clone())
         return scores

@@ -14,21 +14,10 @@ import torch
 import torch.nn.functional as F
 
 from .cache import BlockContext, KVCache
+from .compat import check_supported
 from .kernels import DEFAULT_STATS, ExitHeadStats, exit_head, exit_head_logits, logits_stats
 
 Tensor = torch.Tensor
-
-#: Architectures whose decoder layer is the LLaMA block (pre-norm attention + gated MLP, RoPE).
-SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM")
-
-
-def check_supported(model) -> None:
-    name = type(model).__name__
-    if name not in SUPPORTED_ARCHITECTURES:
-        raise ValueError(
-            f"model: unsupported architecture {name!r}; "
-            f"eedecode supports {', '.join(SUPPORTED_ARCHITECTURES)}"
-        )
 
 
 def _signed_sin(sin: Tensor) -> Tensor:
@@ -53,6 +42,19 @@ _SILU = ("SiLUActivation", "SiLU")
 
 def _hooked(m: torch.nn.Module) -> bool:
     return bool(m._forward_hooks or m._forward_pre_hooks or "forward" in m.__dict__)
+
+
+def execution_device(module: torch.nn.Module) -> torch.device:
+    """Where ``module`` computes: accelerate's execution device when a dispatch hook manages it (its
+    weights may sit on the meta device, or on disk, until the hook loads them), else its weights'."""
+    for m in module.modules():
+        device = getattr(getattr(m, "_hf_hook", None), "execution_device", None)
+        if device is not None and not isinstance(device, dict):
+            return torch.device(device if not isinstance(device, int) else f"cuda:{device}")
+    for p in module.parameters():
+        if p.device.type != "meta":
+            return p.device
+    return torch.device("cpu")
 
 
 def _plain_linear(m) -> bool:
@@ -115,35 +117,6 @@ def _sliding_windows(config, num_layers: int) -> list[int | None]:
     return [window if t == "sliding_attention" else None for t in layer_types[:num_layers]]
 
 
-# RoPE variants whose frequencies depend on the length of the sequence seen so far.
-_LENGTH_DEPENDENT_ROPE = ("dynamic", "longrope")
-
-
-def _rope_switch_length(config, rope: str) -> int | None:
-    """Where a length-dependent RoPE changes its frequencies (as Hugging Face's rotary embedding
-    decides it): past max_position_embeddings for dynamic NTK, past the rope parameters'
-    original_max_position_embeddings for longrope."""
-    if rope == "dynamic":
-        return getattr(config, "max_position_embeddings", None)
-    params = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {}
-    return params.get("original_max_position_embeddings")
-
-
-def _user_hooked(m: torch.nn.Module) -> bool:
-    """Hooks a user registered (accelerate's device hooks are handled, see ModelRunner)."""
-    return bool(m._forward_hooks or m._forward_pre_hooks)
-
-
-def _unrunnable_hooks(model):
-    """Modules whose forward eedecode never calls, with hooks on them: the model, its body, the
-    decoder layers, their attention blocks and the rotary embedding."""
-    inner = model.model
-    candidates = [("", model), ("model", inner), ("model.rotary_emb", inner.rotary_emb)]
-    for i, layer in enumerate(inner.layers):
-        candidates += [(f"model.layers.{i}", layer), (f"model.layers.{i}.self_attn", layer.self_attn)]
-    return [(n, m) for n, m in candidates if _user_hooked(m)]
-
-
 class ModelRunner:
     """Runs a Hugging Face LLaMA-family causal LM layer range by layer range.
 
@@ -176,7 +149,7 @@ class ModelRunner:
         self.max_positions = getattr(config, "max_position_embeddings", None)
         self.windows = _sliding_windows(config, self.num_layers)
         self._rope_table: tuple[Tensor, Tensor] | None = None  # cos, signed sin [positions, D]
-        self.layer_devices = [layer.input_layernorm.weight.device for layer in self.layers]
+        self.layer_devices = [execution_device(layer) for layer in self.layers]
         self._final_norm, self._head = _norm_fn(self.norm), _linear_fn(self.lm_head)
         # Per layer: how to call each submodule (see _norm_fn / _linear_fn / _mlp_fn). Decided
         # here, so hooks registered after the runner is built are not seen: build a new runner.
@@ -192,56 +165,22 @@ class ModelRunner:
             )
             for layer in self.layers
         ]
-        self.device = self.embed_tokens.weight.device
+        self.device = execution_device(self.embed_tokens)
+        self.head_device = execution_device(self.norm)
         self.dtype = self.embed_tokens.weight.dtype
         # The fused exit head needs the final norm's weight and epsilon and a plain LM-head weight;
         # a quantized or biased head goes through the modules instead.
         self.norm_eps = getattr(self.norm, "variance_epsilon", None)
         head_w = getattr(self.lm_head, "weight", None)
         self.fused_head = (
-            type(self.lm_head) is torch.nn.Linear
+            _plain_linear(self.lm_head)
+            and not _hooked(self.norm)
             and self.lm_head.bias is None
             and self.norm_eps is not None
             and head_w is not None
             and head_w.dtype in (torch.float32, torch.float16, torch.bfloat16)
             and head_w.device == self.norm.weight.device
         )
-
-    # -- what this runner cannot reproduce --------------------------------------------------------
-    def check_generation(self, total_len: int, speculative: bool) -> None:
-        """Raise, naming the cause, where running this model layer range by layer range would not
-        compute what its own forward computes."""
-        model = self.model
-        dropout = getattr(self.config, "attention_dropout", 0.0) or 0.0
-        if model.training and dropout > 0:
-            raise ValueError(
-                f"model: is in train() mode with attention_dropout={dropout}; its outputs would be random. "
-                "Call model.eval() first"
-            )
-        hooked = _unrunnable_hooks(model)
-        if hooked:
-            name = hooked[0][0]
-            raise ValueError(
-                f"model: {name or 'the model'} has a forward hook or pre-hook; eedecode runs the decoder "
-                "layers through their submodules and would skip it. Remove it, or register it on a "
-                "projection, norm or MLP (those hooks are honoured)"
-            )
-        rope = getattr(self.rotary_emb, "rope_type", "default")
-        switch = _rope_switch_length(self.config, rope) if rope in _LENGTH_DEPENDENT_ROPE else None
-        crosses = switch is not None and total_len > switch
-        if speculative and crosses:
-            raise ValueError(
-                f"rope_scaling: {rope!r} RoPE changes its frequencies once a sequence passes {switch} "
-                f"positions; verifying several tokens at once would not match one-at-a-time decoding. "
-                f"This generation reaches {total_len} positions: use mode='autoregressive', or fewer "
-                "max_new_tokens"
-            )
-        limit = self.max_positions
-        if limit is not None and total_len > limit and not (rope == "dynamic" and not speculative):
-            raise ValueError(
-                f"max_new_tokens: the prompt and max_new_tokens reach {total_len} positions, more than the "
-                f"model's max_position_embeddings ({limit})"
-            )
 
     # -- cache -----------------------------------------------------------------------------------
     def new_cache(self, batch_size: int, max_len: int) -> KVCache:
@@ -330,7 +269,7 @@ class ModelRunner:
     def logits(self, hidden: Tensor) -> Tensor:
         """Final norm + LM head through the model's own modules on any hidden state ``[..., H]``
         -> fp32 logits ``[..., V]`` (what HF's forward computes; autograd works through it)."""
-        logits = self._head(self._final_norm(hidden.to(self.norm.weight.device)))
+        logits = self._head(self._final_norm(hidden.to(self.head_device)))
         return logits if logits.dtype == torch.float32 else logits.float()
 
     @torch.no_grad()
@@ -350,7 +289,7 @@ class ModelRunner:
         modules followed by the same statistics. ``stats`` names what is wanted
         (:data:`eedecode.kernels.STATS`); ``token_ids`` ``[...]`` adds their log-probabilities,
         ``seed`` a Gumbel-max sample, ``top_k`` the k likeliest tokens."""
-        hidden = hidden.to(self.norm.weight.device)
+        hidden = hidden.to(self.head_device)
         if self.fused_head:
             return exit_head(
                 hidden,
@@ -377,7 +316,7 @@ class ModelRunner:
     def exit_head_logits(self, hidden: Tensor) -> Tensor:
         """fp32 logits ``[..., V]`` computed as :meth:`exit_head` computes them: the distribution
         its statistics and samples describe (equal to :meth:`logits` in float32)."""
-        hidden = hidden.to(self.norm.weight.device)
+        hidden = hidden.to(self.head_device)
         if not self.fused_head:
             return self.logits(hidden)
         return exit_head_logits(hidden, self.norm.weight, self.norm_eps, self.lm_head.weight)

@@ -6,8 +6,9 @@
 * Speculative sampling (Leviathan et al. 2023; Chen et al. 2023): accept draft ``x_i ~ q_i`` with
   probability ``min(1, p_i(x_i) / q_i(x_i))``; at the first rejection draw from
   ``normalize(max(0, p_i - q_i))``; when every draft is accepted draw the bonus token from
-  ``p_k``. ``p`` and ``q`` are the target and draft distributions *after* temperature, top-k and
-  top-p. The emitted tokens then follow ``p`` exactly.
+  ``p_k``. ``p`` and ``q`` are the target and draft distributions *after* the logits processors
+  and warpers (temperature, top-k, top-p, ...: Hugging Face's own, see :mod:`eedecode.processing`).
+  The emitted tokens then follow ``p`` exactly.
 
 Shapes: ``B`` rows, ``k`` drafts, ``V`` vocabulary. Drafts ``[B, k]``; draft distributions ``q``
 ``[B, k, V]``; target distributions ``p`` ``[B, k + 1, V]`` (one more: the bonus position).
@@ -17,59 +18,10 @@ the rest is filler) and ``num_emitted [B]`` (between 1 and ``k + 1``).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
 Tensor = torch.Tensor
 _TINY = 1e-30  # guards a division whose result is discarded where the divisor is 0
-
-
-@dataclass(frozen=True)
-class SamplingParams:
-    """Hugging Face's sampling knobs, applied in HF's order: temperature, top-k, top-p."""
-
-    do_sample: bool = False
-    temperature: float = 1.0
-    top_k: int | None = None  # None or 0: no top-k filter
-    top_p: float | None = None  # None or 1.0: no nucleus filter
-
-    def validate(self) -> None:
-        if not self.do_sample:
-            return
-        if not (isinstance(self.temperature, (int, float)) and self.temperature > 0):
-            raise ValueError(f"temperature: must be a float > 0, got {self.temperature!r}")
-        if self.top_k is not None and not (isinstance(self.top_k, int) and self.top_k >= 0):
-            raise ValueError(f"top_k: must be an int >= 0 (0 disables it), got {self.top_k!r}")
-        if self.top_p is not None and not (isinstance(self.top_p, (int, float)) and 0 < self.top_p <= 1):
-            raise ValueError(f"top_p: must be a float in (0, 1], got {self.top_p!r}")
-
-
-def warp_logits(logits: Tensor, params: SamplingParams) -> Tensor:
-    """Temperature, then top-k, then top-p, as HF's logits warpers; filtered entries become -inf.
-
-    logits: ``[..., V]`` fp32. Returns a new tensor of the same shape.
-    """
-    if params.temperature != 1.0:
-        logits = logits / params.temperature
-    V = logits.shape[-1]
-    if params.top_k:
-        k = min(params.top_k, V)
-        kth = torch.topk(logits, k, dim=-1).values[..., -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if params.top_p is not None and params.top_p < 1.0:
-        sorted_logits, sorted_idx = torch.sort(logits, dim=-1, descending=False)
-        cum = sorted_logits.softmax(-1).cumsum(-1)
-        remove_sorted = cum <= (1 - params.top_p)
-        remove_sorted[..., -1] = False  # keep at least the most likely token
-        remove = remove_sorted.scatter(-1, sorted_idx, remove_sorted)
-        logits = logits.masked_fill(remove, float("-inf"))
-    return logits
-
-
-def probabilities(logits: Tensor, params: SamplingParams) -> Tensor:
-    """The sampling distribution ``softmax(warp(logits))``, fp32 ``[..., V]``."""
-    return warp_logits(logits.float(), params).softmax(-1)
 
 
 def sample(probs: Tensor, generator: torch.Generator | None) -> Tensor:

@@ -7,18 +7,23 @@ import torch
 
 Tensor = torch.Tensor
 
-#: Generation-config fields that must be integers when given (HF would accept 2.5 and round later).
-_INT_FIELDS = (
-    "max_new_tokens",
-    "max_length",
-    "min_new_tokens",
-    "min_length",
-    "top_k",
-    "no_repeat_ngram_size",
-    "num_return_sequences",
-    "num_assistant_tokens",
-)
-_FLOAT_FIELDS = ("temperature", "top_p", "min_p", "typical_p", "repetition_penalty", "max_time")
+#: Ranges of the numeric generation settings: name -> (kind, low, high, low inclusive, high inclusive).
+_RANGES = {
+    "max_new_tokens": ("int", 1, None, True, True),
+    "max_length": ("int", 1, None, True, True),
+    "min_new_tokens": ("int", 0, None, True, True),
+    "min_length": ("int", 0, None, True, True),
+    "top_k": ("int", 0, None, True, True),
+    "no_repeat_ngram_size": ("int", 0, None, True, True),
+    "num_return_sequences": ("int", 1, None, True, True),
+    "num_assistant_tokens": ("int", 1, None, True, True),
+    "temperature": ("number", 0, None, False, True),
+    "top_p": ("number", 0, 1, False, True),
+    "min_p": ("number", 0, 1, True, True),
+    "typical_p": ("number", 0, 1, False, True),
+    "repetition_penalty": ("number", 0, None, False, True),
+    "max_time": ("number", 0, None, False, True),
+}
 
 
 def is_int(x) -> bool:
@@ -71,16 +76,38 @@ def check_attention_mask(attention_mask, input_ids: Tensor, inferred: bool = Fal
         )
 
 
-def check_lengths(hf_kwargs: dict) -> None:
-    """Types of the numeric generation settings given as arguments."""
-    for name in _INT_FIELDS:
-        value = hf_kwargs.get(name)
-        if value is not None and not is_int(value):
-            raise ValueError(f"{name}: must be an int, got {_describe(value)}")
-    for name in _FLOAT_FIELDS:
-        value = hf_kwargs.get(name)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
-            raise ValueError(f"{name}: must be a number, got {_describe(value)}")
+def check_settings(settings: dict) -> None:
+    """Types and ranges of the generation settings a caller gave (``eos_token_id`` and
+    ``pad_token_id`` included)."""
+    for name, value in settings.items():
+        if value is None:
+            continue
+        if name in _RANGES:
+            _check_range(name, value, *_RANGES[name])
+        elif name == "eos_token_id":
+            ids = value.tolist() if isinstance(value, Tensor) else value
+            ids = [ids] if is_int(ids) else ids
+            if not isinstance(ids, (list, tuple)) or not ids or not all(is_int(i) and i >= 0 for i in ids):
+                raise ValueError(
+                    f"eos_token_id: must be an int >= 0 or a list of them, got {_describe(value)}"
+                )
+        elif name == "pad_token_id" and not (is_int(value) and value >= 0):
+            raise ValueError(f"pad_token_id: must be an int >= 0, got {_describe(value)}")
+
+
+def _check_range(name, value, kind, low, high, low_in, high_in) -> None:
+    ok_type = (
+        is_int(value) if kind == "int" else isinstance(value, (int, float)) and not isinstance(value, bool)
+    )
+    above = low is None or (value >= low if low_in else value > low) if ok_type else False
+    below = high is None or (value <= high if high_in else value < high) if ok_type else False
+    if not (ok_type and above and below):
+        lo = "" if low is None else (f">= {low}" if low_in else f"> {low}")
+        hi = "" if high is None else (f"<= {high}" if high_in else f"< {high}")
+        allowed = " and ".join(x for x in (lo, hi) if x)
+        raise ValueError(
+            f"{name}: must be {'an int' if kind == 'int' else 'a number'} {allowed}, got {_describe(value)}"
+        )
 
 
 def check_call(

@@ -176,6 +176,11 @@ def _resolve_backend(backend: str | None, device: torch.device) -> str:
         return "triton" if device.type == "cuda" and _triton_importable() else "reference"
     if name not in BACKENDS:
         raise ValueError(f"{source} must be one of {BACKENDS} (or unset for automatic), got {name!r}")
+    if name == "triton" and not _triton_importable():
+        raise ValueError(
+            f"{source}: the triton exit-head backend needs Triton, which is not installed; "
+            "install it with `pip install 'eedecode[triton]'` (Linux), or use the reference backend"
+        )
     if name == "triton" and device.type != "cuda" and not _interpret_requested():
         raise ValueError(
             f"the triton exit-head backend needs CUDA tensors (got {device.type}); "

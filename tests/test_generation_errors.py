@@ -36,18 +36,33 @@ CASES = [
     (dict(input_ids=torch.zeros(1, 0, dtype=torch.long)), ValueError, ["input_ids", "empty prompt"]),
     (dict(input_ids=torch.zeros(0, 4, dtype=torch.long)), ValueError, ["input_ids", "empty prompt"]),
     (dict(input_ids=torch.ones(5, dtype=torch.long)), ValueError, ["input_ids", "[batch, prompt_length]"]),
-    (dict(max_new_tokens=-1), ValueError, ["max_new_tokens", ">= 0"]),
+    (dict(max_new_tokens=-1), ValueError, ["max_new_tokens", ">= 1"]),
+    (dict(max_new_tokens=0), ValueError, ["max_new_tokens", ">= 1"]),
+    (dict(max_new_tokens=2.5), ValueError, ["max_new_tokens", "an int"]),
     (dict(max_new_tokens=252), ValueError, ["max_new_tokens", "max_position_embeddings", "256"]),
     (
         dict(attention_mask=torch.ones(1, 4, dtype=torch.long)),
         ValueError,
-        ["attention_mask", "does not match"],
+        ["attention_mask", "input_ids' shape (1, 5)"],
     ),
     (dict(attention_mask=torch.tensor([[1, 1, 1, 1, 0]])), ValueError, ["attention_mask", "left"]),
     (dict(mode="beam"), ValueError, ["mode", "self_speculative", "autoregressive"]),
     (dict(do_sample=True, temperature=0.0), ValueError, ["temperature", "> 0"]),
-    (dict(do_sample=True, top_p=1.5), ValueError, ["top_p", "(0, 1]"]),
+    (dict(do_sample=True, top_p=1.5), ValueError, ["top_p", "<= 1"]),
     (dict(do_sample=True, top_k=-3), ValueError, ["top_k", ">= 0"]),
+    (dict(do_sample=True, top_k=2.0), ValueError, ["top_k", "an int"]),
+    (dict(input_ids=torch.tensor([[5, 97]])), ValueError, ["input_ids", "97", "[0, 97)"]),
+    (dict(input_ids=torch.tensor([[5, -1]])), ValueError, ["input_ids", "-1"]),
+    (dict(input_ids=torch.ones(1, 3)), ValueError, ["input_ids", "integer"]),
+    (dict(input_ids="hello"), ValueError, ["input_ids", "LongTensor"]),
+    (dict(generator=3), ValueError, ["generator", "torch.Generator"]),
+    (dict(seed="7"), ValueError, ["seed", "int"]),
+    (dict(num_speculations=10**9), None, []),  # capped by the tokens left: no giant allocation
+    (dict(repetition_penalty=0.0), ValueError, ["repetition_penalty", "> 0"]),
+    (dict(num_return_sequences=2), ValueError, ["num_return_sequences"]),
+    (dict(output_attentions=True), ValueError, ["output_attentions"]),
+    (dict(penalty_alpha=0.6, top_k=4), ValueError, ["penalty_alpha"]),
+    (dict(stop_strings=["x"]), ValueError, ["tokenizer"]),
     (dict(num_beams=4), ValueError, ["num_beams"]),
     (dict(exit_layer=2, assistant_early_exit=3), ValueError, ["exit_layer", "assistant_early_exit"]),
     (dict(frobnicate=1), TypeError, ["frobnicate"]),
@@ -62,6 +77,10 @@ def test_bad_input_is_rejected_before_streaming(kwargs, exc, words):
     streamer = Recorder()
     args = dict(input_ids=ids(), exit_layer=2, num_speculations=3, max_new_tokens=5, streamer=streamer)
     args.update(kwargs)
+    if exc is None:  # accepted: it must run, and stream
+        eedecode.generate(model, **args)
+        assert streamer.calls[-1] == "end"
+        return
     with pytest.raises(exc) as info:
         eedecode.generate(model, **args)
     for word in words:

@@ -297,6 +297,15 @@ def test_leading_shape_and_empty_input(backend):
     assert all(f.shape == (0, 3) for f in empty if f is not None)
 
 
+def test_triton_backend_without_triton_says_how_to_install_it(monkeypatch):
+    exit_head_module = importlib.import_module("eedecode.kernels.exit_head")
+    monkeypatch.setattr(exit_head_module, "_triton_importable", lambda: False)
+    hidden, nw, w = _inputs((2,), 96, 50, torch.float32)
+    with pytest.raises(ValueError, match=r"pip install 'eedecode\[triton\]'"):
+        exit_head(hidden, nw, EPS, w, backend="triton")
+    assert exit_head(hidden, nw, EPS, w).argmax.shape == (2,)  # automatic: the reference
+
+
 @pytest.mark.parametrize("backend", BACKENDS_HERE)
 def test_out_of_range_token_gives_nan(backend):
     hidden, nw, w = _inputs((3,), 96, 300, torch.float32)

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 
 def test_kernels_live_inside_the_package(tmp_path):
     code = (
@@ -34,3 +36,12 @@ def test_console_script_is_installed():
     assert script is not None, f"no `eedecode` console script beside {sys.executable} or on PATH"
     done = subprocess.run([script, "--help"], capture_output=True, text=True)
     assert done.returncode == 0 and all(c in done.stdout for c in ("generate", "bench", "train"))
+
+
+def test_every_subpackage_is_installed():
+    """A non-editable install ships only the packages pyproject.toml lists."""
+    tomllib = pytest.importorskip("tomllib")
+    root = Path(__file__).resolve().parents[1]
+    listed = set(tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {"eedecode." + p.parent.name for p in (root / "eedecode").glob("*/__init__.py")}
+    assert found | {"eedecode", "eedecode.kernels"} == listed

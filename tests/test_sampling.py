@@ -1,4 +1,5 @@
-"""Sampling: HF-compatible warpers, and speculative sampling that reproduces the target distribution."""
+"""Sampling: speculative sampling reproduces the target distribution (after Hugging Face's own
+warpers), checked by a chi-square test that is shown to fail on two wrong rules."""
 
 from __future__ import annotations
 
@@ -9,6 +10,9 @@ import pytest
 import torch
 from conftest import tiny_model
 from transformers.generation.logits_process import (
+    LogitsProcessorList,
+    NoRepeatNGramLogitsProcessor,
+    RepetitionPenaltyLogitsProcessor,
     TemperatureLogitsWarper,
     TopKLogitsWarper,
     TopPLogitsWarper,
@@ -16,41 +20,10 @@ from transformers.generation.logits_process import (
 
 import eedecode
 from eedecode import decoding
-from eedecode.sampling import (
-    SamplingParams,
-    always_accept,
-    greedy_accept,
-    probabilities,
-    speculative_accept,
-    warp_logits,
-)
+from eedecode.sampling import always_accept, greedy_accept, sample, speculative_accept
 
-V = 8  # a vocabulary small enough to enumerate every 3-token continuation
-
-
-@pytest.mark.parametrize(
-    "params",
-    [
-        SamplingParams(True, 0.7, None, None),
-        SamplingParams(True, 1.0, 3, None),
-        SamplingParams(True, 1.0, None, 0.8),
-        SamplingParams(True, 1.3, 20, 0.9),
-        SamplingParams(True, 1.0, 0, 1.0),
-    ],
-)
-def test_warpers_match_hf(params):
-    logits = torch.randn(5, 50, generator=torch.Generator().manual_seed(0)) * 3
-    logits[0, :4] = 2.0  # ties at the top-k boundary
-    ref = logits.clone()
-    if params.temperature != 1.0:
-        ref = TemperatureLogitsWarper(params.temperature)(None, ref)
-    if params.top_k:
-        ref = TopKLogitsWarper(params.top_k)(None, ref)
-    if params.top_p is not None and params.top_p < 1.0:
-        ref = TopPLogitsWarper(params.top_p)(None, ref)
-    got = warp_logits(logits, params)
-    assert torch.equal(torch.isinf(got), torch.isinf(ref))
-    torch.testing.assert_close(got[~torch.isinf(got)], ref[~torch.isinf(ref)])
+V = 8  # a vocabulary small enough to enumerate every 4-token continuation
+N_NEW = 4  # the prefill's token, then one round: 2 drafts and the correction or bonus token
 
 
 def test_greedy_accept_counts_the_agreeing_prefix():
@@ -79,16 +52,39 @@ def test_speculative_accept_unit_cases():
 
 
 # -- the statistical test ----------------------------------------------------------------------------
-def exact_joint(model, prompt: torch.Tensor, params: SamplingParams, n: int = 3) -> torch.Tensor:
+def warpers(params: dict) -> LogitsProcessorList:
+    """HF's processors and warpers in HF's order (repetition penalty, n-gram blocking, then
+    temperature, top-k, top-p), as generate() builds them."""
+    out = LogitsProcessorList()
+    if params.get("repetition_penalty", 1.0) != 1.0:
+        out.append(RepetitionPenaltyLogitsProcessor(params["repetition_penalty"]))
+    if params.get("no_repeat_ngram_size"):
+        out.append(NoRepeatNGramLogitsProcessor(params["no_repeat_ngram_size"]))
+    if params.get("temperature", 1.0) != 1.0:
+        out.append(TemperatureLogitsWarper(params["temperature"]))
+    if params.get("top_k"):
+        out.append(TopKLogitsWarper(params["top_k"]))
+    if params.get("top_p", 1.0) < 1.0:
+        out.append(TopPLogitsWarper(params["top_p"]))
+    return out
+
+
+def exact_joint(model, prompt: list[int], params: dict, n: int = N_NEW) -> torch.Tensor:
     """P(t1..tn | prompt) under the full model and the warpers, for every continuation: ``[V]*n``."""
     joint = torch.ones(())
     for depth in range(n):
         prefixes = list(itertools.product(range(V), repeat=depth))
         ctx = torch.tensor([list(prompt) + list(pre) for pre in prefixes])
         with torch.no_grad():
-            probs = probabilities(model(ctx).logits[:, -1].float(), params).double()  # [V^depth, V]
-        joint = joint.reshape(-1, 1) * probs  # [V^depth, V]
+            scores = warpers(params)(ctx, model(ctx).logits[:, -1].float())
+        joint = joint.reshape(-1, 1) * scores.softmax(-1).double()  # [V^depth, V]
     return joint.reshape([V] * n)
+
+
+def round_joint(joint: torch.Tensor) -> torch.Tensor:
+    """The joint of the round's three tokens (two drafts, then the correction or the bonus token),
+    the prefill's token summed out: ``[V, V, V]``."""
+    return joint.sum(0)
 
 
 def chi_square_p_value(counts: torch.Tensor, expected_probs: torch.Tensor) -> float:
@@ -106,34 +102,40 @@ def chi_square_p_value(counts: torch.Tensor, expected_probs: torch.Tensor) -> fl
     return float(torch.special.gammaincc(torch.tensor(dof / 2.0, dtype=torch.float64), stat / 2))
 
 
-def sampled_joint(
+def sampled_round(
     model, prompt, params, mode, rows=20000, seed=0, accept_rule=None, gumbel=None, monkeypatch=None
 ):
+    """Counts of the round's three tokens over ``rows`` samples: ``[V, V, V]``."""
     if accept_rule is not None or gumbel is not None:
         original = decoding.TokenChooser.__init__
 
-        def patched(self, p, generator=None, rule=None, gumbel_drafts=None):
-            original(self, p, generator, accept_rule, gumbel)
+        def patched(self, do_sample=False, pipeline=None, generator=None, rule=None, gumbel_drafts=None):
+            original(self, do_sample, pipeline, generator, accept_rule, gumbel)
 
         monkeypatch.setattr(decoding.TokenChooser, "__init__", patched)
     ids = torch.tensor([prompt] * rows)
-    # with max_new_tokens=4: one prefill token, then a round of 2 drafts
+    # with max_new_tokens=4: one prefill token, then a round of 2 drafts (k=3 is capped by the length)
     settings = dict(exit_layer=1, num_speculations=3) if mode == "self_speculative" else {}
     out = eedecode.generate(
-        model,
-        ids,
-        mode=mode,
-        **settings,
-        max_new_tokens=4,
-        do_sample=True,
-        temperature=params.temperature,
-        top_k=params.top_k,
-        top_p=params.top_p,
-        seed=seed,
+        model, ids, mode=mode, **settings, max_new_tokens=N_NEW, do_sample=True, seed=seed, **params
     )
-    first3 = out[:, len(prompt) : len(prompt) + 3]
-    flat = first3[:, 0] * V * V + first3[:, 1] * V + first3[:, 2]
+    assert out.shape[1] == len(prompt) + N_NEW
+    t = out[:, len(prompt) + 1 :]  # [rows, 3]
+    flat = t[:, 0] * V * V + t[:, 1] * V + t[:, 2]
     return torch.bincount(flat, minlength=V**3).reshape(V, V, V)
+
+
+def bonus_from_the_draft(drafts, q, p, generator):
+    """A deliberately *wrong* rule: speculative sampling, except that when every draft is accepted
+    the bonus token is drawn from the last draft distribution instead of the target's."""
+    B, k = drafts.shape
+    tokens, n = speculative_accept(drafts, q, p, generator)
+    if k == 0:
+        return tokens, n
+    wrong = sample(q[:, -1], generator)
+    all_in = n == k + 1
+    tokens[:, k] = torch.where(all_in, wrong, tokens[:, k])
+    return tokens, n
 
 
 @pytest.fixture(scope="module")
@@ -148,11 +150,13 @@ def small_vocab_model():
 
 
 PARAMS = {
-    "plain": SamplingParams(True, 1.0, 0, 1.0),
-    "temperature": SamplingParams(True, 0.6, 0, 1.0),
-    "top_k": SamplingParams(True, 1.0, 4, 1.0),
-    "top_p": SamplingParams(True, 1.0, 0, 0.85),
-    "combined": SamplingParams(True, 1.4, 6, 0.9),
+    "plain": dict(top_k=0),
+    "temperature": dict(temperature=0.6, top_k=0),
+    "top_k": dict(top_k=4),
+    "top_p": dict(top_k=0, top_p=0.85),
+    "combined": dict(temperature=1.4, top_k=6, top_p=0.9),
+    # processors that read the context: the drafts before each position must be part of it
+    "context": dict(top_k=0, repetition_penalty=2.0, no_repeat_ngram_size=2),
 }
 PROMPT = [3, 1, 4, 1, 5]
 
@@ -160,8 +164,8 @@ PROMPT = [3, 1, 4, 1, 5]
 @pytest.mark.parametrize("name", PARAMS)
 def test_self_speculative_sampling_reproduces_the_target_distribution(small_vocab_model, name):
     params = PARAMS[name]
-    exact = exact_joint(small_vocab_model, PROMPT, params)
-    counts = sampled_joint(small_vocab_model, PROMPT, params, "self_speculative", seed=1)
+    exact = round_joint(exact_joint(small_vocab_model, PROMPT, params))
+    counts = sampled_round(small_vocab_model, PROMPT, params, "self_speculative", seed=1)
     assert counts.sum() == 20000
     p_value = chi_square_p_value(counts, exact)
     assert p_value > 1e-3, f"{name}: self-speculative samples do not follow the target (p={p_value:.2g})"
@@ -172,8 +176,8 @@ def test_gumbel_max_drafts_from_the_fused_head_reproduce_the_target(small_vocab_
     """The CUDA path (drafts are the exit-head kernel's Gumbel-max samples, q rebuilt from the
     exit query cache), forced on the CPU through the kernel's reference."""
     params = PARAMS[name]
-    exact = exact_joint(small_vocab_model, PROMPT, params)
-    counts = sampled_joint(
+    exact = round_joint(exact_joint(small_vocab_model, PROMPT, params))
+    counts = sampled_round(
         small_vocab_model, PROMPT, params, "self_speculative", seed=3, gumbel=True, monkeypatch=monkeypatch
     )
     p_value = chi_square_p_value(counts, exact)
@@ -182,22 +186,24 @@ def test_gumbel_max_drafts_from_the_fused_head_reproduce_the_target(small_vocab_
 
 def test_autoregressive_sampling_reproduces_the_target_distribution(small_vocab_model):
     params = PARAMS["combined"]
-    counts = sampled_joint(small_vocab_model, PROMPT, params, "autoregressive", seed=2)
-    assert chi_square_p_value(counts, exact_joint(small_vocab_model, PROMPT, params)) > 1e-3
+    counts = sampled_round(small_vocab_model, PROMPT, params, "autoregressive", seed=2)
+    assert chi_square_p_value(counts, round_joint(exact_joint(small_vocab_model, PROMPT, params))) > 1e-3
 
 
-def test_the_statistical_test_fails_on_a_wrong_acceptance_rule(small_vocab_model, monkeypatch):
-    """Always accepting the drafts samples from the draft model, not the target: the same check
-    that passes above must reject it."""
+@pytest.mark.parametrize("rule", [always_accept, bonus_from_the_draft], ids=lambda r: r.__name__)
+def test_the_statistical_test_fails_on_a_wrong_rule(small_vocab_model, monkeypatch, rule):
+    """Always accepting the drafts samples from the draft model; drawing the bonus token from the
+    draft distribution is wrong only after a fully accepted round. The check that passes above
+    must reject both."""
     params = PARAMS["plain"]
-    exact = exact_joint(small_vocab_model, PROMPT, params)
-    counts = sampled_joint(
+    exact = round_joint(exact_joint(small_vocab_model, PROMPT, params))
+    counts = sampled_round(
         small_vocab_model,
         PROMPT,
         params,
         "self_speculative",
         seed=1,
-        accept_rule=always_accept,
+        accept_rule=rule,
         monkeypatch=monkeypatch,
     )
     p_value = chi_square_p_value(counts, exact)

@@ -14,12 +14,12 @@ import statistics
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 
 from ..decoding import TokenChooser
 from ..runner import ModelRunner
-from ..sampling import SamplingParams
 from .methods import AR, HF, Speculation, pad_token_id, resolve_methods
 
 DEFAULT_PROMPTS = Path(__file__).resolve().parent.parent / "data" / "prompts.jsonl"
@@ -217,7 +217,8 @@ def measure_step_costs(
     own pieces at the prompt's length; ``c`` and ``v`` are the latter two relative to the first.
     The three take turns, round after round, so that drifts of the machine touch them alike."""
     runner = ModelRunner(model)
-    chooser = TokenChooser(SamplingParams())
+    chooser = TokenChooser()  # greedy, no logits processors
+    state = SimpleNamespace(runner=runner)  # what the chooser reads of a decoder without processors
     L, E, k = runner.num_layers, exit_layer, num_speculations
     P = prompt.shape[1]
     cache = runner.new_cache(1, P + k + 4)
@@ -230,17 +231,17 @@ def measure_step_costs(
 
     def ar_step():
         h = runner.run_layers(runner.embed(token), 0, L, cache)
-        chooser.choose(runner.logits(h[:, 0])).tolist()  # plain decoding reads every token
+        chooser.choose(state, runner.logits(h[:, 0])).tolist()  # plain decoding reads every token
 
     def draft_step():
         h = runner.run_layers(runner.embed(token), 0, E, cache)
-        chooser.draft(runner, h[:, 0])  # no sync: drafting runs ahead of the host
+        chooser.draft(state, h[:, 0])  # no sync: drafting runs ahead of the host
 
     def verify():
         cache.advance(0, E, k)  # the drafts' shallow KV is in the cache when verification runs
         states = torch.cat([draft_states, runner.run_layers(runner.embed(token), 0, E, cache)], 1)
         out = runner.run_layers(states, E, L, cache)
-        tokens, n = chooser.accept(runner, drafts, states[:, :k], [], runner.logits(out))
+        tokens, n = chooser.accept(state, drafts, states[:, :k], [], runner.logits(out))
         torch.cat([tokens, n[:, None]], 1).tolist()
 
     steps = {"ar_step": ar_step, "draft_step": draft_step, "verify": verify}
