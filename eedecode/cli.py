@@ -10,10 +10,10 @@ import argparse
 import sys
 
 from .arguments import add_decoding_arguments, add_model_arguments, decoding_kwargs, set_threads
-from .loading import load_model
+from .loading import load_model, quiet_transformers
 
 DESCRIPTION = "eedecode: self-speculative (early-exit) decoding for LLaMA-family models"
-DEFAULT_PROMPT = "def fibonacci(n):\n"
+DEFAULT_PROMPT = "class Stack:\n    def __init__(self):\n        self.items = []\n\n    def push(self, item):\n"
 
 
 def cmd_generate(args) -> int:
@@ -76,7 +76,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return args.func(args)
+        with quiet_transformers():  # transformers' advice for its own loop and loading bars
+            return args.func(args)
     except (ValueError, FileNotFoundError) as err:  # bad input: one clear line, no traceback
         parser.exit(2, f"eedecode {args.command}: error: {err}\n")
 

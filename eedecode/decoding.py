@@ -78,6 +78,8 @@ class TokenChooser:
 
     def choose(self, state, logits: Tensor) -> Tensor:
         """Full-model logits ``[B, V]`` -> token ``[B]`` (the prefill's and plain decoding's)."""
+        if self.pipeline.empty and not self.do_sample and not self.record:
+            return logits.argmax(-1)  # the plain greedy step: nothing to process or keep
         scores = self._scores(logits[:, None], state)[:, 0]
         if self.record:
             self.recorded = (logits[:, None].float(), scores[:, None])
