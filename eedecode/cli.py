@@ -13,7 +13,9 @@ from .arguments import add_decoding_arguments, add_model_arguments, decoding_kwa
 from .loading import load_model, quiet_transformers
 
 DESCRIPTION = "eedecode: self-speculative (early-exit) decoding for LLaMA-family models"
-DEFAULT_PROMPT = "class Stack:\n    def __init__(self):\n        self.items = []\n\n    def push(self, item):\n"
+DEFAULT_PROMPT = (
+    "class Stack:\n    def __init__(self):\n        self.items = []\n\n    def push(self, item):\n"
+)
 
 
 def cmd_generate(args) -> int:
