@@ -30,25 +30,45 @@ def sample(probs: Tensor, generator: torch.Generator | None) -> Tensor:
     return torch.multinomial(flat, 1, generator=generator).view(probs.shape[:-1])
 
 
-def greedy_accept(drafts: Tensor, target_logits: Tensor) -> tuple[Tensor, Tensor]:
+def _draft_mask(drafts: Tensor, num_drafts: Tensor | None) -> Tensor | None:
+    """``[B, k]`` True where row b has a draft (``j < num_drafts[b]``); None when every row has k."""
+    if num_drafts is None:
+        return None
+    return torch.arange(drafts.shape[1], device=drafts.device)[None, :] < num_drafts[:, None]
+
+
+def greedy_accept(
+    drafts: Tensor, target_logits: Tensor, num_drafts: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
     """Greedy acceptance.
 
-    drafts: ``[B, k]``; target_logits: ``[B, k + 1, V]``. The emitted tokens are the target's own
-    argmax tokens (on the accepted prefix they equal the drafts), so ``tokens`` is simply the
-    target argmax and only the count needs computing.
+    drafts: ``[B, k]``; target_logits: ``[B, k + 1, V]``; ``num_drafts`` ``[B]``: row b proposed
+    only its first ``num_drafts[b]`` drafts (the rest is filler, never accepted). The emitted
+    tokens are the target's own argmax tokens (on the accepted prefix they equal the drafts), so
+    ``tokens`` is simply the target argmax and only the count needs computing.
     """
     target = target_logits.argmax(-1)  # [B, k+1]
     k = drafts.shape[1]
-    matched = (drafts == target[:, :k]).long().cumprod(1)  # [B, k]: 1 while the prefix agrees
+    agree = drafts == target[:, :k]
+    mask = _draft_mask(drafts, num_drafts)
+    if mask is not None:
+        agree &= mask
+    matched = agree.long().cumprod(1)  # [B, k]: 1 while the prefix agrees
     return target, matched.sum(1) + 1
 
 
 def speculative_accept(
-    drafts: Tensor, q: Tensor, p: Tensor, generator: torch.Generator | None
+    drafts: Tensor,
+    q: Tensor,
+    p: Tensor,
+    generator: torch.Generator | None,
+    num_drafts: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Speculative sampling acceptance (Leviathan et al. 2023, Algorithm 1), batched.
 
-    drafts ``[B, k]`` drawn from ``q`` ``[B, k, V]``; target ``p`` ``[B, k + 1, V]``.
+    drafts ``[B, k]`` drawn from ``q`` ``[B, k, V]``; target ``p`` ``[B, k + 1, V]``;
+    ``num_drafts`` ``[B]``: row b proposed only its first ``num_drafts[b]`` drafts (after them,
+    its next token is drawn from p, like a bonus token).
     Uniforms are drawn in float64: a float32 uniform can be exactly 0, which would accept a draft
     the target gives probability 0.
     """
@@ -56,11 +76,17 @@ def speculative_accept(
     p_x = p[:, :k].gather(-1, drafts[..., None])[..., 0].double()  # [B, k]
     q_x = q.gather(-1, drafts[..., None])[..., 0].double()  # [B, k]
     u = torch.rand(B, k, dtype=torch.float64, device=p.device, generator=generator)
-    accepted = (u * q_x < p_x).long().cumprod(1)  # u < p/q without dividing by q
-    n = accepted.sum(1)  # [B] accepted drafts
+    ok = u * q_x < p_x  # u < p/q without dividing by q
+    mask = _draft_mask(drafts, num_drafts)
+    if mask is not None:
+        ok &= mask
+    n = ok.long().cumprod(1).sum(1)  # [B] accepted drafts
     # Distribution of the token after the accepted prefix: the residual max(0, p - q) at a
-    # rejection, p itself at the bonus position.
-    residual = torch.cat([(p[:, :k] - q).clamp_min(0), p[:, k:]], dim=1)  # [B, k+1, V]
+    # rejection, p itself at the bonus position (or past the row's last draft).
+    residual = (p[:, :k] - q).clamp_min(0)
+    if mask is not None:
+        residual = torch.where(mask[..., None], residual, p[:, :k])
+    residual = torch.cat([residual, p[:, k:]], dim=1)  # [B, k+1, V]
     last = residual.gather(1, n[:, None, None].expand(B, 1, p.shape[-1]))[:, 0]  # [B, V]
     total = last.sum(-1, keepdim=True)
     # p == q at the rejected position has probability zero of being rejected; guard the division.

@@ -35,6 +35,29 @@ def test_greedy_accept_counts_the_agreeing_prefix():
     assert tokens.tolist() == target_tokens.tolist()
 
 
+def test_greedy_accept_stops_at_each_rows_own_draft_count():
+    target_tokens = torch.tensor([[5, 6, 7, 8], [5, 6, 7, 8], [5, 6, 7, 8]])
+    logits = torch.nn.functional.one_hot(target_tokens, 10).float()
+    drafts = torch.tensor([[5, 6, 7], [5, 6, 7], [5, 6, 7]])  # all agree with the target
+    tokens, n = greedy_accept(drafts, logits, num_drafts=torch.tensor([3, 1, 0]))
+    assert n.tolist() == [4, 2, 1] and tokens.tolist() == target_tokens.tolist()
+
+
+def test_speculative_accept_after_a_rows_last_draft_draws_from_p():
+    """A row with fewer drafts than the block: past them its token comes from p (a bonus), never
+    from the residual of a filler draft."""
+    g = torch.Generator().manual_seed(0)
+    B, V = 4000, 5
+    p = torch.softmax(torch.randn(1, 3, V, generator=g), -1).expand(B, 3, V)
+    q = torch.zeros(B, 2, V)
+    q[..., 0] = 1.0  # filler drafts: token 0 with q = 1
+    drafts = torch.zeros(B, 2, dtype=torch.long)
+    tokens, n = speculative_accept(drafts, q, p, g, num_drafts=torch.zeros(B, dtype=torch.long))
+    assert (n == 1).all()
+    freq = torch.bincount(tokens[:, 0], minlength=V).float() / B
+    torch.testing.assert_close(freq, p[0, 0], atol=0.03, rtol=0)  # p itself, not max(0, p - q)
+
+
 def test_speculative_accept_unit_cases():
     """q == p: every draft is accepted and the bonus comes from p. Disjoint supports: the first
     draft is always rejected and the replacement comes from p (the residual is p itself)."""

@@ -1,0 +1,126 @@
+"""Choosing how to draft at run time: a bandit over drafting arms, rewarded by tokens per second.
+
+Each arm is one way to run a round: plain decoding, lookup drafts, or early-exit drafts from
+exit layer ``E`` stopped by a confidence threshold. After each round the policy is told how many
+tokens the round produced and how long it took. It keeps a discounted tokens/second estimate per
+arm, and picks the arm with the best upper confidence bound (UCB1, Auer et al. 2002, with
+discounting for a changing context, Garivier and Moulines 2011). Nothing is trained: the policy
+adapts within one generation and across the rows of a batch. It carries over to the next call on
+the same model, and its state can be saved to a JSON file and loaded, so a second run starts warm.
+The survey's UCBEE and CeeBERT tune early-exit thresholds with bandits the same way.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+#: The exploration weight of UCB1 (relative to the best arm's rate).
+EXPLORATION = 0.15
+#: Per-round discount of past observations (an effective memory of about 1 / (1 - DISCOUNT) rounds).
+DISCOUNT = 0.98
+#: Rounds with an arm before its estimate is trusted more than the optimistic prior.
+PRIOR_ROUNDS = 1.0
+FORMAT = "eedecode-policy/1"
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One way to draft a round. ``kind``: ``"none"`` (plain decoding), ``"lookup"`` or ``"exit"``."""
+
+    kind: str
+    exit_layer: int | None = None
+    threshold: float | None = None  # stop a row's drafting below this draft probability
+    max_drafts: int = 0
+
+    @property
+    def key(self) -> str:
+        if self.kind == "exit":
+            return f"exit:E={self.exit_layer}:t={self.threshold}:k={self.max_drafts}"
+        if self.kind == "lookup":
+            return f"lookup:k={self.max_drafts}"
+        return "none"
+
+
+@dataclass
+class ArmStats:
+    tokens: float = 0.0  # discounted tokens produced
+    seconds: float = 0.0  # discounted seconds spent
+    rounds: float = 0.0  # discounted rounds
+
+    @property
+    def rate(self) -> float:
+        return self.tokens / self.seconds if self.seconds > 0 else 0.0
+
+
+@dataclass
+class Policy:
+    """A discounted UCB1 bandit over drafting arms (see the module docstring)."""
+
+    arms: list[Arm]
+    stats: dict[str, ArmStats] = field(default_factory=dict)
+    model: str = ""  # what the state was learned on (a fingerprint of the model's config)
+
+    def __post_init__(self):
+        for arm in self.arms:
+            self.stats.setdefault(arm.key, ArmStats())
+
+    def choose(self, available: list[Arm] | None = None) -> Arm:
+        """The arm with the highest upper confidence bound among ``available`` (default: all).
+        Arms never tried come first, in order."""
+        candidates = available if available is not None else self.arms
+        for arm in candidates:
+            if self.stats[arm.key].rounds < PRIOR_ROUNDS * 0.5:
+                return arm
+        best = max(self.stats[a.key].rate for a in candidates) or 1.0
+        total = sum(self.stats[a.key].rounds for a in candidates)
+
+        def bound(arm: Arm) -> float:
+            s = self.stats[arm.key]
+            return s.rate + EXPLORATION * best * math.sqrt(math.log(max(total, 1.0)) / max(s.rounds, 1e-9))
+
+        return max(candidates, key=bound)
+
+    def update(self, arm: Arm, tokens: float, seconds: float) -> None:
+        """One round with ``arm`` produced ``tokens`` tokens (all rows) in ``seconds``."""
+        for s in self.stats.values():
+            s.tokens *= DISCOUNT
+            s.seconds *= DISCOUNT
+            s.rounds *= DISCOUNT
+        s = self.stats[arm.key]
+        s.tokens += tokens
+        s.seconds += seconds
+        s.rounds += 1.0
+
+    def best(self) -> Arm:
+        """The arm with the best estimated rate (no exploration)."""
+        return max(self.arms, key=lambda a: self.stats[a.key].rate)
+
+    # -- persistence ---------------------------------------------------------------------------
+    def to_json(self) -> dict:
+        return {
+            "format": FORMAT,
+            "model": self.model,
+            "arms": [asdict(a) for a in self.arms],
+            "stats": {k: asdict(v) for k, v in self.stats.items()},
+        }
+
+    @classmethod
+    def from_json(cls, data: dict) -> Policy:
+        if data.get("format") != FORMAT:
+            raise ValueError(f"policy: not an eedecode policy file (format {data.get('format')!r})")
+        arms = [Arm(**a) for a in data["arms"]]
+        stats = {k: ArmStats(**v) for k, v in data["stats"].items()}
+        return cls(arms, stats, data.get("model", ""))
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_json(), indent=1) + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path) -> Policy:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"policy: {path} does not exist")
+        return cls.from_json(json.loads(path.read_text()))

@@ -1,0 +1,46 @@
+"""Lookup drafts on hand-made contexts with known answers."""
+
+from __future__ import annotations
+
+import torch
+
+from eedecode.lookup import lookup_drafts
+
+
+def run(rows, k=3, ngram_max=3, starts=None, width=None):
+    width = width or max(len(r) for r in rows)
+    ctx = torch.full((len(rows), width), 99, dtype=torch.long)
+    for b, r in enumerate(rows):
+        ctx[b, : len(r)] = torch.tensor(r)
+    start = torch.tensor(starts or [0] * len(rows))
+    end = torch.tensor([len(r) for r in rows])
+    d, c = lookup_drafts(ctx, start, end, k, ngram_max)
+    return [d[b, : c[b]].tolist() for b in range(len(rows))]
+
+
+def test_continues_the_latest_occurrence_of_the_longest_ngram():
+    #          0  1  2  3  4  5  6  7  8  9 10
+    row = [1, 2, 3, 9, 1, 2, 4, 7, 5, 1, 2]  # "1 2" occurs at 0 and 4: the latest (4) continues 4 7 5
+    assert run([row]) == [[4, 7, 5]]
+    row = [5, 1, 2, 3, 8, 8, 1, 2, 6, 7, 1, 2, 3]  # "1 2 3" at 1 beats the later "1 2" at 6
+    assert run([row]) == [[8, 8, 1]]
+
+
+def test_fewer_drafts_when_the_context_ends_and_none_without_a_match():
+    assert run([[4, 5, 6, 4, 5]], k=5) == [[6, 4, 5]]  # "4 5" at 0 continues 6 4 5, then the end
+    assert run([[1, 2, 3, 4]]) == [[]]
+    assert run([[7]]) == [[]]
+
+
+def test_rows_are_independent_and_padding_and_stale_slots_are_ignored():
+    rows = [[0, 0, 3, 4, 3], [3, 4, 5, 3, 4]]
+    # row 0: padding 0 0 is outside [start, end); "3" occurs at 2 -> continues 4 3
+    # row 1: "3 4" at 0 -> 5 3 4
+    assert run(rows, starts=[2, 0]) == [[4, 3], [5, 3, 4]]
+    # stale tokens after a row's end never match or get proposed
+    assert run([[3, 4, 3]], width=6) == [[4, 3]]
+
+
+def test_zero_drafts_asked():
+    d, c = lookup_drafts(torch.tensor([[1, 2, 1]]), torch.tensor([0]), torch.tensor([3]), 0)
+    assert d.shape == (1, 0) and c.tolist() == [0]

@@ -1,0 +1,72 @@
+"""The drafting policy: a discounted UCB1 bandit over arms, rewarded by tokens per second."""
+
+from __future__ import annotations
+
+import pytest
+
+from eedecode import policy as pol
+from eedecode.policy import Arm, Policy
+
+NONE, LOOKUP = Arm("none"), Arm("lookup", max_drafts=8)
+EXIT = Arm("exit", exit_layer=2, threshold=0.6, max_drafts=6)
+
+
+def test_untried_arms_come_first_in_order():
+    p = Policy([NONE, LOOKUP, EXIT])
+    seen = []
+    for _ in range(3):
+        arm = p.choose()
+        seen.append(arm)
+        p.update(arm, tokens=1, seconds=1)
+    assert seen == [NONE, LOOKUP, EXIT]
+
+
+def test_it_settles_on_the_fastest_arm_and_still_explores(monkeypatch):
+    p = Policy([NONE, LOOKUP, EXIT])
+    rates = {NONE.key: 100.0, LOOKUP.key: 60.0, EXIT.key: 180.0}  # tokens/s, noiseless
+    pulls = dict.fromkeys(rates, 0)
+    for _ in range(300):
+        arm = p.choose()
+        pulls[arm.key] += 1
+        p.update(arm, tokens=2.0, seconds=2.0 / rates[arm.key])
+    assert p.best() == EXIT
+    assert pulls[EXIT.key] > 0.8 * 300
+    assert 0 < pulls[LOOKUP.key] <= pulls[NONE.key] < pulls[EXIT.key]  # slower arms: explored, rarely
+
+
+def test_discounting_follows_a_change():
+    p = Policy([NONE, EXIT])
+    for _ in range(100):
+        p.update(NONE, 1, 1 / 100)
+        p.update(EXIT, 1, 1 / 150)
+    assert p.best() == EXIT
+    for _ in range(200):  # the context changes: drafts stop being accepted
+        p.update(NONE, 1, 1 / 100)
+        p.update(EXIT, 1, 1 / 50)
+    assert p.best() == NONE
+    s = p.stats[EXIT.key]
+    assert s.rounds < 1 / (1 - pol.DISCOUNT) + 1  # bounded memory
+
+
+def test_only_available_arms_are_chosen():
+    p = Policy([NONE, LOOKUP, EXIT])
+    for arm in (NONE, LOOKUP, EXIT):
+        p.update(arm, 1, 1)
+    p.update(LOOKUP, 100, 1)
+    assert p.choose() == LOOKUP
+    assert p.choose([NONE, EXIT]) in (NONE, EXIT)
+
+
+def test_save_and_load_round_trip(tmp_path):
+    p = Policy([NONE, EXIT], model="llama-8x256")
+    p.update(EXIT, 5, 0.5)
+    path = tmp_path / "policy.json"
+    p.save(path)
+    q = Policy.load(path)
+    assert q.arms == p.arms and q.model == "llama-8x256"
+    assert q.stats[EXIT.key].rate == pytest.approx(10.0)
+    with pytest.raises(FileNotFoundError, match="policy"):
+        Policy.load(tmp_path / "missing.json")
+    (tmp_path / "bad.json").write_text('{"format": "other"}')
+    with pytest.raises(ValueError, match="not an eedecode policy file"):
+        Policy.load(tmp_path / "bad.json")
