@@ -36,7 +36,7 @@ def lookup_drafts(
     found = torch.zeros(B, dtype=torch.bool, device=device)
     positions = torch.arange(T, device=device)
     for n in range(ngram_max, ngram_min - 1, -1):
-        if T <= n:
+        if n >= T:
             continue
         # the row's last n tokens: context[b, end[b] - n : end[b]]
         tail_idx = (end[:, None] - n + torch.arange(n, device=device)[None, :]).clamp(0, T - 1)
