@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from .config import DEFAULT_MODE
+from .config import DEFAULT_MODE, STATIC_MODE, default_mode
 from .loading import DEVICES, DTYPES
 from .strategies import all_option_fields, get_strategy, option_fields, strategy_names
 
@@ -30,11 +30,43 @@ def positive_int(text: str) -> int:
     return value
 
 
-def _flag_type(f):
-    """argparse type of an Options field, from its annotation (``int | None`` -> int)."""
-    kinds = str(f.type).replace(" ", "").split("|")
-    for name, typ in (("int", int), ("float", float), ("str", str)):
-        if name in kinds:
+def _kinds(name: str) -> set[str]:
+    """The types a setting has across the registered modes (``int | None`` -> {"int"})."""
+    kinds = set()
+    for mode in strategy_names():
+        f = option_fields(get_strategy(mode)).get(name)
+        if f is not None:
+            kinds |= set(str(f.type).replace(" ", "").split("|")) - {"None"}
+    return kinds
+
+
+def _bool(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def _flag_type(name: str):
+    """argparse type of a mode setting, from its annotations: ints stay ints, and a setting that
+    is an int in one mode and a word in another (``--exit-layer 3`` / ``auto``) takes either."""
+    kinds = _kinds(name)
+    if kinds == {"bool"}:
+        return _bool
+    if "str" in kinds and ("int" in kinds or "float" in kinds):
+        number = float if "float" in kinds else int
+
+        def number_or_word(text: str):
+            try:
+                return number(text)
+            except ValueError:
+                return text
+
+        return number_or_word
+    for kind, typ in (("int", int), ("float", float)):
+        if kind in kinds:
             return typ
     return str
 
@@ -47,7 +79,7 @@ def add_mode_arguments(p: argparse.ArgumentParser) -> None:
         if f.metadata.get("cli", True):
             owners = [m for m in modes if name in option_fields(get_strategy(m))]
             help_text = f"{f.metadata.get('help', '')} [{', '.join(owners)}]"
-            p.add_argument("--" + name.replace("_", "-"), type=_flag_type(f), default=None, help=help_text)
+            p.add_argument("--" + name.replace("_", "-"), type=_flag_type(name), default=None, help=help_text)
 
 
 def add_decoding_arguments(p: argparse.ArgumentParser) -> None:
@@ -60,28 +92,27 @@ def add_decoding_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=None)
 
 
-def mode_options(args, settings: dict) -> dict:
-    """The selected mode's settings: flags given on the command line, else the checkpoint's
+def mode_options(args, settings: dict) -> tuple[str, dict]:
+    """The mode and its settings: the flags given on the command line. The mode is ``--mode``, or
+    else what generate() would pick from those flags (:func:`eedecode.config.default_mode`). For
+    the static self-speculative mode, settings not given come from the checkpoint's
     recommendation (``eedecode.json``). A flag of another mode is an error (raised by generate)."""
-    mode = args.mode or DEFAULT_MODE
-    own = option_fields(get_strategy(mode))
-    out = {}
-    for name in all_option_fields():
-        value = getattr(args, name, None)
-        if value is not None:
-            out[name] = value
-        elif name in own and settings.get(name) is not None:
-            out[name] = settings[name]
-    return out
+    out = {name: getattr(args, name) for name in all_option_fields() if getattr(args, name, None) is not None}
+    mode = args.mode or default_mode(set(out), out, None, None)
+    if mode == STATIC_MODE:
+        for name in option_fields(get_strategy(mode)):
+            if name not in out and settings.get(name) is not None:
+                out[name] = settings[name]
+    return mode, out
 
 
 def decoding_kwargs(args, settings: dict) -> dict:
-    kw = dict(mode=args.mode or DEFAULT_MODE, max_new_tokens=args.max_new_tokens, seed=args.seed)
-    kw["do_sample"] = args.do_sample
+    mode, options = mode_options(args, settings)
+    kw = dict(mode=mode, max_new_tokens=args.max_new_tokens, seed=args.seed, do_sample=args.do_sample)
     for name in ("temperature", "top_k", "top_p"):
         if getattr(args, name) is not None:
             kw[name] = getattr(args, name)
-    return {**kw, **mode_options(args, settings)}
+    return {**kw, **options}
 
 
 def set_threads(args) -> None:

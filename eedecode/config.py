@@ -35,7 +35,8 @@ from . import validation
 from .strategies import all_option_fields, build_options, get_strategy, option_fields
 
 Tensor = torch.Tensor
-DEFAULT_MODE = "self_speculative"
+DEFAULT_MODE = "adaptive"
+STATIC_MODE = "self_speculative"
 
 #: Settings eedecode cannot honour while they differ from these values (None: unset).
 _UNSUPPORTED = {
@@ -117,6 +118,29 @@ def _quiet():
         hf_logging.set_verbosity(level)
 
 
+def default_mode(engine_given: set, kwargs: dict, generation_config, model) -> str:
+    """Without ``mode=``: the static self-speculative mode when it was asked for by its settings
+    (an int ``exit_layer`` / ``assistant_early_exit``, a draft length, a confidence threshold or
+    a schedule), else the adaptive mode, which needs no settings."""
+    own = set(option_fields(get_strategy(STATIC_MODE)))
+    adaptive = set(option_fields(get_strategy(DEFAULT_MODE)))
+    exit_layer = kwargs.get("exit_layer", kwargs.get("assistant_early_exit"))
+    if exit_layer is None:
+        for cfg in (generation_config, getattr(model, "generation_config", None)):
+            if cfg is not None and getattr(cfg, "assistant_early_exit", None) is not None:
+                exit_layer = cfg.assistant_early_exit
+                break
+    static_only = (engine_given & own) - adaptive
+    aliases = {"num_assistant_tokens", "assistant_confidence_threshold", "num_assistant_tokens_schedule"}
+    if (
+        static_only
+        or aliases & {k for k, v in kwargs.items() if v is not None}
+        or validation.is_int(exit_layer)
+    ):
+        return STATIC_MODE
+    return DEFAULT_MODE
+
+
 def split_kwargs(kwargs: dict) -> tuple[dict, dict, dict]:
     """generate()'s keyword arguments -> (mode settings, GenerationConfig fields, call arguments).
     Anything else is a TypeError."""
@@ -175,7 +199,9 @@ def prepare(
     model, runner, input_ids, attention_mask, mode, generation_config, kwargs: dict, stopping_criteria
 ) -> Plan:
     """Validate and resolve a generate() call. ``kwargs``: generate()'s other keyword arguments."""
-    mode = DEFAULT_MODE if mode is None else mode
+    engine_given = {k for k, v in kwargs.items() if v is not None and k in engine_option_names()}
+    if mode is None:
+        mode = default_mode(engine_given, kwargs, generation_config, model)
     if not isinstance(mode, str):
         raise ValueError(f"mode: must be a string, one of the registered modes, got {mode!r}")
     get_strategy(mode)

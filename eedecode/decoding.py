@@ -108,15 +108,24 @@ class TokenChooser:
         q = scores.softmax(-1)
         return sample(q, self.generator), q, q.max(-1).values
 
-    def accept(self, state, drafts: Tensor, states: Tensor | None, qs: list[Tensor], target_logits: Tensor):
+    def accept(
+        self,
+        state,
+        drafts: Tensor,
+        states: Tensor | None,
+        qs: list[Tensor],
+        target_logits: Tensor,
+        num_drafts: Tensor | None = None,
+    ):
         """drafts ``[B, k]`` (made from exit states ``[B, k, H]``, or with ``qs`` their draft
         distributions) and the full model's logits ``[B, k + 1, V]`` -> tokens ``[B, k + 1]`` and
-        counts ``[B]`` (:mod:`eedecode.sampling`)."""
+        counts ``[B]`` (:mod:`eedecode.sampling`). ``num_drafts`` ``[B]``: row b proposed only its
+        first ``num_drafts[b]`` drafts (None: all k)."""
         scores = self._scores(target_logits, state, drafts)
         if self.record:
             self.recorded = (target_logits.float(), scores)
         if not self.do_sample:
-            return greedy_accept(drafts, scores)
+            return greedy_accept(drafts, scores, num_drafts)
         B, k = drafts.shape
         if qs:
             q = torch.stack(qs, 1)  # [B, k, V]
@@ -124,7 +133,9 @@ class TokenChooser:
             q = scores.new_zeros(B, 0, scores.shape[-1])
         else:  # Gumbel-max drafts were samples of softmax(exit logits / temperature): rebuild q
             q = self._scores(state.runner.exit_head_logits(states), state, drafts).softmax(-1)
-        return self.accept_rule(drafts, q, scores.softmax(-1), self.generator)
+        if num_drafts is None:
+            return self.accept_rule(drafts, q, scores.softmax(-1), self.generator)
+        return self.accept_rule(drafts, q, scores.softmax(-1), self.generator, num_drafts)
 
 
 @dataclass
@@ -180,6 +191,7 @@ class Decoder:
         self.host_out_len: list[int] | None = [0] * B if not chooser.pipeline.context_free else None
         self.wants_counts = strategy.observes_counts
         self.records: list[tuple[Tensor, Tensor, Tensor]] = []  # (logits, scores, kept) per block
+        self.cache_bounds = (P, P)  # host (max, min) of seq_len, as of the last rollback
 
     def sequences_so_far(self):
         """Each row's tokens so far, ``(ids [G, P + n], rows [G])`` per group of rows with equal
@@ -293,8 +305,14 @@ class Decoder:
         """Move every layer of the cache to ``seq_len``, for strategies that may leave rejected
         tokens behind (plain decoding never does)."""
         if view.cache_lengths is not None:
-            hi, lo = view.cache_lengths
+            hi, lo = self.cache_bounds = view.cache_lengths
             self.cache.rollback(self.seq_len, hi, uniform=hi == lo)
+
+    def rewind(self) -> None:
+        """Move every layer back to ``seq_len`` mid-round (a drafter that wrote the KV of some
+        layers for its drafts, before a verification that rewrites every layer)."""
+        hi, lo = self.cache_bounds
+        self.cache.rollback(self.seq_len, hi, uniform=hi == lo)
 
     def output(self, prompt: Tensor, pad_token_id: int | None) -> Tensor:
         """``[B, P + new]``: each row's new tokens, padded after its end with ``pad_token_id``."""

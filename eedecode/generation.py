@@ -15,7 +15,7 @@ the allowed values, and nothing reaches the streamer.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from transformers import GenerationConfig
@@ -47,6 +47,7 @@ class GenerationStats:
     wall_time_s: float
     prefill_time_s: float
     row_rounds: int
+    details: dict = field(default_factory=dict)  # mode-specific (the adaptive mode: arms pulled, ...)
 
     @property
     def exit_layer(self) -> int | None:
@@ -179,6 +180,7 @@ def run(runner: ModelRunner, plan: Plan, chooser: TokenChooser, streamer=None):
         view = decoder.step(view.max_remaining, want_tokens)
     if streamer is not None:
         streamer.end()
+    strategy.finish()
     sequences = decoder.output(input_ids, config.pad_token_id)
     stats = _public_stats(config, strategy, decoder.stats(), int(decoder.out_len.sum()), t0)
     return sequences, stats, _records(decoder)
@@ -246,4 +248,5 @@ def _public_stats(config: DecodingConfig, strategy, s: DecodeStats, new_tokens: 
         wall_time_s=time.perf_counter() - t0,
         prefill_time_s=s.prefill_time_s,
         row_rounds=s.row_rounds,
+        details=strategy.report(),
     )

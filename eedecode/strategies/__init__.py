@@ -1,11 +1,12 @@
 """Decoding strategies, found by name in one registry (:mod:`eedecode.strategies.base`).
 
-Built in: ``autoregressive`` (the baseline) and ``self_speculative`` (LayerSkip-style drafting
-from an exit layer, verified over the exit query cache). Adding a mode is one module that
+Built in: ``autoregressive`` (the baseline), ``self_speculative`` (LayerSkip-style drafting from
+a fixed exit layer, verified over the exit query cache) and ``adaptive`` (how to draft chosen
+at run time by a bandit: plain, lookup or early-exit drafts). Adding a mode is one module that
 defines a :class:`Strategy` subclass and decorates it with :func:`register`.
 """
 
-from . import autoregressive, self_speculative  # noqa: F401  (registers the built-in modes)
+from . import adaptive, autoregressive, self_speculative  # noqa: F401  (registers the built-in modes)
 from .base import (
     NoOptions,
     Round,

@@ -92,6 +92,13 @@ class Strategy(ABC):
     def observe(self, rnd: Round, view: RoundView) -> None:  # noqa: B027 (optional hook)
         """Called after each round, once the host knows its outcome (adaptive policies learn here)."""
 
+    def finish(self) -> None:  # noqa: B027 (optional hook)
+        """Called once after the last round (a policy may save itself here)."""
+
+    def report(self) -> dict:
+        """Mode-specific statistics for :class:`~eedecode.generation.GenerationStats` ``details``."""
+        return {}
+
     def describe(self) -> str:
         """One line for the statistics summary."""
         fields = dataclasses.asdict(self.options)

@@ -40,7 +40,8 @@ class SelfSpeculativeOptions:
         if E is None:
             raise ValueError(
                 f"exit_layer: required for mode='self_speculative' (an int in 1..{num_layers - 1}); "
-                "pass exit_layer= (or assistant_early_exit=), or mode='autoregressive'"
+                "pass exit_layer= (or assistant_early_exit=), or leave the mode unset for the adaptive "
+                "mode, which chooses how to draft by itself"
             )
         if not _is_int(E) or not 1 <= E <= num_layers - 1:
             raise ValueError(

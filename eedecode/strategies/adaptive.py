@@ -1,0 +1,170 @@
+"""Adaptive self-speculation: how to draft is chosen at run time, round by round.
+
+Each round, a bandit (:class:`eedecode.policy.Policy`) picks one arm:
+
+* ``none``: plain decoding (one token, every layer). This is the fallback when no draft pays,
+  on a model whose shallow layers agree badly with its last;
+* ``lookup``: drafts copied from the latest earlier occurrence of the current n-gram
+  (:mod:`eedecode.lookup`). They cost no layers, and on code they are often long and right.
+  The arm is offered only in rounds where some row found a match;
+* ``exit`` at layer ``E`` with a confidence threshold: LayerSkip drafts from the model's first
+  ``E`` layers. Each row stops proposing at its first draft that is less likely than the
+  threshold, so rows draft different lengths. Verification reads the exit query cache.
+
+The arm's reward is the tokens the round produced, per second of wall time. The policy
+therefore learns what pays on this model, this machine and this text. It needs no training,
+and it is kept per model for the life of the process, so later calls start warm. It can also be
+saved and loaded (``policy_out`` / ``policy_in``). Every arm is verified by the full model, so
+the output is lossless: greedy output equals plain decoding, and sampling is exact.
+DEL (Zarch et al. 2025) and the survey's bandit thresholds (UCBEE, CeeBERT) motivate the design.
+"""
+
+from __future__ import annotations
+
+import time
+import weakref
+from dataclasses import dataclass
+
+from ..policy import Arm, Policy
+from .base import Round, Strategy, option, register
+from .drafting import draft_from_exit, draft_from_lookup, verify
+
+AUTO = "auto"
+#: Confidence thresholds the policy chooses between, per exit layer.
+THRESHOLDS = (0.4, 0.7)
+#: Exit layers tried when none is given, as fractions of the depth.
+EXIT_FRACTIONS = (0.0, 0.125, 0.25, 0.375, 0.5)
+
+_POLICIES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> Policy, this process
+
+
+@dataclass(frozen=True)
+class AdaptiveOptions:
+    exit_layer: int | str | None = option(
+        AUTO, "'auto' (chosen at run time), or a fixed exit layer 1..L-1", hf_name="assistant_early_exit"
+    )
+    max_drafts: int = option(6, "the most drafts a row proposes per round (>= 1)")
+    lookup: bool = option(True, "also draft by prompt lookup (n-gram continuation from the context)")
+    lookup_ngram: int = option(3, "longest n-gram prompt lookup matches (>= 1)")
+    policy_in: str | None = option(None, "start from a saved drafting policy (JSON)")
+    policy_out: str | None = option(None, "save the learned drafting policy here (JSON)")
+
+    def validate(self, num_layers: int) -> None:
+        E = self.exit_layer
+        if not (E in (AUTO, None) or (_is_int(E) and 1 <= E <= num_layers - 1)):
+            raise ValueError(f"exit_layer: must be 'auto' or an int in 1..{num_layers - 1}, got {E!r}")
+        if not _is_int(self.max_drafts) or self.max_drafts < 1:
+            raise ValueError(f"max_drafts: must be an int >= 1, got {self.max_drafts!r}")
+        if not isinstance(self.lookup, bool):
+            raise ValueError(f"lookup: must be True or False, got {self.lookup!r}")
+        if not _is_int(self.lookup_ngram) or self.lookup_ngram < 1:
+            raise ValueError(f"lookup_ngram: must be an int >= 1, got {self.lookup_ngram!r}")
+
+
+def _is_int(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def exit_layer_candidates(num_layers: int) -> list[int]:
+    """Exit layers the policy tries on a model of ``num_layers`` layers: 1, then L/8 .. L/2."""
+    layers = {max(1, min(num_layers - 1, round(f * num_layers))) for f in EXIT_FRACTIONS}
+    return sorted(layers | {1})
+
+
+def make_arms(num_layers: int, options: AdaptiveOptions) -> list[Arm]:
+    E = options.exit_layer
+    exits = exit_layer_candidates(num_layers) if E in (AUTO, None) else [E]
+    k = options.max_drafts
+    arms = [Arm("none")]
+    if options.lookup:
+        arms.append(Arm("lookup", max_drafts=k))
+    arms += [Arm("exit", exit_layer=e, threshold=t, max_drafts=k) for e in exits for t in THRESHOLDS]
+    return arms
+
+
+def _fingerprint(config) -> str:
+    keys = ("model_type", "num_hidden_layers", "hidden_size", "vocab_size", "intermediate_size")
+    return "-".join(str(getattr(config, key, "")) for key in keys)
+
+
+def policy_for(runner, options: AdaptiveOptions) -> Policy:
+    """The process's policy for this model (loaded from ``policy_in`` when given), with this
+    call's arms."""
+    arms = make_arms(runner.num_layers, options)
+    fingerprint = _fingerprint(runner.config)
+    if options.policy_in is not None:
+        loaded = Policy.load(options.policy_in)
+        if loaded.model and loaded.model != fingerprint:
+            raise ValueError(
+                f"policy_in: {options.policy_in} was learned on another model ({loaded.model}), "
+                f"not this one ({fingerprint})"
+            )
+        policy = Policy(arms, loaded.stats, fingerprint)
+    else:
+        known = _POLICIES.get(runner.model)
+        policy = Policy(arms, dict(known.stats) if known else {}, fingerprint)
+    _POLICIES[runner.model] = policy
+    return policy
+
+
+@register
+class Adaptive(Strategy):
+    name, short = "adaptive", "auto"
+    description = "drafting chosen at run time: plain, lookup or early-exit drafts (a bandit)"
+    Options = AdaptiveOptions
+    observes_counts = True
+
+    def __init__(self, options, runner):
+        super().__init__(options, runner)
+        self.policy = policy_for(runner, options)
+        self.arm: Arm | None = None
+        self.started = 0.0
+        self.pulls: dict[str, int] = {}
+        self.exit_layers: list[int] = []
+
+    @property
+    def max_drafts(self) -> int:
+        return self.options.max_drafts
+
+    def round(self, state, max_tokens: int) -> Round:
+        self.started = time.perf_counter()
+        k = min(self.options.max_drafts, max_tokens - 1)
+        lookup = None
+        available = [a for a in self.policy.arms if a.kind != "lookup"]
+        if self.options.lookup and k > 0:
+            lookup = draft_from_lookup(state, k, self.options.lookup_ngram)
+            if bool((lookup.counts * state.active).any()):  # one host read: is the arm available?
+                available = self.policy.arms
+        arm = self.arm = self.policy.choose(available) if k > 0 else Arm("none")
+        self.pulls[arm.key] = self.pulls.get(arm.key, 0) + 1
+        if arm.kind == "lookup":
+            return verify(state, lookup)
+        if arm.kind == "exit":
+            self.exit_layers.append(arm.exit_layer)
+            return verify(state, draft_from_exit(state, arm.exit_layer, k, arm.threshold))
+        runner = self.runner  # plain decoding
+        h = runner.run_layers(runner.embed(state.pending[:, None]), 0, runner.num_layers, state.cache)
+        drafts = state.pending.new_zeros(state.pending.shape[0], 0)
+        tokens, counts = state.chooser.accept(state, drafts, None, [], runner.logits(h))
+        return Round(tokens, counts)
+
+    def observe(self, rnd: Round, view) -> None:
+        seconds = time.perf_counter() - self.started
+        tokens = sum(view.counts) if view.counts is not None else 0
+        if self.arm is not None and self.arm.key in self.policy.stats:
+            self.policy.update(self.arm, tokens, seconds)
+
+    def finish(self) -> None:
+        if self.options.policy_out is not None:
+            self.policy.save(self.options.policy_out)
+
+    def report(self) -> dict:
+        exits = self.exit_layers
+        return {
+            "arms": dict(sorted(self.pulls.items(), key=lambda kv: -kv[1])),
+            "mean_exit_layer": sum(exits) / len(exits) if exits else None,
+        }
+
+    def describe(self) -> str:
+        best = self.policy.best()
+        return f"adaptive (best arm so far: {best.key})"

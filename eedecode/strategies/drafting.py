@@ -1,0 +1,117 @@
+"""Drafters and the verification they share: the pieces speculative strategies are made of.
+
+A drafter proposes, per batch row, up to ``k`` tokens (a row may propose fewer: ``counts``),
+with their draft distributions when sampling, and says where verification starts:
+
+* **from the exit layer** (``entry = E``): early-exit drafts already wrote their keys and values
+  in layers ``< E``, and their layer-E states are the exit query cache (LayerSkip, Elhoushi et
+  al. 2024). Verification runs ``[E, L)`` over those states only;
+* **from the embeddings** (``entry = 0``): lookup drafts (prompt lookup) and drafts made with
+  some layers skipped (Draft & Verify, Zhang et al. 2024; SWIFT, Xia et al. 2024) have no
+  usable cache entries, so verification runs every layer over the block.
+
+:func:`verify` then accepts a prefix of each row's own drafts (:mod:`eedecode.sampling`) and
+returns the round's tokens. The decoder rolls every layer back to the accepted lengths.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..lookup import lookup_drafts
+from .base import Round
+
+Tensor = torch.Tensor
+
+
+@dataclass
+class Proposal:
+    drafts: Tensor  # [B, k]
+    counts: Tensor | None  # [B]: row b's drafts are drafts[b, :counts[b]]; None: all k
+    qs: list[Tensor]  # draft distributions [B, V] per position (sampling), or []
+    entry: int  # the layer verification starts at
+    states: Tensor | None  # [B, k + 1, H] states entering `entry` (entry > 0), else None
+    exit_states: Tensor | None = None  # [B, k, H] the drafts' exit states (for rebuilding q)
+
+    @property
+    def k(self) -> int:
+        return self.drafts.shape[1]
+
+    def drafted(self, active: Tensor) -> Tensor:
+        """Drafts proposed by running rows (a statistic)."""
+        per_row = (
+            self.counts if self.counts is not None else torch.full_like(active, self.k, dtype=torch.long)
+        )
+        return (per_row * active).sum()
+
+
+def _context(state, drafts: list[Tensor]) -> Tensor | None:
+    """The drafts so far, for logits processors that read the context (None when none do)."""
+    if state.chooser.pipeline.context_free or not drafts:
+        return None
+    return torch.cat(drafts, 1)
+
+
+def draft_from_exit(state, exit_layer: int, k: int, threshold: float | None = None, head=None) -> Proposal:
+    """Up to ``k`` drafts from layers ``[0, exit_layer)`` and the exit head (``head``: a different
+    head for the draft, e.g. a translator or a smaller vocabulary; see :class:`ExitHead`).
+
+    ``threshold``: a row stops proposing at its first draft less likely than this (its count);
+    drafting ends when no running row is still confident (one host read per draft step)."""
+    runner, cache, chooser = state.runner, state.cache, state.chooser
+    x = state.pending[:, None]  # [B, 1]
+    states, drafts, qs = [], [], []
+    alive = state.active.clone() if threshold is not None else None
+    counts = torch.zeros_like(state.pending) if threshold is not None else None
+    for i in range(k):
+        h = runner.run_layers(runner.embed(x), 0, exit_layer, cache)  # [B, 1, H]
+        states.append(h)
+        if head is None:
+            token, q, confidence = chooser.draft(state, h[:, 0], _context(state, drafts), i)
+        else:
+            token, q, confidence = head.draft(state, h[:, 0], _context(state, drafts), i)
+        if threshold is not None:
+            alive &= confidence >= threshold
+            counts += alive
+            if not bool(alive.any()):  # nobody drafts on: drop this draft for every row
+                break
+        x = token[:, None]
+        drafts.append(x)
+        if q is not None:
+            qs.append(q)
+    if len(states) == len(drafts):  # the last draft's own layers [0, E): its exit state
+        states.append(runner.run_layers(runner.embed(x), 0, exit_layer, cache))
+    block = torch.cat(states, 1)  # [B, k' + 1, H]
+    kept = len(drafts)
+    out = torch.cat(drafts, 1) if drafts else state.pending.new_zeros(state.pending.shape[0], 0)
+    return Proposal(out, counts, qs[:kept], exit_layer, block, block[:, :kept])
+
+
+def draft_from_lookup(state, k: int, ngram_max: int = 3) -> Proposal:
+    """Up to ``k`` drafts continuing each row's latest earlier occurrence of its last n-gram
+    (:mod:`eedecode.lookup`); their draft distribution is a point mass."""
+    context = torch.cat([state.prompt, state.out], 1)  # [B, P + W]
+    start = state.cache.pad  # left padding
+    end = state.prompt.shape[1] + state.out_len
+    drafts, counts = lookup_drafts(context, start, end, k, ngram_max)
+    qs = []
+    if state.chooser.do_sample:
+        V = state.runner.vocab_size
+        qs = [torch.nn.functional.one_hot(drafts[:, j], V).float() for j in range(drafts.shape[1])]
+    return Proposal(drafts, counts, qs, 0, None)
+
+
+def verify(state, proposal: Proposal) -> Round:
+    """One verification pass over the pending tokens and the proposal, then acceptance."""
+    runner, cache = state.runner, state.cache
+    if proposal.entry > 0:
+        h = runner.run_layers(proposal.states, proposal.entry, runner.num_layers, cache)
+    else:
+        block = torch.cat([state.pending[:, None], proposal.drafts], 1)  # [B, k + 1]
+        h = runner.run_layers(runner.embed(block), 0, runner.num_layers, cache)
+    tokens, counts = state.chooser.accept(
+        state, proposal.drafts, proposal.exit_states, proposal.qs, runner.logits(h), proposal.counts
+    )
+    return Round(tokens, counts, drafted=proposal.drafted(state.active))
