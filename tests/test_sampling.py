@@ -20,6 +20,8 @@ from transformers.generation.logits_process import (
 
 import eedecode
 from eedecode import decoding
+from eedecode.policy import Arm
+from eedecode.strategies import adaptive
 from eedecode.sampling import always_accept, greedy_accept, sample, speculative_accept
 
 V = 8  # a vocabulary small enough to enumerate every 4-token continuation
@@ -139,6 +141,8 @@ def sampled_round(
     ids = torch.tensor([prompt] * rows)
     # with max_new_tokens=4: one prefill token, then a round of 2 drafts (k=3 is capped by the length)
     settings = dict(exit_layer=1, num_speculations=3) if mode == "self_speculative" else {}
+    if mode == "adaptive":
+        settings = dict(max_drafts=3)
     out = eedecode.generate(
         model, ids, mode=mode, **settings, max_new_tokens=N_NEW, do_sample=True, seed=seed, **params
     )
@@ -211,6 +215,22 @@ def test_autoregressive_sampling_reproduces_the_target_distribution(small_vocab_
     params = PARAMS["combined"]
     counts = sampled_round(small_vocab_model, PROMPT, params, "autoregressive", seed=2)
     assert chi_square_p_value(counts, round_joint(exact_joint(small_vocab_model, PROMPT, params))) > 1e-3
+
+
+@pytest.mark.parametrize(
+    "arm",
+    [Arm("exit", exit_layer=1, threshold=0.35, max_drafts=3), Arm("lookup", max_drafts=3)],
+    ids=["exit-with-confidence-stops", "lookup"],
+)
+def test_adaptive_sampling_reproduces_the_target_distribution(small_vocab_model, monkeypatch, arm):
+    """Rows that stop drafting at different lengths (a confidence threshold) and point-mass
+    drafts (lookup) still sample exactly from the target, after the processors."""
+    monkeypatch.setattr(adaptive, "make_arms", lambda num_layers, options: [arm])
+    params = PARAMS["context"]
+    exact = round_joint(exact_joint(small_vocab_model, PROMPT, params))
+    counts = sampled_round(small_vocab_model, PROMPT, params, "adaptive", seed=4)
+    p_value = chi_square_p_value(counts, exact)
+    assert p_value > 1e-3, f"{arm.key}: adaptive samples do not follow the target (p={p_value:.2g})"
 
 
 @pytest.mark.parametrize("rule", [always_accept, bonus_from_the_draft], ids=lambda r: r.__name__)

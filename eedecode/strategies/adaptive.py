@@ -25,7 +25,7 @@ import time
 import weakref
 from dataclasses import dataclass
 
-from ..policy import Arm, Policy
+from ..policy import Arm, ArmStats, Policy
 from .base import Round, Strategy, option, register
 from .drafting import draft_from_exit, draft_from_lookup, verify
 
@@ -117,6 +117,7 @@ class Adaptive(Strategy):
     def __init__(self, options, runner):
         super().__init__(options, runner)
         self.policy = policy_for(runner, options)
+        self.policy.stats.setdefault(Arm("none").key, ArmStats())
         self.arm: Arm | None = None
         self.started = 0.0
         self.pulls: dict[str, int] = {}
@@ -135,7 +136,9 @@ class Adaptive(Strategy):
             lookup = draft_from_lookup(state, k, self.options.lookup_ngram)
             if bool((lookup.counts * state.active).any()):  # one host read: is the arm available?
                 available = self.policy.arms
-        arm = self.arm = self.policy.choose(available) if k > 0 else Arm("none")
+        if k == 0 or not available:  # the last token of a row, or only lookup and nothing to look up
+            available = [Arm("none")]
+        arm = self.arm = self.policy.choose(available)
         self.pulls[arm.key] = self.pulls.get(arm.key, 0) + 1
         if arm.kind == "lookup":
             return verify(state, lookup)

@@ -1,0 +1,140 @@
+"""The adaptive mode: lossless whatever the policy picks, per-row draft lengths, policy state."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import ARCHS, cached_tiny_model
+
+import eedecode
+from eedecode.policy import Arm, Policy
+from eedecode.strategies import adaptive
+
+NEW = 40
+
+
+def ids(batch=1, n=9, seed=0):
+    return torch.randint(3, 97, (batch, n), generator=torch.Generator().manual_seed(seed))
+
+
+def repetitive(batch=2):
+    """Prompts that repeat themselves, so that lookup drafts exist."""
+    base = ids(batch, 6, seed=4)
+    return torch.cat([base, base, base[:, :3]], 1)
+
+
+@pytest.fixture
+def only_arms(monkeypatch):
+    """Force the policy's arms (one kind of round at a time)."""
+
+    def force(*arms):
+        monkeypatch.setattr(adaptive, "make_arms", lambda num_layers, options: list(arms))
+
+    return force
+
+
+ARMS = {
+    "none": Arm("none"),
+    "lookup": Arm("lookup", max_drafts=6),
+    # a tiny random model is unsure of everything (p(top-1) about 0.013-0.016 over 97 tokens):
+    # a threshold in that range stops some rows' drafting early and lets others go on
+    "exit1": Arm("exit", exit_layer=1, threshold=0.0137, max_drafts=6),
+    "exit3": Arm("exit", exit_layer=3, threshold=0.0137, max_drafts=6),
+    "exit_no_stop": Arm("exit", exit_layer=2, threshold=0.0, max_drafts=6),
+}
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_default_call_needs_no_settings_and_equals_hf(arch):
+    model = cached_tiny_model(arch, eos_token_id=None)
+    for x in (ids(), repetitive()):
+        ref = model.generate(x, max_new_tokens=NEW, do_sample=False, pad_token_id=0)
+        out = eedecode.generate(model, x, max_new_tokens=NEW, return_dict_in_generate=True)
+        assert out.stats.mode == "adaptive"
+        assert torch.equal(out.sequences, ref)
+
+
+@pytest.mark.parametrize("arm", list(ARMS))
+def test_every_arm_alone_is_lossless_batch_and_padding(arm, only_arms):
+    only_arms(ARMS[arm])
+    model = cached_tiny_model("qwen2", eos_token_id=None)
+    x = repetitive(3)
+    x[0, :2] = 0  # left padding in one row
+    mask = (x != 0).long()
+    ref = model.generate(x, attention_mask=mask, max_new_tokens=NEW, do_sample=False, pad_token_id=0)
+    ar = eedecode.generate(model, x, attention_mask=mask, mode="autoregressive", max_new_tokens=NEW)
+    out = eedecode.generate(model, x, attention_mask=mask, max_new_tokens=NEW, return_dict_in_generate=True)
+    assert torch.equal(out.sequences, ar) and torch.equal(ar, ref)
+    if arm != "none":
+        assert out.stats.drafted_tokens > 0
+    pulled = out.stats.details["arms"]
+    assert set(pulled) <= {ARMS[arm].key, "none"}  # "none": rounds that may emit one token only
+    assert pulled[ARMS[arm].key] >= out.stats.rounds / 2  # lookup: offered when something matches
+
+
+def test_rows_draft_different_lengths(only_arms, monkeypatch):
+    """A confidence threshold stops each row at its own first unsure draft: the drafts counted
+    per round differ between rows (so between row-rounds), and the output stays exact."""
+    only_arms(ARMS["exit1"])
+    model = cached_tiny_model("llama", eos_token_id=None)
+    counts = []
+    real = adaptive.verify
+
+    def spy(state, proposal):
+        if proposal.counts is not None:
+            counts.append(proposal.counts.tolist())
+        return real(state, proposal)
+
+    monkeypatch.setattr(adaptive, "verify", spy)
+    x = ids(4, seed=2)
+    ref = model.generate(x, max_new_tokens=NEW, do_sample=False, pad_token_id=0)
+    assert torch.equal(eedecode.generate(model, x, max_new_tokens=NEW), ref)
+    assert any(len(set(c)) > 1 for c in counts), counts
+
+
+def test_policy_carries_over_and_saves_and_loads(tmp_path):
+    model = cached_tiny_model("mistral", eos_token_id=None)
+    path = tmp_path / "policy.json"
+    eedecode.generate(model, repetitive(), max_new_tokens=NEW, policy_out=str(path))
+    saved = Policy.load(path)
+    rounds = sum(s.rounds for s in saved.stats.values())
+    assert rounds > 0 and saved.model.startswith("mistral")
+    out = eedecode.generate(
+        model, repetitive(), max_new_tokens=NEW, policy_in=str(path), return_dict_in_generate=True
+    )
+    assert out.stats.rounds > 0
+    other = cached_tiny_model("llama", eos_token_id=None, num_hidden_layers=4)
+    with pytest.raises(ValueError, match="policy_in: .* another model"):
+        eedecode.generate(other, ids(), max_new_tokens=5, policy_in=str(path))
+
+
+def test_fixed_exit_layer_and_bad_settings():
+    model = cached_tiny_model("llama", eos_token_id=None)
+    out = eedecode.generate(
+        model, ids(), mode="adaptive", exit_layer=2, max_new_tokens=NEW, return_dict_in_generate=True
+    )
+    assert all(":E=2:" in k for k in out.stats.details["arms"] if k.startswith("exit"))
+    for kw, words in [
+        (dict(exit_layer=9), "exit_layer: must be 'auto' or an int in 1..5"),
+        (dict(exit_layer="deep"), "exit_layer: must be 'auto'"),
+        (dict(max_drafts=0), "max_drafts: must be an int >= 1"),
+        (dict(lookup="yes"), "lookup: must be True or False"),
+    ]:
+        with pytest.raises(ValueError, match=words):
+            eedecode.generate(model, ids(), mode="adaptive", max_new_tokens=5, **kw)
+
+
+def test_static_settings_pick_the_static_mode():
+    model = cached_tiny_model("llama", eos_token_id=None)
+    out = eedecode.generate(
+        model, ids(), exit_layer=2, num_speculations=3, max_new_tokens=10, return_dict_in_generate=True
+    )
+    assert out.stats.mode == "self_speculative"
+    out = eedecode.generate(model, ids(), exit_layer="auto", max_new_tokens=10, return_dict_in_generate=True)
+    assert out.stats.mode == "adaptive"
+
+
+def test_exit_layer_candidates():
+    assert adaptive.exit_layer_candidates(8) == [1, 2, 3, 4]
+    assert adaptive.exit_layer_candidates(30) == [1, 4, 8, 11, 15]
+    assert adaptive.exit_layer_candidates(2) == [1]
