@@ -30,8 +30,8 @@ def test_batch_equals_hf_padded_batch_and_rows_alone(arch, monkeypatch):
     per_round = []  # emitted counts of every row, per round
     original = decoding.greedy_accept
 
-    def recording(drafts, target_logits):
-        tokens, n = original(drafts, target_logits)
+    def recording(drafts, target_logits, num_drafts=None):
+        tokens, n = original(drafts, target_logits, num_drafts)
         per_round.append(n.tolist())
         return tokens, n
 
@@ -41,22 +41,22 @@ def test_batch_equals_hf_padded_batch_and_rows_alone(arch, monkeypatch):
     ids, mask = padded_batch(lengths)
     P = ids.shape[1]
     ref = hf(model, ids, mask, max_new_tokens=25)
-    for mode, E, k in [
-        ("autoregressive", None, None),
-        ("self_speculative", 1, 2),
-        ("self_speculative", 3, 5),
+    for mode, settings in [
+        ("autoregressive", {}),
+        ("self_speculative", dict(exit_layer=1, num_speculations=2)),
+        ("self_speculative", dict(exit_layer=3, num_speculations=5)),
+        ("adaptive", {}),
     ]:
         out = eedecode.generate(
             model,
             ids,
             attention_mask=mask,
             mode=mode,
-            exit_layer=E,
-            num_speculations=k,
+            **settings,
             max_new_tokens=25,
             return_dict_in_generate=True,
         )
-        assert torch.equal(out.sequences, ref), (mode, E, k)
+        assert torch.equal(out.sequences, ref), (mode, settings)
     # rows accepted their own number of drafts in the same round
     assert any(len(set(counts)) > 1 for counts in per_round)
     for i, n in enumerate(lengths):

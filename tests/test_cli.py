@@ -29,9 +29,14 @@ def test_generate_with_no_model_uses_the_demo_offline():
     assert done.stdout.startswith("def add(a, b):\n")  # the prompt is streamed, then the new text
     assert len(done.stdout) > len("def add(a, b):\n")
     assert "demo_models/early_exit" in done.stderr and "12 new tokens" in done.stderr
-    assert "acceptance" in done.stderr
+    assert "adaptive" in done.stderr  # no settings: the mode that needs none
+
+
+def test_static_mode_takes_the_checkpoints_recommended_settings():
+    done = eedecode("generate", "--max-new-tokens", "12", "--mode", "self_speculative", "x")
+    assert done.returncode == 0, done.stderr
     rec = json.loads((demo.demo_model_path("early_exit") / "eedecode.json").read_text())
-    assert f"E={rec['exit_layer']} k={rec['num_speculations']}" in done.stderr  # its recommended setting
+    assert f"E={rec['exit_layer']} k={rec['num_speculations']}" in done.stderr
 
 
 def test_explicit_settings_override_the_checkpoint_recommendation():

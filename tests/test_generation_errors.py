@@ -31,7 +31,7 @@ CASES = [
     (dict(exit_layer=6), ValueError, ["exit_layer", "1..5"]),
     (dict(exit_layer=-2), ValueError, ["exit_layer", "1..5"]),
     (dict(exit_layer=2.5), ValueError, ["exit_layer", "int"]),
-    (dict(exit_layer=None), ValueError, ["exit_layer", "required", "autoregressive"]),
+    (dict(exit_layer=None), ValueError, ["exit_layer", "required", "adaptive"]),
     (dict(num_speculations=0), ValueError, ["num_speculations", ">= 1"]),
     (dict(input_ids=torch.zeros(1, 0, dtype=torch.long)), ValueError, ["input_ids", "empty prompt"]),
     (dict(input_ids=torch.zeros(0, 4, dtype=torch.long)), ValueError, ["input_ids", "empty prompt"]),

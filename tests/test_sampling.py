@@ -21,8 +21,8 @@ from transformers.generation.logits_process import (
 import eedecode
 from eedecode import decoding
 from eedecode.policy import Arm
-from eedecode.strategies import adaptive
 from eedecode.sampling import always_accept, greedy_accept, sample, speculative_accept
+from eedecode.strategies import adaptive
 
 V = 8  # a vocabulary small enough to enumerate every 4-token continuation
 N_NEW = 4  # the prefill's token, then one round: 2 drafts and the correction or bonus token

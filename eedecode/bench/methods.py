@@ -132,7 +132,8 @@ class Eedecode(Method):
         self.display = f"eedecode {mode.replace('_', '-')}"
 
     def settings(self, spec):
-        own = option_fields(get_strategy(self.mode))
+        cls = get_strategy(self.mode)
+        own = option_fields(cls) if cls.benchmark_settings is None else cls.benchmark_settings
         values = {opt: getattr(spec, attr) for opt, attr in SPEC_OPTIONS.items() if opt in own}
         return {k: v for k, v in values.items() if v is not None}
 
@@ -148,7 +149,8 @@ class Eedecode(Method):
 
 def available_methods() -> dict[str, Method]:
     """Every method by name, in the default order; read from the strategy registry on each call."""
-    methods = [HFGenerate(), HFEarlyExit(), HFPromptLookup(), *(Eedecode(m) for m in strategy_names())]
+    modes = sorted(strategy_names(), key=lambda m: (m != "autoregressive", m))  # the baseline first
+    methods = [HFGenerate(), HFEarlyExit(), HFPromptLookup(), *(Eedecode(m) for m in modes)]
     return {m.name: m for m in methods}
 
 

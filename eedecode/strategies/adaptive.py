@@ -113,6 +113,7 @@ class Adaptive(Strategy):
     description = "drafting chosen at run time: plain, lookup or early-exit drafts (a bandit)"
     Options = AdaptiveOptions
     observes_counts = True
+    benchmark_settings = ()  # it chooses its own exit layer and draft lengths
 
     def __init__(self, options, runner):
         super().__init__(options, runner)

@@ -74,6 +74,9 @@ class Strategy(ABC):
     lossless: ClassVar[bool] = True
     #: :meth:`observe` needs each row's count of produced tokens on the host (``view.counts``).
     observes_counts: ClassVar[bool] = False
+    #: The settings a benchmark's speculation flags (exit layer, draft length, ...) may set for this
+    #: mode; None: every setting it has. A mode that tunes itself lists none.
+    benchmark_settings: ClassVar[tuple[str, ...] | None] = None
 
     def __init__(self, options, runner: ModelRunner):
         self.options = options
