@@ -68,10 +68,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _commands():
     """The other subcommands' modules; each has ``add_subcommand(subparsers)``."""
-    from . import bench
+    from . import bench, tune
     from .training import cli as train_cli
 
-    return (bench, train_cli)
+    return (bench, train_cli, tune)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -28,17 +28,21 @@ FORMAT = "eedecode-policy/1"
 
 @dataclass(frozen=True)
 class Arm:
-    """One way to draft a round. ``kind``: ``"none"`` (plain decoding), ``"lookup"`` or ``"exit"``."""
+    """One way to draft a round. ``kind``: ``"none"`` (plain decoding), ``"lookup"``, ``"exit"``
+    (the first ``exit_layer`` layers) or ``"skip"`` (the layers in ``layers``, others skipped)."""
 
     kind: str
     exit_layer: int | None = None
     threshold: float | None = None  # stop a row's drafting below this draft probability
     max_drafts: int = 0
+    layers: tuple[int, ...] | None = None  # "skip": the layers a draft runs through
 
     @property
     def key(self) -> str:
         if self.kind == "exit":
             return f"exit:E={self.exit_layer}:t={self.threshold}:k={self.max_drafts}"
+        if self.kind == "skip":
+            return f"skip:{','.join(map(str, self.layers))}:t={self.threshold}:k={self.max_drafts}"
         if self.kind == "lookup":
             return f"lookup:k={self.max_drafts}"
         return "none"
@@ -62,6 +66,9 @@ class Policy:
     arms: list[Arm]
     stats: dict[str, ArmStats] = field(default_factory=dict)
     model: str = ""  # what the state was learned on (a fingerprint of the model's config)
+    #: What ``eedecode tune`` found for this model: ``skip_layers`` (a layer set to draft
+    #: through), ``draft_vocab`` (token ids drafts are scored over); empty when not tuned.
+    tuned: dict = field(default_factory=dict)
 
     def __post_init__(self):
         for arm in self.arms:
@@ -105,15 +112,16 @@ class Policy:
             "model": self.model,
             "arms": [asdict(a) for a in self.arms],
             "stats": {k: asdict(v) for k, v in self.stats.items()},
+            "tuned": self.tuned,
         }
 
     @classmethod
     def from_json(cls, data: dict) -> Policy:
         if data.get("format") != FORMAT:
             raise ValueError(f"policy: not an eedecode policy file (format {data.get('format')!r})")
-        arms = [Arm(**a) for a in data["arms"]]
+        arms = [Arm(**{**a, "layers": tuple(a["layers"]) if a.get("layers") else None}) for a in data["arms"]]
         stats = {k: ArmStats(**v) for k, v in data["stats"].items()}
-        return cls(arms, stats, data.get("model", ""))
+        return cls(arms, stats, data.get("model", ""), data.get("tuned", {}))
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_json(), indent=1) + "\n")

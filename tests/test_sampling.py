@@ -225,7 +225,7 @@ def test_autoregressive_sampling_reproduces_the_target_distribution(small_vocab_
 def test_adaptive_sampling_reproduces_the_target_distribution(small_vocab_model, monkeypatch, arm):
     """Rows that stop drafting at different lengths (a confidence threshold) and point-mass
     drafts (lookup) still sample exactly from the target, after the processors."""
-    monkeypatch.setattr(adaptive, "make_arms", lambda num_layers, options: [arm])
+    monkeypatch.setattr(adaptive, "make_arms", lambda *a: [arm])
     params = PARAMS["context"]
     exact = round_joint(exact_joint(small_vocab_model, PROMPT, params))
     counts = sampled_round(small_vocab_model, PROMPT, params, "adaptive", seed=4)

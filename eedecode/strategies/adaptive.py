@@ -25,9 +25,11 @@ import time
 import weakref
 from dataclasses import dataclass
 
+import torch
+
 from ..policy import Arm, ArmStats, Policy
 from .base import Round, Strategy, option, register
-from .drafting import draft_from_exit, draft_from_lookup, verify
+from .drafting import DraftHead, draft_from_exit, draft_from_lookup, draft_with_skips, verify
 
 AUTO = "auto"
 #: Confidence thresholds the policy chooses between, per exit layer.
@@ -46,8 +48,14 @@ class AdaptiveOptions:
     max_drafts: int = option(6, "the most drafts a row proposes per round (>= 1)")
     lookup: bool = option(True, "also draft by prompt lookup (n-gram continuation from the context)")
     lookup_ngram: int = option(3, "longest n-gram prompt lookup matches (>= 1)")
-    policy_in: str | None = option(None, "start from a saved drafting policy (JSON)")
+    policy_in: str | None = option(None, "start from a saved drafting policy (JSON, e.g. from eedecode tune)")
     policy_out: str | None = option(None, "save the learned drafting policy here (JSON)")
+    draft_vocab: int | None = option(
+        None, "score drafts over the N tokens most frequent in the tuned corpus (needs policy_in)"
+    )
+    translator: str | None = option(
+        None, "draft through a tuned lens (tuned_lens.safetensors from eedecode agreement --lens tuned)"
+    )
 
     def validate(self, num_layers: int) -> None:
         E = self.exit_layer
@@ -59,6 +67,13 @@ class AdaptiveOptions:
             raise ValueError(f"lookup: must be True or False, got {self.lookup!r}")
         if not _is_int(self.lookup_ngram) or self.lookup_ngram < 1:
             raise ValueError(f"lookup_ngram: must be an int >= 1, got {self.lookup_ngram!r}")
+        if self.draft_vocab is not None:
+            if not _is_int(self.draft_vocab) or self.draft_vocab < 1:
+                raise ValueError(f"draft_vocab: must be an int >= 1, got {self.draft_vocab!r}")
+            if self.policy_in is None:
+                raise ValueError(
+                    "draft_vocab: needs policy_in, a policy from `eedecode tune` (it ranks the tokens)"
+                )
 
 
 def _is_int(x) -> bool:
@@ -71,7 +86,9 @@ def exit_layer_candidates(num_layers: int) -> list[int]:
     return sorted(layers | {1})
 
 
-def make_arms(num_layers: int, options: AdaptiveOptions) -> list[Arm]:
+def make_arms(num_layers: int, options: AdaptiveOptions, tuned: dict | None = None) -> list[Arm]:
+    """The arms of this call: plain decoding, lookup (if enabled), early exit at each candidate
+    layer and threshold, and drafting through a tuned layer set (if ``eedecode tune`` found one)."""
     E = options.exit_layer
     exits = exit_layer_candidates(num_layers) if E in (AUTO, None) else [E]
     k = options.max_drafts
@@ -79,6 +96,9 @@ def make_arms(num_layers: int, options: AdaptiveOptions) -> list[Arm]:
     if options.lookup:
         arms.append(Arm("lookup", max_drafts=k))
     arms += [Arm("exit", exit_layer=e, threshold=t, max_drafts=k) for e in exits for t in THRESHOLDS]
+    skip = (tuned or {}).get("skip_layers")
+    if skip:
+        arms += [Arm("skip", threshold=t, max_drafts=k, layers=tuple(skip)) for t in THRESHOLDS]
     return arms
 
 
@@ -90,21 +110,40 @@ def _fingerprint(config) -> str:
 def policy_for(runner, options: AdaptiveOptions) -> Policy:
     """The process's policy for this model (loaded from ``policy_in`` when given), with this
     call's arms."""
-    arms = make_arms(runner.num_layers, options)
     fingerprint = _fingerprint(runner.config)
     if options.policy_in is not None:
-        loaded = Policy.load(options.policy_in)
-        if loaded.model and loaded.model != fingerprint:
+        known = Policy.load(options.policy_in)
+        if known.model and known.model != fingerprint:
             raise ValueError(
-                f"policy_in: {options.policy_in} was learned on another model ({loaded.model}), "
+                f"policy_in: {options.policy_in} was learned on another model ({known.model}), "
                 f"not this one ({fingerprint})"
             )
-        policy = Policy(arms, loaded.stats, fingerprint)
     else:
         known = _POLICIES.get(runner.model)
-        policy = Policy(arms, dict(known.stats) if known else {}, fingerprint)
+    tuned = known.tuned if known else {}
+    arms = make_arms(runner.num_layers, options, tuned)
+    policy = Policy(arms, dict(known.stats) if known else {}, fingerprint, dict(tuned))
     _POLICIES[runner.model] = policy
     return policy
+
+
+def draft_head(runner, options: AdaptiveOptions, policy: Policy) -> DraftHead | None:
+    """The drafts' head when a translator or a draft vocabulary is asked for, else None."""
+    vocab = translator = None
+    if options.draft_vocab is not None:
+        ranked = policy.tuned.get("draft_vocab")
+        if not ranked:
+            raise ValueError(
+                f"draft_vocab: {options.policy_in} has no token ranking; run `eedecode tune` on it"
+            )
+        vocab = torch.tensor(ranked[: options.draft_vocab])
+    if options.translator is not None:
+        from ..study.tuned_lens import TunedLens
+
+        translator = TunedLens.load(options.translator, device=runner.head_device)
+    if vocab is None and translator is None:
+        return None
+    return DraftHead(runner, vocab, translator)
 
 
 @register
@@ -118,6 +157,7 @@ class Adaptive(Strategy):
     def __init__(self, options, runner):
         super().__init__(options, runner)
         self.policy = policy_for(runner, options)
+        self.head = draft_head(runner, options, self.policy)
         self.policy.stats.setdefault(Arm("none").key, ArmStats())
         self.arm: Arm | None = None
         self.started = 0.0
@@ -145,7 +185,9 @@ class Adaptive(Strategy):
             return verify(state, lookup)
         if arm.kind == "exit":
             self.exit_layers.append(arm.exit_layer)
-            return verify(state, draft_from_exit(state, arm.exit_layer, k, arm.threshold))
+            return verify(state, draft_from_exit(state, arm.exit_layer, k, arm.threshold, self.head))
+        if arm.kind == "skip":
+            return verify(state, draft_with_skips(state, arm.layers, k, arm.threshold, self.head))
         runner = self.runner  # plain decoding
         h = runner.run_layers(runner.embed(state.pending[:, None]), 0, runner.num_layers, state.cache)
         drafts = state.pending.new_zeros(state.pending.shape[0], 0)

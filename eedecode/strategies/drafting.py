@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import torch
 
 from ..lookup import lookup_drafts
+from ..sampling import sample
 from .base import Round
 
 Tensor = torch.Tensor
@@ -68,10 +69,8 @@ def draft_from_exit(state, exit_layer: int, k: int, threshold: float | None = No
     for i in range(k):
         h = runner.run_layers(runner.embed(x), 0, exit_layer, cache)  # [B, 1, H]
         states.append(h)
-        if head is None:
-            token, q, confidence = chooser.draft(state, h[:, 0], _context(state, drafts), i)
-        else:
-            token, q, confidence = head.draft(state, h[:, 0], _context(state, drafts), i)
+        picker = chooser if head is None else head.with_depth(exit_layer)
+        token, q, confidence = picker.draft(state, h[:, 0], _context(state, drafts), i)
         if threshold is not None:
             alive &= confidence >= threshold
             counts += alive
@@ -87,6 +86,91 @@ def draft_from_exit(state, exit_layer: int, k: int, threshold: float | None = No
     kept = len(drafts)
     out = torch.cat(drafts, 1) if drafts else state.pending.new_zeros(state.pending.shape[0], 0)
     return Proposal(out, counts, qs[:kept], exit_layer, block, block[:, :kept])
+
+
+def segments(layers) -> list[tuple[int, int]]:
+    """Sorted layer indices -> the contiguous runs ``[start, end)`` they form."""
+    runs: list[tuple[int, int]] = []
+    for i in sorted(layers):
+        if runs and runs[-1][1] == i:
+            runs[-1] = (runs[-1][0], i + 1)
+        else:
+            runs.append((i, i + 1))
+    return runs
+
+
+def draft_with_skips(state, layers, k: int, threshold: float | None = None, head=None) -> Proposal:
+    """Up to ``k`` drafts from the model with every layer not in ``layers`` skipped, through the
+    final norm and LM head (Draft & Verify; SWIFT). The drafts' keys and values in the layers they
+    ran are not the full model's, so every layer is moved back before a verification that runs
+    them all (``entry = 0``)."""
+    runner, chooser = state.runner, state.chooser
+    runs = segments(layers)
+    x = state.pending[:, None]
+    drafts, qs = [], []
+    alive = state.active.clone() if threshold is not None else None
+    counts = torch.zeros_like(state.pending) if threshold is not None else None
+    for i in range(k):
+        h = runner.embed(x)
+        for a, b in runs:
+            h = runner.run_layers(h, a, b, state.cache)
+        picker = head or chooser
+        token, q, confidence = picker.draft(state, h[:, 0], _context(state, drafts), i)
+        if threshold is not None:
+            alive &= confidence >= threshold
+            counts += alive
+            if not bool(alive.any()):
+                break
+        x = token[:, None]
+        drafts.append(x)
+        if q is not None:
+            qs.append(q)
+    state.rewind()  # the layers the drafts ran through hold their (not the full model's) keys
+    out = torch.cat(drafts, 1) if drafts else state.pending.new_zeros(state.pending.shape[0], 0)
+    return Proposal(out, counts, qs, 0, None)
+
+
+class DraftHead:
+    """A draft's exit head other than the model's own: a translator in front of the final norm
+    (a tuned lens, :mod:`eedecode.study`; the model itself is unchanged) and/or scores over a
+    subset of the vocabulary (the tokens a corpus uses most). Verification keeps the model's full
+    head, so drafts made this way stay lossless: only their acceptance changes."""
+
+    def __init__(self, runner, vocab: Tensor | None = None, translator=None, depth: int | None = None):
+        self.runner, self.translator, self.depth = runner, translator, depth
+        self.vocab = None if vocab is None else vocab.to(runner.head_device, torch.long)
+        self.weight = None
+        if self.vocab is not None and runner.fused_head:
+            self.weight = runner.lm_head.weight[self.vocab].contiguous()  # [V', H], made once
+
+    def with_depth(self, depth: int) -> DraftHead:
+        head = DraftHead.__new__(DraftHead)
+        head.__dict__.update(self.__dict__, depth=depth)
+        return head
+
+    def _translate(self, h: Tensor) -> Tensor:
+        if self.translator is None or self.depth not in self.translator.depths:
+            return h
+        return self.translator(self.depth, h.float()).to(h.dtype)
+
+    def draft(self, state, h: Tensor, context=None, i: int = 0):
+        h = self._translate(h)
+        runner, chooser = self.runner, state.chooser
+        if self.vocab is None and not chooser.do_sample:
+            return chooser.draft(state, h, context, i)
+        # sampling keeps q explicitly: a Gumbel draft's q is rebuilt from untranslated states
+        if self.weight is not None and not chooser.do_sample and chooser.pipeline.empty:
+            from ..kernels import DRAFT_STATS, exit_head
+
+            stats = exit_head(h, runner.norm.weight, runner.norm_eps, self.weight, stats=DRAFT_STATS)
+            return self.vocab[stats.argmax], None, stats.max_prob
+        logits = runner.exit_head_logits(h)  # [B, V]
+        if self.vocab is not None:  # scores outside the subset are ruled out
+            logits = torch.full_like(logits, float("-inf")).index_copy_(1, self.vocab, logits[:, self.vocab])
+        scores = chooser.pipeline(logits[:, None], state, context, i)[:, 0]
+        q = scores.softmax(-1)
+        token = q.argmax(-1) if not chooser.do_sample else sample(q, chooser.generator)
+        return token, q if chooser.do_sample else None, q.max(-1).values
 
 
 def draft_from_lookup(state, k: int, ngram_max: int = 3) -> Proposal:
