@@ -59,8 +59,9 @@ def draft_from_exit(state, exit_layer: int, k: int, threshold: float | None = No
     """Up to ``k`` drafts from layers ``[0, exit_layer)`` and the exit head (``head``: a different
     head for the draft, e.g. a translator or a smaller vocabulary; see :class:`ExitHead`).
 
-    ``threshold``: a row stops proposing at its first draft less likely than this (its count);
-    drafting ends when no running row is still confident (one host read per draft step)."""
+    ``threshold``: a row stops proposing after its first draft less likely than this (that draft
+    is kept: it is already paid for, and may still be accepted); drafting ends when no running row
+    is still confident (one host read per draft step)."""
     runner, cache, chooser = state.runner, state.cache, state.chooser
     x = state.pending[:, None]  # [B, 1]
     states, drafts, qs = [], [], []
@@ -71,15 +72,15 @@ def draft_from_exit(state, exit_layer: int, k: int, threshold: float | None = No
         states.append(h)
         picker = chooser if head is None else head.with_depth(exit_layer)
         token, q, confidence = picker.draft(state, h[:, 0], _context(state, drafts), i)
-        if threshold is not None:
-            alive &= confidence >= threshold
-            counts += alive
-            if not bool(alive.any()):  # nobody drafts on: drop this draft for every row
-                break
         x = token[:, None]
         drafts.append(x)
         if q is not None:
             qs.append(q)
+        if threshold is not None:  # a row keeps its first unsure draft, then stops proposing
+            counts += alive
+            alive &= confidence >= threshold
+            if i + 1 < k and not bool(alive.any()):
+                break
     if len(states) == len(drafts):  # the last draft's own layers [0, E): its exit state
         states.append(runner.run_layers(runner.embed(x), 0, exit_layer, cache))
     block = torch.cat(states, 1)  # [B, k' + 1, H]
@@ -116,15 +117,15 @@ def draft_with_skips(state, layers, k: int, threshold: float | None = None, head
             h = runner.run_layers(h, a, b, state.cache)
         picker = head or chooser
         token, q, confidence = picker.draft(state, h[:, 0], _context(state, drafts), i)
-        if threshold is not None:
-            alive &= confidence >= threshold
-            counts += alive
-            if not bool(alive.any()):
-                break
         x = token[:, None]
         drafts.append(x)
         if q is not None:
             qs.append(q)
+        if threshold is not None:  # a row keeps its first unsure draft, then stops proposing
+            counts += alive
+            alive &= confidence >= threshold
+            if i + 1 < k and not bool(alive.any()):
+                break
     state.rewind()  # the layers the drafts ran through hold their (not the full model's) keys
     out = torch.cat(drafts, 1) if drafts else state.pending.new_zeros(state.pending.shape[0], 0)
     return Proposal(out, counts, qs, 0, None)
