@@ -38,11 +38,19 @@ class Arm:
     layers: tuple[int, ...] | None = None  # "skip": the layers a draft runs through
 
     @property
-    def key(self) -> str:
+    def drafter(self) -> str:
+        """What the arm drafts with (arms that differ only in their stop rule share it)."""
         if self.kind == "exit":
-            return f"exit:E={self.exit_layer}:t={self.threshold}:k={self.max_drafts}"
+            return f"exit:E={self.exit_layer}"
         if self.kind == "skip":
-            return f"skip:{','.join(map(str, self.layers))}:t={self.threshold}:k={self.max_drafts}"
+            return f"skip:{','.join(map(str, self.layers))}"
+        return self.kind
+
+    @property
+    def key(self) -> str:
+        if self.kind in ("exit", "skip"):
+            stop = "auto" if self.threshold is None else self.threshold
+            return f"{self.drafter}:t={stop}:k={self.max_drafts}"
         if self.kind == "lookup":
             return f"lookup:k={self.max_drafts}"
         return "none"
@@ -69,10 +77,14 @@ class Policy:
     #: What ``eedecode tune`` found for this model: ``skip_layers`` (a layer set to draft
     #: through), ``draft_vocab`` (token ids drafts are scored over); empty when not tuned.
     tuned: dict = field(default_factory=dict)
+    #: What drafting learned besides the arms' rates, JSON-able: per drafter, the acceptance
+    #: calibration of its stop rule and the cost of one draft step (see eedecode.stopping).
+    learned: dict = field(default_factory=dict)
 
     def __post_init__(self):
         for arm in self.arms:
             self.stats.setdefault(arm.key, ArmStats())
+        self.calibrations: dict = {}  # live stop-rule calibrations (saved into `learned`)
 
     def choose(self, available: list[Arm] | None = None) -> Arm:
         """The arm with the highest upper confidence bound among ``available`` (default: all).
@@ -113,6 +125,7 @@ class Policy:
             "arms": [asdict(a) for a in self.arms],
             "stats": {k: asdict(v) for k, v in self.stats.items()},
             "tuned": self.tuned,
+            "learned": self.learned,
         }
 
     @classmethod
@@ -121,7 +134,7 @@ class Policy:
             raise ValueError(f"policy: not an eedecode policy file (format {data.get('format')!r})")
         arms = [Arm(**{**a, "layers": tuple(a["layers"]) if a.get("layers") else None}) for a in data["arms"]]
         stats = {k: ArmStats(**v) for k, v in data["stats"].items()}
-        return cls(arms, stats, data.get("model", ""), data.get("tuned", {}))
+        return cls(arms, stats, data.get("model", ""), data.get("tuned", {}), data.get("learned", {}))
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_json(), indent=1) + "\n")

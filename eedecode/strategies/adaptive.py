@@ -7,9 +7,12 @@ Each round, a bandit (:class:`eedecode.policy.Policy`) picks one arm:
 * ``lookup``: drafts copied from the latest earlier occurrence of the current n-gram
   (:mod:`eedecode.lookup`). They cost no layers, and on code they are often long and right.
   The arm is offered only in rounds where some row found a match;
-* ``exit`` at layer ``E`` with a confidence threshold: LayerSkip drafts from the model's first
-  ``E`` layers. Each row stops proposing at its first draft that is less likely than the
-  threshold, so rows draft different lengths. Verification reads the exit query cache.
+* ``exit`` at layer ``E``: LayerSkip drafts from the model's first ``E`` layers, verified over
+  the exit query cache. Each row stops proposing when its next draft is no longer worth a draft
+  step. That is when the probability that all its drafts so far are accepted, learned online per
+  exit layer as a function of the drafts' confidence (:mod:`eedecode.stopping`), falls below the
+  measured cost of a draft step. So rows draft different lengths;
+* ``skip``: drafts through a layer set found by ``eedecode tune``, when a tuned policy is given.
 
 The arm's reward is the tokens the round produced, per second of wall time. The policy
 therefore learns what pays on this model, this machine and this text. It needs no training,
@@ -28,12 +31,13 @@ from dataclasses import dataclass
 import torch
 
 from ..policy import Arm, ArmStats, Policy
+from ..stopping import CalibratedStop, Calibration
 from .base import Round, Strategy, option, register
 from .drafting import DraftHead, draft_from_exit, draft_from_lookup, draft_with_skips, verify
 
 AUTO = "auto"
-#: Confidence thresholds the policy chooses between, per exit layer.
-THRESHOLDS = (0.4, 0.7)
+#: Smoothing of the measured step costs (exponential moving average weight of a new round).
+COST_EMA = 0.1
 #: Exit layers tried when none is given, as fractions of the depth.
 EXIT_FRACTIONS = (0.0, 0.125, 0.25, 0.375, 0.5)
 
@@ -95,10 +99,10 @@ def make_arms(num_layers: int, options: AdaptiveOptions, tuned: dict | None = No
     arms = [Arm("none")]
     if options.lookup:
         arms.append(Arm("lookup", max_drafts=k))
-    arms += [Arm("exit", exit_layer=e, threshold=t, max_drafts=k) for e in exits for t in THRESHOLDS]
+    arms += [Arm("exit", exit_layer=e, max_drafts=k) for e in exits]
     skip = (tuned or {}).get("skip_layers")
     if skip:
-        arms += [Arm("skip", threshold=t, max_drafts=k, layers=tuple(skip)) for t in THRESHOLDS]
+        arms.append(Arm("skip", max_drafts=k, layers=tuple(skip)))
     return arms
 
 
@@ -122,7 +126,9 @@ def policy_for(runner, options: AdaptiveOptions) -> Policy:
         known = _POLICIES.get(runner.model)
     tuned = known.tuned if known else {}
     arms = make_arms(runner.num_layers, options, tuned)
-    policy = Policy(arms, dict(known.stats) if known else {}, fingerprint, dict(tuned))
+    learned = {"seconds": {}, "calibration": {}, **(known.learned if known else {})}
+    policy = Policy(arms, dict(known.stats) if known else {}, fingerprint, dict(tuned), learned)
+    policy.calibrations = dict(getattr(known, "calibrations", {})) if options.policy_in is None else {}
     _POLICIES[runner.model] = policy
     return policy
 
@@ -160,9 +166,34 @@ class Adaptive(Strategy):
         self.head = draft_head(runner, options, self.policy)
         self.policy.stats.setdefault(Arm("none").key, ArmStats())
         self.arm: Arm | None = None
+        self.proposal = None
         self.started = 0.0
         self.pulls: dict[str, int] = {}
         self.exit_layers: list[int] = []
+
+    # -- what the policy learned besides rates -------------------------------------------------
+    def calibration(self, arm: Arm) -> Calibration:
+        cals = self.policy.calibrations
+        if arm.drafter not in cals:
+            saved = self.policy.learned["calibration"].get(arm.drafter, {})
+            cals[arm.drafter] = Calibration(
+                self.runner.head_device, saved.get("accepted"), saved.get("judged")
+            )
+        return cals[arm.drafter]
+
+    def draft_cost(self, arm: Arm) -> float:
+        """One draft step of ``arm`` in full decoding steps: measured when both are known, else
+        the share of the layers it runs (plus one layer's worth for the head)."""
+        seconds = self.policy.learned["seconds"]
+        step, full = seconds.get(arm.drafter), seconds.get("none")
+        if step and full:
+            return step / full
+        layers = arm.exit_layer if arm.kind == "exit" else len(arm.layers)
+        return (layers + 1) / (self.runner.num_layers + 1)
+
+    def _remember(self, key: str, value: float) -> None:
+        seconds = self.policy.learned["seconds"]
+        seconds[key] = value if key not in seconds else (1 - COST_EMA) * seconds[key] + COST_EMA * value
 
     @property
     def max_drafts(self) -> int:
@@ -183,11 +214,25 @@ class Adaptive(Strategy):
         self.pulls[arm.key] = self.pulls.get(arm.key, 0) + 1
         if arm.kind == "lookup":
             return verify(state, lookup)
-        if arm.kind == "exit":
-            self.exit_layers.append(arm.exit_layer)
-            return verify(state, draft_from_exit(state, arm.exit_layer, k, arm.threshold, self.head))
-        if arm.kind == "skip":
-            return verify(state, draft_with_skips(state, arm.layers, k, arm.threshold, self.head))
+        if arm.kind in ("exit", "skip"):
+            stop = arm.threshold if arm.threshold is not None else None
+            if stop is None:
+                stop = CalibratedStop(self.calibration(arm), self.draft_cost(arm))
+            if arm.kind == "exit":
+                self.exit_layers.append(arm.exit_layer)
+                proposal = draft_from_exit(state, arm.exit_layer, k, stop, self.head)
+            else:
+                proposal = draft_with_skips(state, arm.layers, k, stop, self.head)
+            rnd = verify(state, proposal)
+            if proposal.confidences is not None:  # on the device: no synchronisation
+                judged = (
+                    proposal.counts
+                    if proposal.counts is not None
+                    else torch.full_like(rnd.counts, proposal.k)
+                )
+                self.calibration(arm).update(proposal.confidences, judged * state.active, rnd.counts - 1)
+            self.proposal = proposal
+            return rnd
         runner = self.runner  # plain decoding
         h = runner.run_layers(runner.embed(state.pending[:, None]), 0, runner.num_layers, state.cache)
         drafts = state.pending.new_zeros(state.pending.shape[0], 0)
@@ -197,11 +242,20 @@ class Adaptive(Strategy):
     def observe(self, rnd: Round, view) -> None:
         seconds = time.perf_counter() - self.started
         tokens = sum(view.counts) if view.counts is not None else 0
-        if self.arm is not None and self.arm.key in self.policy.stats:
-            self.policy.update(self.arm, tokens, seconds)
+        arm = self.arm
+        if arm is not None and arm.key in self.policy.stats:
+            self.policy.update(arm, tokens, seconds)
+        if arm is not None and arm.kind == "none":
+            self._remember("none", seconds)
+        elif self.proposal is not None and self.proposal.step_seconds:
+            steps = sorted(self.proposal.step_seconds)
+            self._remember(arm.drafter, steps[len(steps) // 2])
+        self.proposal = None
 
     def finish(self) -> None:
         if self.options.policy_out is not None:
+            cals = self.policy.calibrations
+            self.policy.learned["calibration"] = {key: cal.state() for key, cal in cals.items()}
             self.policy.save(self.options.policy_out)
 
     def report(self) -> dict:

@@ -16,12 +16,14 @@ returns the round's tokens. The decoder rolls every layer back to the accepted l
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import torch
 
 from ..lookup import lookup_drafts
 from ..sampling import sample
+from ..stopping import ThresholdStop
 from .base import Round
 
 Tensor = torch.Tensor
@@ -35,6 +37,8 @@ class Proposal:
     entry: int  # the layer verification starts at
     states: Tensor | None  # [B, k + 1, H] states entering `entry` (entry > 0), else None
     exit_states: Tensor | None = None  # [B, k, H] the drafts' exit states (for rebuilding q)
+    confidences: Tensor | None = None  # [B, k] each draft's probability under the draft model
+    step_seconds: list[float] | None = None  # wall time of each draft step (when the host waited on it)
 
     @property
     def k(self) -> int:
@@ -55,38 +59,49 @@ def _context(state, drafts: list[Tensor]) -> Tensor | None:
     return torch.cat(drafts, 1)
 
 
-def draft_from_exit(state, exit_layer: int, k: int, threshold: float | None = None, head=None) -> Proposal:
-    """Up to ``k`` drafts from layers ``[0, exit_layer)`` and the exit head (``head``: a different
-    head for the draft, e.g. a translator or a smaller vocabulary; see :class:`ExitHead`).
+def _stop_rule(stop):
+    return ThresholdStop(stop) if isinstance(stop, (int, float)) else stop
 
-    ``threshold``: a row stops proposing after its first draft less likely than this (that draft
-    is kept: it is already paid for, and may still be accepted); drafting ends when no running row
-    is still confident (one host read per draft step)."""
+
+def draft_from_exit(state, exit_layer: int, k: int, stop=None, head=None) -> Proposal:
+    """Up to ``k`` drafts from layers ``[0, exit_layer)`` and the exit head (``head``: a different
+    head for the draft, e.g. a translator or a smaller vocabulary; see :class:`DraftHead`).
+
+    ``stop``: a threshold or a stop rule (:mod:`eedecode.stopping`). A row stops proposing after
+    the draft the rule turns it down at (that draft is kept: it is already paid for, and may still
+    be accepted). Drafting ends when no running row goes on (one host read per draft step)."""
     runner, cache, chooser = state.runner, state.cache, state.chooser
+    rule = _stop_rule(stop)
     x = state.pending[:, None]  # [B, 1]
-    states, drafts, qs = [], [], []
-    alive = state.active.clone() if threshold is not None else None
-    counts = torch.zeros_like(state.pending) if threshold is not None else None
+    states, drafts, qs, confidences, seconds = [], [], [], [], []
+    alive = rule.start(state.active) if rule is not None else None
+    counts = torch.zeros_like(state.pending) if rule is not None else None
+    picker = chooser if head is None else head.with_depth(exit_layer)
+    clock = time.perf_counter()
     for i in range(k):
         h = runner.run_layers(runner.embed(x), 0, exit_layer, cache)  # [B, 1, H]
         states.append(h)
-        picker = chooser if head is None else head.with_depth(exit_layer)
         token, q, confidence = picker.draft(state, h[:, 0], _context(state, drafts), i)
         x = token[:, None]
         drafts.append(x)
+        confidences.append(confidence)
         if q is not None:
             qs.append(q)
-        if threshold is not None:  # a row keeps its first unsure draft, then stops proposing
+        if rule is not None:
             counts += alive
-            alive &= confidence >= threshold
-            if i + 1 < k and not bool(alive.any()):
+            alive = rule.keep(alive, confidence)
+            going_on = bool(alive.any()) if i + 1 < k else False
+            now = time.perf_counter()
+            seconds.append(now - clock)
+            clock = now
+            if i + 1 < k and not going_on:
                 break
-    if len(states) == len(drafts):  # the last draft's own layers [0, E): its exit state
-        states.append(runner.run_layers(runner.embed(x), 0, exit_layer, cache))
+    states.append(runner.run_layers(runner.embed(x), 0, exit_layer, cache))  # the last draft's exit state
     block = torch.cat(states, 1)  # [B, k' + 1, H]
     kept = len(drafts)
     out = torch.cat(drafts, 1) if drafts else state.pending.new_zeros(state.pending.shape[0], 0)
-    return Proposal(out, counts, qs[:kept], exit_layer, block, block[:, :kept])
+    conf = torch.stack(confidences, 1) if confidences else None
+    return Proposal(out, counts, qs, exit_layer, block, block[:, :kept], conf, seconds or None)
 
 
 def segments(layers) -> list[tuple[int, int]]:
@@ -100,35 +115,37 @@ def segments(layers) -> list[tuple[int, int]]:
     return runs
 
 
-def draft_with_skips(state, layers, k: int, threshold: float | None = None, head=None) -> Proposal:
+def draft_with_skips(state, layers, k: int, stop=None, head=None) -> Proposal:
     """Up to ``k`` drafts from the model with every layer not in ``layers`` skipped, through the
     final norm and LM head (Draft & Verify; SWIFT). The drafts' keys and values in the layers they
     ran are not the full model's, so every layer is moved back before a verification that runs
-    them all (``entry = 0``)."""
+    them all (``entry = 0``). ``stop``: as :func:`draft_from_exit`."""
     runner, chooser = state.runner, state.chooser
+    rule = _stop_rule(stop)
     runs = segments(layers)
     x = state.pending[:, None]
-    drafts, qs = [], []
-    alive = state.active.clone() if threshold is not None else None
-    counts = torch.zeros_like(state.pending) if threshold is not None else None
+    drafts, qs, confidences = [], [], []
+    alive = rule.start(state.active) if rule is not None else None
+    counts = torch.zeros_like(state.pending) if rule is not None else None
     for i in range(k):
         h = runner.embed(x)
         for a, b in runs:
             h = runner.run_layers(h, a, b, state.cache)
-        picker = head or chooser
-        token, q, confidence = picker.draft(state, h[:, 0], _context(state, drafts), i)
+        token, q, confidence = (head or chooser).draft(state, h[:, 0], _context(state, drafts), i)
         x = token[:, None]
         drafts.append(x)
+        confidences.append(confidence)
         if q is not None:
             qs.append(q)
-        if threshold is not None:  # a row keeps its first unsure draft, then stops proposing
+        if rule is not None:
             counts += alive
-            alive &= confidence >= threshold
+            alive = rule.keep(alive, confidence)
             if i + 1 < k and not bool(alive.any()):
                 break
     state.rewind()  # the layers the drafts ran through hold their (not the full model's) keys
     out = torch.cat(drafts, 1) if drafts else state.pending.new_zeros(state.pending.shape[0], 0)
-    return Proposal(out, counts, qs, 0, None)
+    conf = torch.stack(confidences, 1) if confidences else None
+    return Proposal(out, counts, qs, 0, None, confidences=conf)
 
 
 class DraftHead:
