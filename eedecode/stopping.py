@@ -8,7 +8,8 @@ histogram, updated after every verification from the drafts that were actually j
 each row's probability that all its drafts so far are accepted. A row goes on while that
 probability, times the mean acceptance of a next draft, is worth more than a draft step costs,
 measured in full steps. This is the same reasoning as DEL's dynamic draft length (Zarch et al.
-2025), fitted online with no training. Both rules are batched: every row stops on its own.
+2025), fitted online with no training. Both rules are batched: every row stops on its own. A rule is any object with
+``start(active) -> alive`` and ``keep(alive, confidence, token) -> alive`` (``[B]`` tensors).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ class ThresholdStop:
     def start(self, active: Tensor) -> Tensor:
         return active.clone()
 
-    def keep(self, alive: Tensor, confidence: Tensor) -> Tensor:
+    def keep(self, alive: Tensor, confidence: Tensor, token: Tensor | None = None) -> Tensor:
         return alive & (confidence >= self.threshold)
 
 
@@ -87,6 +88,6 @@ class CalibratedStop:
         self.survive = torch.ones(active.shape, dtype=torch.float64, device=active.device)
         return active.clone()
 
-    def keep(self, alive: Tensor, confidence: Tensor) -> Tensor:
+    def keep(self, alive: Tensor, confidence: Tensor, token: Tensor | None = None) -> Tensor:
         self.survive = self.survive * self.calibration.probability(confidence)
         return alive & (self.survive * self.calibration.mean() >= self.cost)

@@ -89,7 +89,7 @@ def draft_from_exit(state, exit_layer: int, k: int, stop=None, head=None) -> Pro
             qs.append(q)
         if rule is not None:
             counts += alive
-            alive = rule.keep(alive, confidence)
+            alive = rule.keep(alive, confidence, token)
             going_on = bool(alive.any()) if i + 1 < k else False
             now = time.perf_counter()
             seconds.append(now - clock)
@@ -139,7 +139,7 @@ def draft_with_skips(state, layers, k: int, stop=None, head=None) -> Proposal:
             qs.append(q)
         if rule is not None:
             counts += alive
-            alive = rule.keep(alive, confidence)
+            alive = rule.keep(alive, confidence, token)
             if i + 1 < k and not bool(alive.any()):
                 break
     state.rewind()  # the layers the drafts ran through hold their (not the full model's) keys
