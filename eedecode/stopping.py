@@ -8,8 +8,9 @@ histogram, updated after every verification from the drafts that were actually j
 each row's probability that all its drafts so far are accepted. A row goes on while that
 probability, times the mean acceptance of a next draft, is worth more than a draft step costs,
 measured in full steps. This is the same reasoning as DEL's dynamic draft length (Zarch et al.
-2025), fitted online with no training. Both rules are batched: every row stops on its own. A rule is any object with
-``start(active) -> alive`` and ``keep(alive, confidence, token) -> alive`` (``[B]`` tensors).
+2025), fitted online with no training. Both rules are batched: every row stops on its own.
+A rule is any object with ``start(active) -> alive`` and ``keep(alive, confidence, token) ->
+alive`` (``[B]`` tensors).
 """
 
 from __future__ import annotations
