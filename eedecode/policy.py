@@ -18,9 +18,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 #: The exploration weight of UCB1 (relative to the best arm's rate).
-EXPLORATION = 0.15
+EXPLORATION = 0.1
 #: Per-round discount of past observations (an effective memory of about 1 / (1 - DISCOUNT) rounds).
-DISCOUNT = 0.98
+DISCOUNT = 0.995
 #: Rounds with an arm before its estimate is trusted more than the optimistic prior.
 PRIOR_ROUNDS = 1.0
 FORMAT = "eedecode-policy/1"
