@@ -284,6 +284,8 @@ def _vocab_stats(chunk_logits, T, V, chunk, inv_temperature, token_ids, seed, st
         z = chunk_logits(0, V)  # [T, V]
         if inv_temperature != 1.0:
             z = z * inv_temperature
+        if stats <= {"argmax"}:  # a greedy draft: nothing else
+            return ExitHeadStats(z.argmax(-1), None, None, None, None)
         m, arg = z.max(dim=-1)  # the lowest index among equal maxima, as torch.argmax
         lse = torch.logsumexp(z, dim=-1)
         ids = probs = None

@@ -208,35 +208,36 @@ def _result(method, batch_size, spec, rates, new_tokens, stats, outputs) -> Meth
 
 
 # -- step costs ------------------------------------------------------------------------------------
-@torch.no_grad()
-def measure_step_costs(
-    model, prompt: torch.Tensor, exit_layer: int, num_speculations: int, reps: int = 60
-) -> dict:
-    """Median wall time of one autoregressive step, one draft step (layers ``[0, E)`` and the exit
-    head) and one verification pass of ``k`` drafts (layers ``[E, L)``), built from the engine's
-    own pieces at the prompt's length; ``c`` and ``v`` are the latter two relative to the first.
-    The three take turns, round after round, so that drifts of the machine touch them alike."""
+def step_functions(model, prompt: torch.Tensor, exit_layer: int, num_speculations: int):
+    """One autoregressive step, one draft step (layers ``[0, E)`` and the exit head) and one
+    verification pass of ``k`` drafts (layers ``[E, L)``), built from the engine's own pieces at
+    the prompt's length: ``(runner, {name: fn}, reset)``; call ``reset()`` before each step (it
+    rolls the cache back to the prompt)."""
     runner = ModelRunner(model)
     chooser = TokenChooser()  # greedy, no logits processors
     state = SimpleNamespace(runner=runner)  # what the chooser reads of a decoder without processors
     L, E, k = runner.num_layers, exit_layer, num_speculations
     P = prompt.shape[1]
     cache = runner.new_cache(1, P + k + 4)
-    runner.prefill(prompt, cache)
+    with torch.no_grad():
+        runner.prefill(prompt, cache)
+        # exit states of real tokens stand in for the drafts' (what verification reads)
+        drafts = prompt[:, -k:] if k <= P else prompt[:, :1].repeat(1, k)
+        draft_states = runner.run_layers(runner.embed(drafts), 0, E, runner.new_cache(1, k))
     base = torch.full((1,), P, dtype=torch.long, device=cache.device)
     token = prompt[:, -1:]
-    drafts = prompt[:, -k:] if k <= P else prompt[:, :1].repeat(1, k)
-    # exit states of real tokens stand in for the drafts' (what verification reads)
-    draft_states = runner.run_layers(runner.embed(drafts), 0, E, runner.new_cache(1, k))
 
+    @torch.no_grad()
     def ar_step():
         h = runner.run_layers(runner.embed(token), 0, L, cache)
         chooser.choose(state, runner.logits(h[:, 0])).tolist()  # plain decoding reads every token
 
+    @torch.no_grad()
     def draft_step():
         h = runner.run_layers(runner.embed(token), 0, E, cache)
-        chooser.draft(state, h[:, 0])  # no sync: drafting runs ahead of the host
+        chooser.draft(state, h[:, 0], confidence=False)  # no sync: drafting runs ahead of the host
 
+    @torch.no_grad()
     def verify():
         cache.advance(0, E, k)  # the drafts' shallow KV is in the cache when verification runs
         states = torch.cat([draft_states, runner.run_layers(runner.embed(token), 0, E, cache)], 1)
@@ -244,15 +245,27 @@ def measure_step_costs(
         tokens, n = chooser.accept(state, drafts, states[:, :k], [], runner.logits(out))
         torch.cat([tokens, n[:, None]], 1).tolist()
 
-    steps = {"ar_step": ar_step, "draft_step": draft_step, "verify": verify}
+    def reset():
+        cache.rollback(base, P, uniform=True)
+
+    return runner, {"ar_step": ar_step, "draft_step": draft_step, "verify": verify}, reset
+
+
+def measure_step_costs(
+    model, prompt: torch.Tensor, exit_layer: int, num_speculations: int, reps: int = 60
+) -> dict:
+    """Median wall time of one autoregressive step, one draft step and one verification pass of
+    ``k`` drafts (:func:`step_functions`); ``c`` and ``v`` are the latter two relative to the
+    first. The three take turns, round after round, so that drifts of the machine touch them alike."""
+    _, steps, reset = step_functions(model, prompt, exit_layer, num_speculations)
     samples = {name: [] for name in steps}
     for i in range(reps + 3):  # the first three rounds warm up
         for name, fn in steps.items():
-            cache.rollback(base, P, uniform=True)
-            _sync(cache.device)
+            reset()
+            _sync(prompt.device)
             t0 = _clock()
             fn()
-            _sync(cache.device)
+            _sync(prompt.device)
             dt = _clock() - t0
             if i >= 3:
                 samples[name].append(dt)
