@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from . import costs
 from .cache import BlockContext, KVCache
 from .compat import check_supported
 from .functional import (
@@ -92,6 +93,8 @@ class ModelRunner:
             for layer in self.layers
         ]
         self._scales = [layer.self_attn.scaling for layer in self.layers]
+        Hq, Hkv = self.num_heads, self.num_kv_heads
+        self._head_counts = (Hq, Hq + Hkv, Hq + 2 * Hkv, self.head_dim)  # q | q+k | q+k+v heads, D
         self.device = execution_device(self.embed_tokens)
         self.head_device = execution_device(self.norm)
         self.dtype = self.embed_tokens.weight.dtype
@@ -140,11 +143,13 @@ class ModelRunner:
         else:
             ctx = cache.block(start, T)
         cos, sin = self._rope(hidden, ctx)  # [B or 1, T, 1, D]
-        packed = self.packed if not torch.is_grad_enabled() else [None] * self.num_layers
+        # Packed layers (CPU only) run as fused products when no gradient is needed.
+        fast = hidden.is_cpu and not torch.is_grad_enabled()
         head_major = cos.transpose(1, 2), sin.transpose(1, 2)  # [B or 1, 1, T, D]: the packed path's
         for i in range(start, end):
-            if packed[i] is not None and hidden.device == self.layer_devices[i]:
-                hidden = self._packed_layer(packed[i], i, hidden, *head_major, cache, ctx)
+            p = self.packed[i]
+            if fast and p is not None:
+                hidden = self._packed_layer(p, i, hidden, *head_major, cache, ctx)
             else:
                 hidden = self._layer(i, hidden, cos, sin, cache, ctx)
         if cache is not None:
@@ -211,18 +216,18 @@ class ModelRunner:
         """Layer ``i`` as four products on its packed matrices (no autograd); cos and sin
         ``[B or 1, 1, T, D]``."""
         B, T, H = x.shape
-        Hq, Hkv, D = self.num_heads, self.num_kv_heads, self.head_dim
+        Hq, Hqk, Hall, D = self._head_counts
+        calls = self._calls[i]
         x = x.view(B * T, H)
-        input_norm, post_norm = self._calls[i][0], self._calls[i][5]
-        qkv = matmul_t(input_norm(x), p.qkv, p.qkv_bias).view(B, T, Hq + 2 * Hkv, D).transpose(1, 2)
-        qk = rotate(qkv[:, : Hq + Hkv], cos, sin)  # [B, Hq + Hkv, T, D]: q and k rotated together
-        keys, values = qk[:, Hq:], qkv[:, Hq + Hkv :]  # [B, Hkv, T, D]
+        qkv = matmul_t(calls[0](x), p.qkv, p.qkv_bias).view(B, T, Hall, D).transpose(1, 2)
+        qk = rotate(qkv[:, :Hqk], cos, sin)  # [B, Hq + Hkv, T, D]: q and k rotated together
+        keys, values = qk[:, Hq:], qkv[:, Hqk:]  # [B, Hkv, T, D]
         if cache is not None:
             keys, values = cache.write(i, ctx, keys, values)  # [B, Hkv, S, D]
         o = self._attend(i, qk[:, :Hq], keys, values, ctx).transpose(1, 2).reshape(B * T, Hq * D)
         x = x + matmul_t(o, p.o, p.o_bias)
-        gate_up = matmul_t(post_norm(x), p.gate_up, p.gate_up_bias)  # [B T, 2 I]
-        inter = p.intermediate_size
+        gate_up = matmul_t(calls[5](x), p.gate_up, p.gate_up_bias)  # [B T, 2 I]
+        inter = p.down.shape[0]
         act = F.silu(gate_up[:, :inter]).mul_(gate_up[:, inter:])
         return x.add_(matmul_t(act, p.down, p.down_bias)).view(B, T, H)
 
@@ -251,6 +256,16 @@ class ModelRunner:
         ctx.kv_len = length if length is not None else int(positions.max()) + 1
         cos, sin = self._rope(x, ctx)
         return rotate(x, cos, sin)
+
+    def block_costs(self, batch_size: int, max_tokens: int) -> list[float]:
+        """Cost of a full-depth pass over ``T = 1 .. max_tokens`` tokens per row relative to one
+        token, measured on this machine once per model (:func:`eedecode.costs.block_costs`): what
+        verifying ``k = T - 1`` drafts costs against an autoregressive step."""
+        return costs.block_costs(self, batch_size, max_tokens)
+
+    def preferred_block_sizes(self, batch_size: int, max_tokens: int) -> list[int]:
+        """Block sizes ``T`` (``k + 1``) worth verifying: every larger block costs more."""
+        return costs.preferred_block_sizes(self.block_costs(batch_size, max_tokens))
 
     def logits(self, hidden: Tensor) -> Tensor:
         """Final norm + LM head through the model's own modules on any hidden state ``[..., H]``

@@ -67,7 +67,8 @@ def use_onednn(rows: int, in_features: int, out_features: int, dtype: torch.dtyp
 def matmul_t(x: Tensor, w_t: Tensor, bias: Tensor | None = None) -> Tensor:
     """``x [N, in] @ w_t [in, out] (+ bias [out])`` for a weight stored transposed (``w_t`` may be
     a column slice of a wider matrix: MKL reads it with its leading dimension)."""
-    if x.device.type == "cpu" and use_onednn(x.shape[0], w_t.shape[0], w_t.shape[1], x.dtype):
+    rows = x.shape[0]
+    if rows >= ONEDNN_MIN_ROWS and x.is_cpu and use_onednn(rows, w_t.shape[0], w_t.shape[1], x.dtype):
         return _onednn(x, w_t.t(), bias)
     return torch.mm(x, w_t) if bias is None else torch.addmm(bias, x, w_t)
 

@@ -231,6 +231,7 @@ def test_markdown_table_of_a_hand_made_record():
         (["--methods", "hf,nope"], "--methods: unknown 'nope'; choose from hf, hf_early_exit,"),
         (["--methods", "hf,hf"], "--methods: need one or more distinct methods, got ['hf', 'hf']"),
         (["--methods", "hf", "--sweep"], "--methods: not for --sweep"),
+        (["--profile", "--sweep"], "--profile: not with --sweep"),
     ],
 )
 def test_a_bad_flag_is_one_line_naming_it(flags, message, capsys, tmp_path):
@@ -302,3 +303,17 @@ def test_synthetic_model_is_calibrated_to_the_asked_agreement():
     assert abs(exit_agreement(model, 2, held_out) - 0.8) < 0.1
     with pytest.raises(ValueError, match="shape"):
         synthetic_model("llama-9000")
+
+
+def test_profile_counts_ops_and_reports_the_floor():
+    from eedecode.bench.profile import profile_steps, profile_table
+
+    profile = profile_steps(tiny(), prompt_ids(1, 8)[0], exit_layer=2, num_speculations=2, reps=2)
+    steps = profile["steps"]
+    assert set(steps) == {"ar_step", "draft_step", "verify", "hf_forward_step"}
+    assert steps["draft_step"]["ops"] < steps["ar_step"]["ops"] < steps["hf_forward_step"]["ops"]
+    assert steps["draft_step"]["bytes"] < steps["ar_step"]["bytes"] < steps["verify"]["bytes"]
+    assert all(r["floor_share"] > 0 and r["ms"] > 0 for r in steps.values())
+    assert profile["bandwidth_bytes_per_s"] > 0 and set(profile["block_costs"]) == {"1", "4", "16"}
+    table = profile_table(profile, 2, 2)
+    assert "floor share" in table and "preferred T" in table

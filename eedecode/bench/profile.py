@@ -8,7 +8,8 @@ forward with its cache for comparison: the aten ops dispatched (counted by a
 must read (the weights of the layers it runs, the LM head and the KV cache it attends over), and
 the *floor*: those bytes over the machine's memory bandwidth, measured here by a large copy
 (:func:`copy_bandwidth`). ``floor share`` = floor / measured time: 1.0 would be a step that only
-streams its weights once from memory.
+streams its weights once from memory. Then the verification cost table
+(:func:`eedecode.costs.block_costs`) at batch sizes 1, 4 and 16.
 """
 
 from __future__ import annotations
@@ -20,10 +21,14 @@ from collections import Counter
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from ..costs import preferred_block_sizes
 from .measure import median, step_functions
 
 #: Bytes copied by :func:`copy_bandwidth`: far larger than any cache.
 BANDWIDTH_BYTES = 256 << 20
+#: The verification cost table (:func:`eedecode.costs.block_costs`): tokens per row, batch sizes.
+BLOCK_TOKENS = 9
+BLOCK_BATCH_SIZES = (1, 4, 16)
 
 
 class OpCounter(TorchDispatchMode):
@@ -134,7 +139,8 @@ def profile_steps(model, prompt: torch.Tensor, exit_layer: int, num_speculations
             "floor_ms": 1e3 * floor,
             "floor_share": floor / t,
         }
-    return {"bandwidth_bytes_per_s": bandwidth, "steps": rows}
+    blocks = {str(b): runner.block_costs(b, BLOCK_TOKENS) for b in BLOCK_BATCH_SIZES}
+    return {"bandwidth_bytes_per_s": bandwidth, "steps": rows, "block_costs": blocks}
 
 
 PROFILE_LABELS = {
@@ -160,4 +166,15 @@ def profile_table(profile: dict, exit_layer: int, num_speculations: int) -> str:
             f"| {PROFILE_LABELS[name]} | {r['ops']} | {r['ms']:.3f} | {r['bytes'] / 1e6:.1f} "
             f"| {r['floor_ms']:.3f} | {r['floor_share']:.0%} |"
         )
+    lines += [
+        "",
+        "A pass over T tokens per row (layers [0, L) and the head) relative to T = 1: what verifying "
+        "k = T - 1 drafts costs",
+        "",
+        "| batch | " + " | ".join(f"T={t}" for t in range(1, BLOCK_TOKENS + 1)) + " | preferred T |",
+        "|---:|" + "---:|" * (BLOCK_TOKENS + 1),
+    ]
+    for b, c in profile["block_costs"].items():
+        preferred = ", ".join(map(str, preferred_block_sizes(c)))
+        lines.append(f"| {b} | " + " | ".join(f"{x:.2f}" for x in c) + f" | {preferred} |")
     return "\n".join(lines)
