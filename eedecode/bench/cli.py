@@ -18,7 +18,15 @@ from ..loading import load_model
 from .measure import check_count, encode_prompts, load_prompts, run_measurements
 from .methods import Speculation, method_names, resolve_methods
 from .profile import profile_steps, profile_table
-from .report import LEGEND, best_cells_line, complete, machine_line, markdown_table, plot_sweep
+from .report import (
+    LEGEND,
+    best_cells_line,
+    complete,
+    machine_line,
+    markdown_table,
+    plot_batches,
+    plot_sweep,
+)
 from .sweep import run_sweep
 
 
@@ -180,7 +188,11 @@ def run_cli(args) -> int:
     table = f"{markdown_table(record)}\n\n{LEGEND}"
     (out / "bench.json").write_text(json.dumps(record, indent=1))
     (out / "bench.md").write_text(table + "\n")
-    print(f"{machine_line(record)}\n\n{table}\n\nrecord: {out / 'bench.json'}")
+    plot = ""
+    if len(batch_sizes) > 1:
+        title = f"{Path(loaded.path).name}: tokens/s by batch size (labels: speed-up over HF generate)"
+        plot = f"; batch plot: {plot_batches(record, out / 'batch.png', title=title)}"
+    print(f"{machine_line(record)}\n\n{table}\n\nrecord: {out / 'bench.json'}{plot}")
     return 0
 
 

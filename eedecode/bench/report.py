@@ -26,7 +26,9 @@ from .methods import display_name
 
 LEGEND = """\
 tokens/s: new tokens per second, the median over batches (greedy decoding, warm-up excluded).
-vs HF generate: the median over batches of tokens/s / HF generate's tokens/s on the same batch.
+vs HF generate: the median over batches of tokens/s / HF generate's tokens/s on the same batch. HF
+  generate runs on the weights as loaded (a copy taken before eedecode packs them in place); HF
+  generate (packed weights) is the same call on the packed model: the layout's share of the gain.
 acceptance: the share of drafted tokens that the full model accepted (eedecode modes that draft).
 tokens/round: tokens a row gains per round: its accepted drafts plus the one the verifier adds.
 ideal: the speed-up over eedecode autoregressive that tokens/round would give at the measured step
@@ -207,6 +209,49 @@ def plot_sweep(sweep: dict, path: str | Path, title: str = "") -> Path:
     axes[0].set_ylabel("exit layer E")
     fig.colorbar(im, ax=list(axes), label="tokens/s vs HF generate (paired median)")
     fig.suptitle(title or "speed-up over HF generate (eedecode: with acceptance rate)", fontsize=10)
+    path = Path(path)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+# -- batch sizes -----------------------------------------------------------------------------------
+def plot_batches(record: dict, path: str | Path, title: str = "") -> Path:
+    """Tokens/s against batch size, one line per method, each point labelled with its paired
+    speed-up over HF generate at that batch size."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    series: dict[str, list[tuple[int, float, float | None]]] = {}
+    for r in record["results"]:
+        point = (r["batch_size"], r["tokens_per_s"], r.get("speedup_vs_hf"))
+        series.setdefault(r["method"], []).append(point)
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for n, (method, points) in enumerate(series.items()):
+        points.sort()
+        xs, ys = [p[0] for p in points], [p[1] for p in points]
+        line = ax.plot(xs, ys, marker="o", label=display_name(method))[0]
+        offset = (5, 6) if n % 2 else (5, -12)  # neighbours' labels on opposite sides
+        for x, y, sp in points:
+            if sp is not None and method != "hf":
+                ax.annotate(
+                    f"{sp:.2f}×",
+                    (x, y),
+                    textcoords="offset points",
+                    xytext=offset,
+                    fontsize=7,
+                    color=line.get_color(),
+                )
+    sizes = sorted({r["batch_size"] for r in record["results"]})
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(sizes, [str(b) for b in sizes])
+    ax.set_xlabel("batch size")
+    ax.set_ylabel("new tokens/s (median over batches)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(title or "tokens/s by batch size (labels: paired speed-up over HF generate)", fontsize=9)
     path = Path(path)
     fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
