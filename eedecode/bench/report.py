@@ -217,41 +217,43 @@ def plot_sweep(sweep: dict, path: str | Path, title: str = "") -> Path:
 
 # -- batch sizes -----------------------------------------------------------------------------------
 def plot_batches(record: dict, path: str | Path, title: str = "") -> Path:
-    """Tokens/s against batch size, one line per method, each point labelled with its paired
-    speed-up over HF generate at that batch size."""
+    """Two panels over batch size: tokens/s, one line per method; and each method's paired
+    speed-up over HF generate, bars grouped by batch size."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    series: dict[str, list[tuple[int, float, float | None]]] = {}
-    for r in record["results"]:
-        point = (r["batch_size"], r["tokens_per_s"], r.get("speedup_vs_hf"))
-        series.setdefault(r["method"], []).append(point)
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    for n, (method, points) in enumerate(series.items()):
-        points.sort()
-        xs, ys = [p[0] for p in points], [p[1] for p in points]
-        line = ax.plot(xs, ys, marker="o", label=display_name(method))[0]
-        offset = (5, 6) if n % 2 else (5, -12)  # neighbours' labels on opposite sides
-        for x, y, sp in points:
-            if sp is not None and method != "hf":
-                ax.annotate(
-                    f"{sp:.2f}×",
-                    (x, y),
-                    textcoords="offset points",
-                    xytext=offset,
-                    fontsize=7,
-                    color=line.get_color(),
-                )
     sizes = sorted({r["batch_size"] for r in record["results"]})
-    ax.set_xscale("log", base=2)
-    ax.set_xticks(sizes, [str(b) for b in sizes])
-    ax.set_xlabel("batch size")
-    ax.set_ylabel("new tokens/s (median over batches)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    ax.set_title(title or "tokens/s by batch size (labels: paired speed-up over HF generate)", fontsize=9)
+    series: dict[str, dict[int, dict]] = {}
+    for r in record["results"]:
+        series.setdefault(r["method"], {})[r["batch_size"]] = r
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    others = [m for m in series if m != "hf"]
+    width = 0.8 / max(len(others), 1)
+    for method, by_size in series.items():
+        xs = sorted(by_size)
+        line = left.plot(xs, [by_size[b]["tokens_per_s"] for b in xs], marker="o", label=display_name(method))
+        if method == "hf":
+            continue
+        n = others.index(method)
+        for i, b in enumerate(sizes):
+            sp = by_size.get(b, {}).get("speedup_vs_hf")
+            if sp is not None:
+                x = i - 0.4 + width * (n + 0.5)
+                right.bar(x, sp, width, color=line[0].get_color())
+                right.text(x, sp, f"{sp:.2f}", ha="center", va="bottom", fontsize=7)
+    left.set_xscale("log", base=2)
+    left.set_xticks(sizes, [str(b) for b in sizes])
+    left.set_xlabel("batch size")
+    left.set_ylabel("new tokens/s (median over batches)")
+    left.grid(alpha=0.3)
+    left.legend(fontsize=8)
+    right.axhline(1.0, color="grey", lw=0.8)
+    right.set_xticks(range(len(sizes)), [str(b) for b in sizes])
+    right.set_xlabel("batch size")
+    right.set_ylabel("speed-up over HF generate (paired median)")
+    fig.suptitle(title or "tokens/s and speed-up over HF generate by batch size", fontsize=10)
     path = Path(path)
     fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
