@@ -29,7 +29,7 @@ from .functional import (
     sliding_windows,
 )
 from .kernels import DEFAULT_STATS, ExitHeadStats, exit_head, exit_head_logits, logits_stats
-from .kernels.cpu_matmul import linear, matmul_t
+from .kernels.cpu_matmul import linear, matmul_t, streams_from_memory
 from .packing import PackedLayer, hooked, pack_head, pack_layer, packed_layer
 
 Tensor = torch.Tensor
@@ -76,6 +76,10 @@ class ModelRunner:
         find = pack_layer if pack else packed_layer
         self.packed: list[PackedLayer | None] = [find(layer) for layer in self.layers]
         self.head_t = pack_head(self.lm_head, self.embed_tokens) if pack else None  # [H, V] or None
+        # Weights that do not fit in the last-level cache are multiplied by oneDNN at any row count.
+        weights = [t for p in self.packed if p for t in (p.qkv, p.o, p.gate_up, p.down)]
+        weights.append(getattr(self.lm_head, "weight", None))
+        self.stream = streams_from_memory(sum(t.numel() * t.element_size() for t in weights if t is not None))
         self._final_norm, self._head = norm_fn(self.norm), linear_fn(self.lm_head)
         self._plain_head = plain_linear(self.lm_head)
         # Per layer: how to call each submodule (see norm_fn / linear_fn / mlp_fn). Decided
@@ -217,19 +221,19 @@ class ModelRunner:
         ``[B or 1, 1, T, D]``."""
         B, T, H = x.shape
         Hq, Hqk, Hall, D = self._head_counts
-        calls = self._calls[i]
+        calls, stream = self._calls[i], self.stream
         x = x.view(B * T, H)
-        qkv = matmul_t(calls[0](x), p.qkv, p.qkv_bias).view(B, T, Hall, D).transpose(1, 2)
+        qkv = matmul_t(calls[0](x), p.qkv, p.qkv_bias, stream).view(B, T, Hall, D).transpose(1, 2)
         qk = rotate(qkv[:, :Hqk], cos, sin)  # [B, Hq + Hkv, T, D]: q and k rotated together
         keys, values = qk[:, Hq:], qkv[:, Hqk:]  # [B, Hkv, T, D]
         if cache is not None:
             keys, values = cache.write(i, ctx, keys, values)  # [B, Hkv, S, D]
         o = self._attend(i, qk[:, :Hq], keys, values, ctx).transpose(1, 2).reshape(B * T, Hq * D)
-        x = x + matmul_t(o, p.o, p.o_bias)
-        gate_up = matmul_t(calls[5](x), p.gate_up, p.gate_up_bias)  # [B T, 2 I]
+        x = x + matmul_t(o, p.o, p.o_bias, stream)
+        gate_up = matmul_t(calls[5](x), p.gate_up, p.gate_up_bias, stream)  # [B T, 2 I]
         inter = p.down.shape[0]
         act = F.silu(gate_up[:, :inter]).mul_(gate_up[:, inter:])
-        return x.add_(matmul_t(act, p.down, p.down_bias)).view(B, T, H)
+        return x.add_(matmul_t(act, p.down, p.down_bias, stream)).view(B, T, H)
 
     def layer_kv(self, i: int, hidden: Tensor) -> tuple[Tensor, Tensor]:
         """Layer ``i``'s input norm, then its key and value projections: ``[B, T, H]`` ->
@@ -244,7 +248,7 @@ class ModelRunner:
             return k_proj(h).view(B, T, Hkv, D), v_proj(h).view(B, T, Hkv, D)
         q = self.num_heads * D
         bias = None if p.qkv_bias is None else p.qkv_bias[q:]
-        kv = matmul_t(h.reshape(B * T, H), p.qkv[:, q:], bias).view(B, T, 2 * Hkv, D)
+        kv = matmul_t(h.reshape(B * T, H), p.qkv[:, q:], bias, self.stream).view(B, T, 2 * Hkv, D)
         return kv[:, :, :Hkv], kv[:, :, Hkv:]
 
     def apply_rope(self, x: Tensor, positions: Tensor, length: int | None = None) -> Tensor:
@@ -274,7 +278,7 @@ class ModelRunner:
         if torch.is_grad_enabled() or not self._plain_head:
             logits = self._head(h)
         else:  # the product the weights' layout reads fastest (kernels/cpu_matmul.py)
-            flat = linear(h.reshape(-1, h.shape[-1]), self.lm_head.weight, self.lm_head.bias)
+            flat = linear(h.reshape(-1, h.shape[-1]), self.lm_head.weight, self.lm_head.bias, self.stream)
             logits = flat.view(*h.shape[:-1], flat.shape[-1])
         return logits if logits.dtype == torch.float32 else logits.float()
 

@@ -27,8 +27,8 @@ def library(request, monkeypatch):
     if request.param == "onednn":
         if not onednn_available():
             pytest.skip("this torch build has no oneDNN")
-        monkeypatch.setattr(cpu_matmul, "ONEDNN_MIN_ROWS", 0)
-        monkeypatch.setattr(cpu_matmul, "ONEDNN_MIN_MACS", 0)
+        for name in ("ONEDNN_MIN_ROWS", "STREAM_MIN_ROWS", "ONEDNN_MIN_MACS"):
+            monkeypatch.setattr(cpu_matmul, name, 0)
     else:
         monkeypatch.setattr(cpu_matmul, "onednn_available", lambda: False)
     return request.param
@@ -53,6 +53,12 @@ def test_column_slice_of_a_fused_matrix(library):
     torch.testing.assert_close(got.double(), ref, rtol=1e-5, atol=1e-5)
 
 
+def test_last_level_cache_decides_streaming():
+    llc = cpu_matmul.last_level_cache_bytes()
+    assert llc > 0
+    assert cpu_matmul.streams_from_memory(llc + 1) and not cpu_matmul.streams_from_memory(llc)
+
+
 def test_which_library_serves_which_product(monkeypatch):
     monkeypatch.setattr(cpu_matmul, "onednn_available", lambda: True)
     use = cpu_matmul.use_onednn
@@ -60,13 +66,16 @@ def test_which_library_serves_which_product(monkeypatch):
     assert use(4, 1024, 1024, torch.float32)
     assert not use(64, 32, 64, torch.float32)  # small: oneDNN's fixed cost does not pay
     assert not use(16, 1024, 1024, torch.bfloat16)
+    assert use(2, 1024, 1024, torch.float32, stream=True) and not use(
+        1, 1024, 1024, torch.float32, stream=True
+    )
 
 
 @needs_onednn
 def test_onednn_rounds_every_row_as_if_alone(monkeypatch):
     """What lets verification of many rows match decoding one row at a time bit for bit."""
-    monkeypatch.setattr(cpu_matmul, "ONEDNN_MIN_ROWS", 0)
-    monkeypatch.setattr(cpu_matmul, "ONEDNN_MIN_MACS", 0)
+    for name in ("ONEDNN_MIN_ROWS", "STREAM_MIN_ROWS", "ONEDNN_MIN_MACS"):
+        monkeypatch.setattr(cpu_matmul, name, 0)
     x, w, _, _ = _case(48, 256, 320, False)
     w_t = w.t().contiguous()
     alone = matmul_t(x[:1], w_t)
