@@ -62,10 +62,6 @@ class PackedLayer:
     down: Tensor  # [I, H]
     down_bias: Tensor | None
 
-    @property
-    def intermediate_size(self) -> int:
-        return self.down.shape[0]
-
 
 def hooked(m: torch.nn.Module) -> bool:
     return bool(m._forward_hooks or m._forward_pre_hooks or "forward" in m.__dict__)

@@ -72,14 +72,7 @@ class ModelRunner:
         self.windows = sliding_windows(config, self.num_layers)
         self._rope_table: tuple[Tensor, Tensor] | None = None  # cos, signed sin [positions, D]
         self.layer_devices = [execution_device(layer) for layer in self.layers]
-        # Packed matrices per layer (None: the layer runs through its modules or parameters).
-        find = pack_layer if pack else packed_layer
-        self.packed: list[PackedLayer | None] = [find(layer) for layer in self.layers]
-        self.head_t = pack_head(self.lm_head, self.embed_tokens) if pack else None  # [H, V] or None
-        # Weights that do not fit in the last-level cache are multiplied by oneDNN at any row count.
-        weights = [t for p in self.packed if p for t in (p.qkv, p.o, p.gate_up, p.down)]
-        weights.append(getattr(self.lm_head, "weight", None))
-        self.stream = streams_from_memory(sum(t.numel() * t.element_size() for t in weights if t is not None))
+        self._pack(pack)
         self._final_norm, self._head = norm_fn(self.norm), linear_fn(self.lm_head)
         self._plain_head = plain_linear(self.lm_head)
         # Per layer: how to call each submodule (see norm_fn / linear_fn / mlp_fn). Decided
@@ -115,6 +108,17 @@ class ModelRunner:
             and head_w.dtype in (torch.float32, torch.float16, torch.bfloat16)
             and head_w.device == self.norm.weight.device
         )
+
+    def _pack(self, pack: bool) -> None:
+        """Find (and with ``pack``, make) the packed matrices of every layer and the head, and
+        decide whether the weights stream from memory (kernels/cpu_matmul.py)."""
+        find = pack_layer if pack else packed_layer
+        self.packed: list[PackedLayer | None] = [find(layer) for layer in self.layers]  # None: modules
+        self.head_t = pack_head(self.lm_head, self.embed_tokens) if pack else None  # [H, V] or None
+        weights = [t for p in self.packed if p for t in (p.qkv, p.o, p.gate_up, p.down)]
+        weights.append(getattr(self.lm_head, "weight", None))
+        nbytes = sum(t.numel() * t.element_size() for t in weights if t is not None)
+        self.stream = streams_from_memory(nbytes)  # then oneDNN serves products of 2 rows and more
 
     # -- cache -----------------------------------------------------------------------------------
     def new_cache(self, batch_size: int, max_len: int) -> KVCache:
