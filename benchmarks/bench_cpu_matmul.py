@@ -8,7 +8,8 @@ weights stream from memory as they do in decoding):
 * ``F.linear``      the usual ``[out, in]`` weight (what Hugging Face's forward runs),
 * ``mkl [in,out]``  ``torch.mm`` on the transposed-contiguous weight (eedecode's packed layout),
 * ``onednn``        oneDNN's linear on the transposed-contiguous weight,
-* ``eedecode``      :func:`eedecode.kernels.cpu_matmul.matmul_t` (MKL below 4 rows, oneDNN above).
+* ``eedecode``      :func:`eedecode.kernels.cpu_matmul.matmul_t` as the runner calls it (MKL below 4
+                    rows, oneDNN above; from 2 rows when the weights exceed the last-level cache).
 
 Methods take turns within every repeat; the table shows the minimum over repeats (the work is
 deterministic, interference only adds) in ms per pass::
@@ -43,7 +44,7 @@ def shapes(model_name: str) -> list[tuple[int, int]]:
     return out + [(head.shape[1], head.shape[0])]
 
 
-def methods(weights, weights_t):
+def methods(weights, weights_t, stream: bool):
     def onednn(x, w_t):
         return torch.ops.mkldnn._linear_pointwise(x, w_t.t(), None, "none", [], "")
 
@@ -51,7 +52,7 @@ def methods(weights, weights_t):
         "F.linear": lambda xs: [F.linear(xs[w.shape[1]], w) for w in weights],
         "mkl [in,out]": lambda xs: [torch.mm(xs[w.shape[0]], w) for w in weights_t],
         "onednn": lambda xs: [onednn(xs[w.shape[0]], w) for w in weights_t],
-        "eedecode": lambda xs: [cpu_matmul.matmul_t(xs[w.shape[0]], w) for w in weights_t],
+        "eedecode": lambda xs: [cpu_matmul.matmul_t(xs[w.shape[0]], w, stream=stream) for w in weights_t],
     }
 
 
@@ -66,9 +67,13 @@ def main() -> int:
     g = torch.Generator().manual_seed(0)
     weights = [torch.randn(o, i, generator=g) / i**0.5 for i, o in dims]
     weights_t = [w.t().contiguous() for w in weights]
-    mb = 4 * sum(w.numel() for w in weights) / 1e6
-    fns = methods(weights, weights_t)
-    print(f"{args.model}: {len(dims)} products, {mb:.1f} MB of fp32 weights per pass; ms per pass (min)")
+    nbytes = 4 * sum(w.numel() for w in weights)
+    stream = cpu_matmul.streams_from_memory(nbytes)  # as the runner decides it
+    fns = methods(weights, weights_t, stream)
+    print(
+        f"{args.model}: {len(dims)} products, {nbytes / 1e6:.1f} MB of fp32 weights per pass "
+        f"({'more' if stream else 'less'} than the last-level cache); ms per pass (min)"
+    )
     print("| rows | " + " | ".join(fns) + " |")
     print("|---:|" + "---:|" * len(fns))
     with torch.no_grad():
