@@ -26,9 +26,10 @@ from dataclasses import asdict
 import torch
 import torch.nn.functional as F
 import triton
+from triton.testing import do_bench
+
 from eedecode.kernels import exit_head
 from eedecode.kernels import exit_head_triton as kt
-from triton.testing import do_bench
 
 EPS = 1e-5
 VOCABS, HIDDENS, TOKENS = (32000, 128256, 151936), (2048, 4096), (1, 4, 8, 16, 128, 2048)

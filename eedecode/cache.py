@@ -36,53 +36,44 @@ class BlockContext:
     kv_len: int  # slots the block attends over: [0, kv_len)
     num_tokens: int  # T
     position_ids: Tensor | None  # [B, T]; None when rows are uniform without padding (= start + t)
-    masks: dict  # sliding window (or None) -> bool mask broadcastable to [B, 1, T, kv_len], or None
-    lengths: Tensor  # [B] row lengths before the block (device)
+    masks: dict  # sliding window (or None) -> additive mask broadcastable to [B, 1, T, kv_len], or None
+    lengths: Tensor | None  # [B] row lengths before the block (device), when rows differ
     key_valid: Tensor | None  # [B, kv_len] False at left-padding slots, None without padding
+    device: torch.device
+    dtype: torch.dtype  # of the attention's queries: the additive masks are in it
 
     @staticmethod
-    def standalone(batch_size: int, num_tokens: int, device) -> BlockContext:
+    def standalone(batch_size: int, num_tokens: int, device, dtype=torch.float32) -> BlockContext:
         """A block that is a whole causal sequence at positions ``0..T-1``, with no cache."""
-        return BlockContext(
-            start=0,
-            write_index=None,
-            kv_len=num_tokens,
-            num_tokens=num_tokens,
-            position_ids=None,
-            masks={},
-            lengths=torch.zeros(batch_size, dtype=torch.long, device=device),
-            key_valid=None,
-        )
+        return BlockContext(0, None, num_tokens, num_tokens, None, {}, None, None, device, dtype)
 
     def mask(self, window: int | None) -> Tensor | None:
-        """The attention mask for layers with this sliding window (None: full causal)."""
+        """The attention mask for layers with this sliding window (None: every key slot is visible)."""
         if window not in self.masks:
             self.masks[window] = _block_mask(self, window)
         return self.masks[window]
 
 
 def _block_mask(ctx: BlockContext, window: int | None) -> Tensor | None:
-    """Boolean mask ``[B or 1, 1, T, kv_len]``: True where a query may attend to a key slot."""
-    T = ctx.num_tokens
-    device = ctx.lengths.device
-    slots = torch.arange(ctx.kv_len, device=device)  # [S]
-    if ctx.start is not None and ctx.key_valid is None:
-        # Uniform rows, no padding: one [T, S] pattern serves every row.
-        q = ctx.start + torch.arange(T, device=device)  # [T]
-        if T == 1 and (window is None or ctx.kv_len <= window):
-            return None  # the single query sees every valid slot
-        allowed = slots[None, :] <= q[:, None]
-        if window is not None:
-            allowed &= slots[None, :] > q[:, None] - window
-        return allowed[None, None]
-    q = ctx.lengths[:, None] + torch.arange(T, device=device)  # [B, T] query slots
-    allowed = slots[None, None, :] <= q[:, :, None]  # [B, T, S]
+    """Additive mask ``[B or 1, 1, T, kv_len]``: 0 where a query may attend to a key slot, -inf
+    elsewhere. Scaled dot-product attention turns a boolean mask into exactly this, once per
+    layer; built here once per block, it is shared by the block's layers."""
+    T, S = ctx.num_tokens, ctx.kv_len
+    if ctx.start is not None and ctx.key_valid is None and T == 1 and (window is None or window >= S):
+        return None  # uniform rows, one query: it sees every valid slot
+    slots = torch.arange(S, device=ctx.device)  # [S]
+    if ctx.start is not None:  # uniform rows: one [T, S] pattern, then the padding per row
+        q = (ctx.start + torch.arange(T, device=ctx.device))[None]  # [1, T] query slots
+    else:
+        q = ctx.lengths[:, None] + torch.arange(T, device=ctx.device)  # [B, T]
+    allowed = slots <= q[:, :, None]  # [B or 1, T, S]
     if window is not None:
-        allowed &= slots[None, None, :] > q[:, :, None] - window
+        allowed &= slots > q[:, :, None] - window
     if ctx.key_valid is not None:
         # A padding query (prefill only) attends to itself, so that no row of the softmax is empty.
-        allowed &= ctx.key_valid[:, None, :] | (slots[None, None, :] == q[:, :, None])
-    return allowed[:, None]
+        allowed = allowed & (ctx.key_valid[:, None, :] | (slots == q[:, :, None]))
+    mask = torch.zeros(allowed.shape, dtype=ctx.dtype, device=ctx.device)
+    return mask.masked_fill_(~allowed, float("-inf"))[:, None]
 
 
 class KVCache:
@@ -105,12 +96,22 @@ class KVCache:
         self.num_layers = num_layers
         self.batch_size = batch_size
         self.max_len = max_len
+        self.dtype = dtype
         self.device = devices[0]
-        self.lengths = torch.zeros(num_layers, batch_size, dtype=torch.long, device=self.device)  # [L, B]
-        self.bound = [0] * num_layers  # host upper bound of lengths[l]; exact while uniform
-        self.uniform = True
+        self.bound = [0] * num_layers  # host upper bound of each layer's lengths; exact while uniform
+        self.uniform = True  # every row has the same length in each layer (always at batch size 1)
+        # [L, B] row lengths on the device, kept only while rows differ (else `bound` says it all)
+        self._lengths = torch.zeros(num_layers, batch_size, dtype=torch.long, device=self.device)
         self.pad = torch.zeros(batch_size, dtype=torch.long, device=self.device)  # [B]
         self.key_valid: Tensor | None = None  # [B, max_len] False at left-padding slots
+
+    @property
+    def lengths(self) -> Tensor:
+        """``[L, B]`` valid length of every layer and row (device)."""
+        if not self.uniform:
+            return self._lengths
+        bound = torch.tensor(self.bound, dtype=torch.long, device=self.device)
+        return bound[:, None].expand(self.num_layers, self.batch_size)
 
     # -- setup -------------------------------------------------------------------------------
     def set_padding(self, attention_mask: Tensor) -> None:
@@ -130,13 +131,13 @@ class KVCache:
         kv_len = self.bound[start_layer] + T
         if kv_len > self.max_len:
             raise RuntimeError(f"KV cache overflow: {kv_len} slots needed, {self.max_len} allocated")
-        lengths = self.lengths[start_layer]  # [B]
-        start = write_index = positions = None
+        start = write_index = positions = lengths = None
         if self.uniform:
             start = self.bound[start_layer]
             if self.key_valid is not None:  # left padding: slot j of row b is position j - pad[b]
                 positions = (start + torch.arange(T, device=self.device))[None, :] - self.pad[:, None]
         else:
+            lengths = self._lengths[start_layer]  # [B]
             write_index = lengths[:, None] + torch.arange(T, device=self.device)  # [B, T]
             positions = write_index - self.pad[:, None]
         return BlockContext(
@@ -148,6 +149,8 @@ class KVCache:
             masks={},
             lengths=lengths,
             key_valid=None if self.key_valid is None else self.key_valid[:, :kv_len],
+            device=self.device,
+            dtype=self.dtype,
         )
 
     def write(self, layer: int, ctx: BlockContext, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
@@ -166,15 +169,18 @@ class KVCache:
 
     def advance(self, start_layer: int, end_layer: int, num_tokens: int) -> None:
         """Layers ``[start_layer, end_layer)`` now hold ``num_tokens`` more tokens in every row."""
-        self.lengths[start_layer:end_layer] += num_tokens
+        if not self.uniform:
+            self._lengths[start_layer:end_layer].add_(num_tokens)
+        bound = self.bound
         for layer in range(start_layer, end_layer):
-            self.bound[layer] += num_tokens
+            bound[layer] += num_tokens
 
     # -- rollback ------------------------------------------------------------------------------
     def rollback(self, lengths: Tensor, bound: int, uniform: bool) -> None:
         """Cut every layer back to ``lengths`` ``[B]`` (device). ``bound`` is their maximum and
         ``uniform`` whether they are all equal, known on the host. Nothing is copied: later writes
         overwrite the stale slots."""
-        self.lengths[:] = lengths[None, :]
         self.bound = [bound] * self.num_layers
         self.uniform = uniform
+        if not uniform:
+            self._lengths.copy_(lengths[None, :].expand(self.num_layers, self.batch_size))

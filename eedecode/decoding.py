@@ -87,13 +87,14 @@ class TokenChooser:
             return scores.argmax(-1)
         return sample(scores.softmax(-1), self.generator)
 
-    def draft(self, state, h: Tensor, drafts: Tensor | None = None, i: int = 0):
+    def draft(self, state, h: Tensor, drafts: Tensor | None = None, i: int = 0, confidence: bool = True):
         """Exit-layer states ``[B, H]`` -> draft token ``[B]``, q ``[B, V]`` if already computed,
-        and the draft's confidence ``[B]`` (the probability of the likeliest token). ``drafts``
-        ``[B, >= i]``: the round's earlier drafts (the context of draft ``i``)."""
+        and the draft's confidence ``[B]`` (the probability of the likeliest token; None from a
+        greedy draft when ``confidence`` is False). ``drafts`` ``[B, >= i]``: the round's earlier
+        drafts (the context of draft ``i``)."""
         runner = state.runner
         if not self.do_sample and self.pipeline.empty:
-            stats = runner.exit_head(h, stats=DRAFT_STATS)
+            stats = runner.exit_head(h, stats=DRAFT_STATS if confidence else {"argmax"})
             return stats.argmax, None, stats.max_prob
         use_gumbel = self.gumbel_drafts if self.gumbel_drafts is not None else h.is_cuda
         if self.gumbel_eligible and use_gumbel:
@@ -241,17 +242,20 @@ class Decoder:
             is_eos = torch.isin(tokens, self.eos) & (pos < counts[:, None])  # [B, m]
             hit_eos = is_eos.any(1)
             keep = torch.where(hit_eos, is_eos.int().argmax(1) + 1, counts)
-        keep = torch.minimum(keep, self.max_new - self.out_len)  # [B]
+        room = self.max_new - self.out_len
+        keep = torch.minimum(keep, room)  # [B]
         self.out.scatter_(1, self.out_len[:, None] + pos, tokens)  # past `keep`: overwritten later
         self.out_len += keep
-        remaining = self.max_new - self.out_len
-        stop = remaining <= 0 if hit_eos is None else hit_eos | (remaining <= 0)
-        stop &= running
+        remaining = room - keep
+        self.active = (remaining > 0).logical_and_(running)
+        if hit_eos is not None:
+            self.active &= ~hit_eos
+        # The newest token becomes pending (a stopped row's is never used: its outputs are discarded).
         last = (counts - 1).clamp_min(0)
-        self.pending = torch.where(running, tokens.gather(1, last[:, None])[:, 0], self.pending)
-        self.active = running & ~stop
+        self.pending = tokens[:, 0] if m == 1 else tokens.gather(1, last[:, None])[:, 0]
         if not first:
-            self.seq_len = torch.where(stop, 0, self.seq_len + counts)
+            if self.strategy.rolls_back:  # stopping rows are rewound to an empty cache
+                self.seq_len = (self.seq_len + counts).mul_(self.active)
             self.hist.scatter_add_(0, last, running.long())
             self.rounds += 1
         if self.chooser.recorded is not None:
@@ -261,15 +265,15 @@ class Decoder:
 
     def _sync(self, remaining: Tensor, counts=None, keep=None, tokens=None) -> RoundView:
         """The round's one host synchronisation: one tensor, laid out as
-        ``[max remaining of a running row | (max, min) cache length | output length per row |
+        ``[max remaining of a running row | (min, max) cache length | output length per row |
         count per row | (kept count per row, tokens)]``, each part present only when needed: the
         lengths when the strategy rolls back, the output lengths for processors that read the
         context, the counts for strategies that learn from them, the tokens when asked for."""
         B = self.out_len.shape[0]
-        parts = [(remaining * self.active).max()[None]]
+        parts = [(remaining * self.active).amax(0, keepdim=True)]
         rolls_back = self.strategy.rolls_back
         if rolls_back:
-            parts.append(torch.stack([self.seq_len.max(), self.seq_len.min()]))
+            parts.append(torch.stack(torch.aminmax(self.seq_len)))  # min, max
         if self.host_out_len is not None:
             parts.append(self.out_len)
         with_counts = self.wants_counts and counts is not None
@@ -277,11 +281,11 @@ class Decoder:
             parts.append(counts)
         if keep is not None:
             parts += [keep, tokens.flatten()]
-        host = torch.cat(parts).tolist()
+        host = (parts[0] if len(parts) == 1 else torch.cat(parts)).tolist()
         view = RoundView(host[0] > 0, host[0])
         i = 1
         if rolls_back:
-            view.cache_lengths, i = (host[1], host[2]), 3
+            view.cache_lengths, i = (host[2], host[1]), 3  # (max, min)
         if self.host_out_len is not None:
             self.host_out_len, i = host[i : i + B], i + B
         if with_counts:

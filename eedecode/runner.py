@@ -13,108 +13,26 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from . import costs
 from .cache import BlockContext, KVCache
 from .compat import check_supported
+from .functional import (
+    ROPE_TABLE_MIN,
+    STATIC_ROPE,
+    execution_device,
+    linear_fn,
+    mlp_fn,
+    norm_fn,
+    plain_linear,
+    rotate,
+    signed_sin,
+    sliding_windows,
+)
 from .kernels import DEFAULT_STATS, ExitHeadStats, exit_head, exit_head_logits, logits_stats
+from .kernels.cpu_matmul import linear, matmul_t, streams_from_memory
+from .packing import PackedLayer, hooked, pack_head, pack_layer, packed_layer
 
 Tensor = torch.Tensor
-
-
-def _signed_sin(sin: Tensor) -> Tensor:
-    """A *signed* sine table such that ``x * cos + swap_halves(x) * signed_sin`` equals HF's
-    ``x * cos + rotate_half(x) * sin`` bit for bit (``rotate_half(x) = cat(-x2, x1)``, and
-    ``(-a) * b == a * (-b)`` exactly)."""
-    half = sin.shape[-1] // 2
-    return torch.cat((-sin[..., :half], sin[..., half:]), dim=-1)
-
-
-# -- the functional fast path -----------------------------------------------------------------------
-# Dispatch overhead dominates small models: an HF RMSNorm is 8 tensor ops, F.rms_norm one. Where a
-# submodule is *exactly* a known HF class with no hooks (so its forward is known), the runner calls
-# the functional op on the module's own parameters instead; anything else (bitsandbytes layers,
-# accelerate hooks, forward hooks, other classes) goes through the module. Same numbers: F.linear
-# is what nn.Linear calls, and F.rms_norm equals the HF norm bit for bit in float32 (the only dtype
-# it is used for; tests check both).
-_RMS_NORMS = ("LlamaRMSNorm", "MistralRMSNorm", "Qwen2RMSNorm")
-_GATED_MLPS = ("LlamaMLP", "MistralMLP", "Qwen2MLP")
-_SILU = ("SiLUActivation", "SiLU")
-
-
-def _hooked(m: torch.nn.Module) -> bool:
-    return bool(m._forward_hooks or m._forward_pre_hooks or "forward" in m.__dict__)
-
-
-def execution_device(module: torch.nn.Module) -> torch.device:
-    """Where ``module`` computes: accelerate's execution device when a dispatch hook manages it (its
-    weights may sit on the meta device, or on disk, until the hook loads them), else its weights'."""
-    for m in module.modules():
-        device = getattr(getattr(m, "_hf_hook", None), "execution_device", None)
-        if device is not None and not isinstance(device, dict):
-            return torch.device(device if not isinstance(device, int) else f"cuda:{device}")
-    for p in module.parameters():
-        if p.device.type != "meta":
-            return p.device
-    return torch.device("cpu")
-
-
-def _plain_linear(m) -> bool:
-    return type(m) is torch.nn.Linear and not _hooked(m)
-
-
-def _norm_fn(m):
-    """x -> m(x), by F.rms_norm when that is bit-identical (a known HF RMSNorm, float32)."""
-    if type(m).__name__ not in _RMS_NORMS or _hooked(m) or m.weight.dtype != torch.float32:
-        return m
-    shape, eps = (m.weight.shape[0],), m.variance_epsilon
-    return lambda x: F.rms_norm(x, shape, m.weight, eps) if x.dtype == torch.float32 else m(x)
-
-
-def _linear_fn(m):
-    """x -> m(x), by F.linear on its parameters when m is a plain nn.Linear."""
-    return (lambda x: F.linear(x, m.weight, m.bias)) if _plain_linear(m) else m
-
-
-def _mlp_fn(m):
-    """x -> m(x) for the gated SiLU MLP of Llama / Mistral / Qwen2, functionally when possible."""
-    parts = (getattr(m, "gate_proj", None), getattr(m, "up_proj", None), getattr(m, "down_proj", None))
-    if (
-        type(m).__name__ not in _GATED_MLPS
-        or _hooked(m)
-        or type(getattr(m, "act_fn", None)).__name__ not in _SILU
-        or _hooked(m.act_fn)
-        or not all(_plain_linear(p) for p in parts)
-    ):
-        return m
-    g, u, d = parts
-    return lambda x: F.linear(
-        F.silu(F.linear(x, g.weight, g.bias)) * F.linear(x, u.weight, u.bias), d.weight, d.bias
-    )
-
-
-# RoPE variants whose frequencies do not depend on the sequence length: their tables can be
-# computed once per length and sliced (HF computes them elementwise per position, so the values
-# are bit for bit the same).
-_STATIC_ROPE = ("default", "linear", "llama3", "yarn")
-_ROPE_TABLE_MIN = 256  # positions in the first table
-
-
-def _apply_rope(x: Tensor, cos: Tensor, signed_sin: Tensor) -> Tensor:
-    """x: ``[B, T, heads, D]``; one rotation for q and k heads together."""
-    B, T, H, D = x.shape
-    swapped = x.view(B, T, H, 2, D // 2).flip(3).view(B, T, H, D)
-    return x * cos + swapped * signed_sin
-
-
-def _sliding_windows(config, num_layers: int) -> list[int | None]:
-    """Per-layer sliding attention window, as the HF model applies it (Mistral: every layer;
-    Qwen2: the layers whose ``layer_types`` entry is ``sliding_attention``)."""
-    window = getattr(config, "sliding_window", None)
-    if window is None:
-        return [None] * num_layers
-    layer_types = getattr(config, "layer_types", None)
-    if layer_types is None:
-        return [window] * num_layers
-    return [window if t == "sliding_attention" else None for t in layer_types[:num_layers]]
 
 
 class ModelRunner:
@@ -128,9 +46,13 @@ class ModelRunner:
 
     Without a cache, ``run_layers`` runs a causal block on its own (training, teacher-forced
     studies) and autograd works through it; the decoding loops call it under ``torch.no_grad``.
+
+    ``pack=True`` packs the model's weights in place once (:mod:`eedecode.packing`); under
+    ``torch.no_grad`` a packed layer then runs as four fused products on the packed matrices.
+    With autograd on, every layer runs on the parameters themselves (views of the same storage).
     """
 
-    def __init__(self, model):
+    def __init__(self, model, pack: bool = True):
         check_supported(model)
         self.model = model
         inner = model.model
@@ -147,24 +69,29 @@ class ModelRunner:
         self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.num_heads
         self.vocab_size = config.vocab_size
         self.max_positions = getattr(config, "max_position_embeddings", None)
-        self.windows = _sliding_windows(config, self.num_layers)
+        self.windows = sliding_windows(config, self.num_layers)
         self._rope_table: tuple[Tensor, Tensor] | None = None  # cos, signed sin [positions, D]
         self.layer_devices = [execution_device(layer) for layer in self.layers]
-        self._final_norm, self._head = _norm_fn(self.norm), _linear_fn(self.lm_head)
-        # Per layer: how to call each submodule (see _norm_fn / _linear_fn / _mlp_fn). Decided
+        self._pack(pack)
+        self._final_norm, self._head = norm_fn(self.norm), linear_fn(self.lm_head)
+        self._plain_head = plain_linear(self.lm_head)
+        # Per layer: how to call each submodule (see norm_fn / linear_fn / mlp_fn). Decided
         # here, so hooks registered after the runner is built are not seen: build a new runner.
         self._calls = [
             (
-                _norm_fn(layer.input_layernorm),
-                _linear_fn(layer.self_attn.q_proj),
-                _linear_fn(layer.self_attn.k_proj),
-                _linear_fn(layer.self_attn.v_proj),
-                _linear_fn(layer.self_attn.o_proj),
-                _norm_fn(layer.post_attention_layernorm),
-                _mlp_fn(layer.mlp),
+                norm_fn(layer.input_layernorm),
+                linear_fn(layer.self_attn.q_proj),
+                linear_fn(layer.self_attn.k_proj),
+                linear_fn(layer.self_attn.v_proj),
+                linear_fn(layer.self_attn.o_proj),
+                norm_fn(layer.post_attention_layernorm),
+                mlp_fn(layer.mlp),
             )
             for layer in self.layers
         ]
+        self._scales = [layer.self_attn.scaling for layer in self.layers]
+        Hq, Hkv = self.num_heads, self.num_kv_heads
+        self._head_counts = (Hq, Hq + Hkv, Hq + 2 * Hkv, self.head_dim)  # q | q+k | q+k+v heads, D
         self.device = execution_device(self.embed_tokens)
         self.head_device = execution_device(self.norm)
         self.dtype = self.embed_tokens.weight.dtype
@@ -173,14 +100,25 @@ class ModelRunner:
         self.norm_eps = getattr(self.norm, "variance_epsilon", None)
         head_w = getattr(self.lm_head, "weight", None)
         self.fused_head = (
-            _plain_linear(self.lm_head)
-            and not _hooked(self.norm)
+            plain_linear(self.lm_head)
+            and not hooked(self.norm)
             and self.lm_head.bias is None
             and self.norm_eps is not None
             and head_w is not None
             and head_w.dtype in (torch.float32, torch.float16, torch.bfloat16)
             and head_w.device == self.norm.weight.device
         )
+
+    def _pack(self, pack: bool) -> None:
+        """Find (and with ``pack``, make) the packed matrices of every layer and the head, and
+        decide whether the weights stream from memory (kernels/cpu_matmul.py)."""
+        find = pack_layer if pack else packed_layer
+        self.packed: list[PackedLayer | None] = [find(layer) for layer in self.layers]  # None: modules
+        self.head_t = pack_head(self.lm_head, self.embed_tokens) if pack else None  # [H, V] or None
+        weights = [t for p in self.packed if p for t in (p.qkv, p.o, p.gate_up, p.down)]
+        weights.append(getattr(self.lm_head, "weight", None))
+        nbytes = sum(t.numel() * t.element_size() for t in weights if t is not None)
+        self.stream = streams_from_memory(nbytes)  # then oneDNN serves products of 2 rows and more
 
     # -- cache -----------------------------------------------------------------------------------
     def new_cache(self, batch_size: int, max_len: int) -> KVCache:
@@ -208,10 +146,20 @@ class ModelRunner:
         Returns the states leaving layer ``end - 1``, ``[B, T, H]``.
         """
         B, T = hidden.shape[:2]
-        ctx = BlockContext.standalone(B, T, hidden.device) if cache is None else cache.block(start, T)
+        if cache is None:
+            ctx = BlockContext.standalone(B, T, hidden.device, hidden.dtype)
+        else:
+            ctx = cache.block(start, T)
         cos, sin = self._rope(hidden, ctx)  # [B or 1, T, 1, D]
+        # Packed layers (CPU only) run as fused products when no gradient is needed.
+        fast = hidden.is_cpu and not torch.is_grad_enabled()
+        head_major = cos.transpose(1, 2), sin.transpose(1, 2)  # [B or 1, 1, T, D]: the packed path's
         for i in range(start, end):
-            hidden = self._layer(i, hidden, cos, sin, cache, ctx)
+            p = self.packed[i]
+            if fast and p is not None:
+                hidden = self._packed_layer(p, i, hidden, *head_major, cache, ctx)
+            else:
+                hidden = self._layer(i, hidden, cos, sin, cache, ctx)
         if cache is not None:
             cache.advance(start, end, T)
         return hidden
@@ -219,26 +167,42 @@ class ModelRunner:
     def _rope(self, hidden: Tensor, ctx: BlockContext) -> tuple[Tensor, Tensor]:
         """cos and signed sin for the block's positions, ``[B or 1, T, 1, D]``."""
         T = ctx.num_tokens
-        if getattr(self.rotary_emb, "rope_type", None) not in _STATIC_ROPE:
+        if getattr(self.rotary_emb, "rope_type", None) not in STATIC_ROPE:
             positions = ctx.position_ids
             if positions is None:
                 positions = (ctx.start + torch.arange(T, device=hidden.device))[None]
             cos, sin = self.rotary_emb(hidden, positions.to(hidden.device))
-            return cos[:, :, None], _signed_sin(sin)[:, :, None]
+            return cos[:, :, None], signed_sin(sin)[:, :, None]
         if self._rope_table is None or self._rope_table[0].shape[0] < ctx.kv_len:
             have = 0 if self._rope_table is None else self._rope_table[0].shape[0]
-            n = max(ctx.kv_len, 2 * have, _ROPE_TABLE_MIN)  # grow geometrically: few recomputations
+            n = max(ctx.kv_len, 2 * have, ROPE_TABLE_MIN)  # grow geometrically: few recomputations
             cos, sin = self.rotary_emb(hidden, torch.arange(n, device=hidden.device)[None])
-            self._rope_table = (cos[0], _signed_sin(sin[0]))  # [n, D] each
+            self._rope_table = (cos[0, :, None], signed_sin(sin[0])[:, None])  # [n, 1, D] each
         cos, sin = self._rope_table
         if ctx.position_ids is None:  # uniform rows without padding: positions start .. start + T
-            return cos[None, ctx.start : ctx.start + T, None], sin[None, ctx.start : ctx.start + T, None]
+            return cos[None, ctx.start : ctx.start + T], sin[None, ctx.start : ctx.start + T]
         positions = ctx.position_ids.to(cos.device)
-        return cos[positions][:, :, None], sin[positions][:, :, None]
+        return cos[positions], sin[positions]
+
+    def _attend(self, i: int, q: Tensor, keys: Tensor, values: Tensor, ctx: BlockContext) -> Tensor:
+        """Scaled dot-product attention of ``q [B, Hq, T, D]`` over ``[B, Hkv, S, D]`` with the
+        block's mask for layer ``i``'s window -> ``[B, Hq, T, D]``."""
+        mask = ctx.mask(self.windows[i])
+        if mask is not None and mask.device != q.device:
+            mask = mask.to(q.device)
+        return F.scaled_dot_product_attention(
+            q,
+            keys,
+            values,
+            attn_mask=mask,
+            scale=self._scales[i],
+            enable_gqa=self.num_heads != self.num_kv_heads,
+        )
 
     def _layer(
         self, i: int, x: Tensor, cos: Tensor, sin: Tensor, cache: KVCache | None, ctx: BlockContext
     ) -> Tensor:
+        """Layer ``i`` through its modules (or the functional ops on their parameters)."""
         input_norm, q_proj, k_proj, v_proj, o_proj, post_norm, mlp = self._calls[i]
         if x.device != self.layer_devices[i]:  # models split across devices by accelerate
             x, cos, sin = (t.to(self.layer_devices[i]) for t in (x, cos, sin))
@@ -247,29 +211,79 @@ class ModelRunner:
         q = q_proj(h).view(B, T, -1, self.head_dim)  # [B, T, Hq, D]
         k = k_proj(h).view(B, T, -1, self.head_dim)  # [B, T, Hkv, D]
         v = v_proj(h).view(B, T, -1, self.head_dim).transpose(1, 2)  # [B, Hkv, T, D]
-        q, k = _apply_rope(torch.cat((q, k), dim=2), cos, sin).split(
-            (self.num_heads, self.num_kv_heads), dim=2
-        )
+        q, k = rotate(torch.cat((q, k), dim=2), cos, sin).split((self.num_heads, self.num_kv_heads), dim=2)
         q, k = q.transpose(1, 2), k.transpose(1, 2)
         keys, values = (k, v) if cache is None else cache.write(i, ctx, k, v)  # [B, Hkv, S, D]
-        mask = ctx.mask(self.windows[i])
-        if mask is not None and mask.device != q.device:
-            mask = mask.to(q.device)
-        o = F.scaled_dot_product_attention(
-            q,
-            keys,
-            values,
-            attn_mask=mask,
-            scale=self.layers[i].self_attn.scaling,
-            enable_gqa=self.num_heads != self.num_kv_heads,
-        )
+        o = self._attend(i, q, keys, values, ctx)
         x = x + o_proj(o.transpose(1, 2).reshape(B, T, -1))
         return x + mlp(post_norm(x))
+
+    def _packed_layer(
+        self, p: PackedLayer, i: int, x: Tensor, cos: Tensor, sin: Tensor, cache, ctx: BlockContext
+    ) -> Tensor:
+        """Layer ``i`` as four products on its packed matrices (no autograd); cos and sin
+        ``[B or 1, 1, T, D]``."""
+        B, T, H = x.shape
+        Hq, Hqk, Hall, D = self._head_counts
+        calls, stream = self._calls[i], self.stream
+        x = x.view(B * T, H)
+        qkv = matmul_t(calls[0](x), p.qkv, p.qkv_bias, stream).view(B, T, Hall, D).transpose(1, 2)
+        qk = rotate(qkv[:, :Hqk], cos, sin)  # [B, Hq + Hkv, T, D]: q and k rotated together
+        keys, values = qk[:, Hq:], qkv[:, Hqk:]  # [B, Hkv, T, D]
+        if cache is not None:
+            keys, values = cache.write(i, ctx, keys, values)  # [B, Hkv, S, D]
+        o = self._attend(i, qk[:, :Hq], keys, values, ctx).transpose(1, 2).reshape(B * T, Hq * D)
+        x = x + matmul_t(o, p.o, p.o_bias, stream)
+        gate_up = matmul_t(calls[5](x), p.gate_up, p.gate_up_bias, stream)  # [B T, 2 I]
+        inter = p.down.shape[0]
+        act = F.silu(gate_up[:, :inter]).mul_(gate_up[:, inter:])
+        return x.add_(matmul_t(act, p.down, p.down_bias, stream)).view(B, T, H)
+
+    def layer_kv(self, i: int, hidden: Tensor) -> tuple[Tensor, Tensor]:
+        """Layer ``i``'s input norm, then its key and value projections: ``[B, T, H]`` ->
+        ``k, v [B, T, Hkv, D]``, k *before* RoPE (:meth:`apply_rope` rotates it). On a packed
+        layer one product over the k|v columns of the fused matrix."""
+        B, T, H = hidden.shape
+        D, Hkv = self.head_dim, self.num_kv_heads
+        h = self._calls[i][0](hidden)
+        p = self.packed[i]
+        if p is None or torch.is_grad_enabled():
+            k_proj, v_proj = self._calls[i][2], self._calls[i][3]
+            return k_proj(h).view(B, T, Hkv, D), v_proj(h).view(B, T, Hkv, D)
+        q = self.num_heads * D
+        bias = None if p.qkv_bias is None else p.qkv_bias[q:]
+        kv = matmul_t(h.reshape(B * T, H), p.qkv[:, q:], bias, self.stream).view(B, T, 2 * Hkv, D)
+        return kv[:, :, :Hkv], kv[:, :, Hkv:]
+
+    def apply_rope(self, x: Tensor, positions: Tensor, length: int | None = None) -> Tensor:
+        """RoPE of ``x [B, T, heads, D]`` at ``positions [B, T]`` (as the model's rotary embedding
+        computes it, bit for bit). ``length``: a bound on ``positions + 1``; without it, reading the
+        largest position is one host synchronisation."""
+        ctx = BlockContext.standalone(x.shape[0], x.shape[1], x.device, x.dtype)
+        ctx.position_ids = positions
+        ctx.kv_len = length if length is not None else int(positions.max()) + 1
+        cos, sin = self._rope(x, ctx)
+        return rotate(x, cos, sin)
+
+    def block_costs(self, batch_size: int, max_tokens: int) -> list[float]:
+        """Cost of a full-depth pass over ``T = 1 .. max_tokens`` tokens per row relative to one
+        token, measured on this machine once per model (:func:`eedecode.costs.block_costs`): what
+        verifying ``k = T - 1`` drafts costs against an autoregressive step."""
+        return costs.block_costs(self, batch_size, max_tokens)
+
+    def preferred_block_sizes(self, batch_size: int, max_tokens: int) -> list[int]:
+        """Block sizes ``T`` (``k + 1``) worth verifying: every larger block costs more."""
+        return costs.preferred_block_sizes(self.block_costs(batch_size, max_tokens))
 
     def logits(self, hidden: Tensor) -> Tensor:
         """Final norm + LM head through the model's own modules on any hidden state ``[..., H]``
         -> fp32 logits ``[..., V]`` (what HF's forward computes; autograd works through it)."""
-        logits = self._head(self._final_norm(hidden.to(self.head_device)))
+        h = self._final_norm(hidden.to(self.head_device))
+        if torch.is_grad_enabled() or not self._plain_head:
+            logits = self._head(h)
+        else:  # the product the weights' layout reads fastest (kernels/cpu_matmul.py)
+            flat = linear(h.reshape(-1, h.shape[-1]), self.lm_head.weight, self.lm_head.bias, self.stream)
+            logits = flat.view(*h.shape[:-1], flat.shape[-1])
         return logits if logits.dtype == torch.float32 else logits.float()
 
     @torch.no_grad()

@@ -19,6 +19,8 @@ from typing import NamedTuple
 
 import torch
 
+from .cpu_matmul import linear
+
 # Per temporary of [T, chunk] fp32; a chunk is at least V wide when T x V fits in it.
 CHUNK_ELEMENTS = 1 << 20
 _MASK32 = 0xFFFFFFFF
@@ -148,8 +150,12 @@ def _head_input(h: torch.Tensor, head_dtype: torch.dtype) -> torch.Tensor:
 
 
 def _chunk_logits(h: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """[T, H] x [C, H] -> fp32 [T, C], accumulated in fp32 (16-bit weights are upcast per chunk)."""
-    return torch.nn.functional.linear(h, w if w.dtype == torch.float32 else w.float())
+    """[T, H] x [C, H] -> fp32 [T, C], accumulated in fp32 (16-bit weights are upcast per chunk).
+    On the CPU by the product that reads the weight's layout fastest (`cpu_matmul.linear`)."""
+    w = w if w.dtype == torch.float32 else w.float()
+    if h.dim() != 2:
+        return linear(h.reshape(-1, h.shape[-1]), w).view(*h.shape[:-1], w.shape[0])
+    return linear(h, w)
 
 
 def _weight_chunk(w: torch.Tensor) -> int:
@@ -278,6 +284,8 @@ def _vocab_stats(chunk_logits, T, V, chunk, inv_temperature, token_ids, seed, st
         z = chunk_logits(0, V)  # [T, V]
         if inv_temperature != 1.0:
             z = z * inv_temperature
+        if stats <= {"argmax"}:  # a greedy draft: nothing else
+            return ExitHeadStats(z.argmax(-1), None, None, None, None)
         m, arg = z.max(dim=-1)  # the lowest index among equal maxima, as torch.argmax
         lse = torch.logsumexp(z, dim=-1)
         ids = probs = None

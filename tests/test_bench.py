@@ -10,10 +10,11 @@ from dataclasses import dataclass
 
 import pytest
 import torch
-from conftest import cached_tiny_model
+from conftest import cached_tiny_model, tiny_model
 
 from eedecode import bench
 from eedecode.bench import measure
+from eedecode.bench import methods as methods_module
 from eedecode.bench.methods import Speculation, available_methods, display_name
 from eedecode.cli import main
 from eedecode.generation import generate
@@ -121,13 +122,14 @@ def test_methods_come_from_the_strategy_registry():
     methods = available_methods()
     assert list(methods) == [
         "hf",
+        "hf_packed",
         "hf_early_exit",
         "hf_prompt_lookup",
         "eedecode_ar",
         "eedecode_auto",
         "eedecode_ss",
     ]
-    assert [m.display for m in methods.values()][3:] == [
+    assert [m.display for m in methods.values()][4:] == [
         "eedecode autoregressive",
         "eedecode adaptive",
         "eedecode self-speculative",
@@ -235,9 +237,10 @@ def test_markdown_table_of_a_hand_made_record():
         (["--batch-sizes", "1,x"], "--batch-sizes: expected distinct comma-separated ints >= 1, got '1,x'"),
         (["--batch-sizes", ""], "--batch-sizes: expected distinct comma-separated ints >= 1, got ''"),
         (["--sweep-draft-lengths", "2,,3"], "--sweep-draft-lengths: expected distinct comma-separated"),
-        (["--methods", "hf,nope"], "--methods: unknown 'nope'; choose from hf, hf_early_exit,"),
+        (["--methods", "hf,nope"], "--methods: unknown 'nope'; choose from hf, hf_packed, hf_early_exit,"),
         (["--methods", "hf,hf"], "--methods: need one or more distinct methods, got ['hf', 'hf']"),
         (["--methods", "hf", "--sweep"], "--methods: not for --sweep"),
+        (["--profile", "--sweep"], "--profile: not with --sweep"),
     ],
 )
 def test_a_bad_flag_is_one_line_naming_it(flags, message, capsys, tmp_path):
@@ -249,7 +252,7 @@ def test_a_bad_flag_is_one_line_naming_it(flags, message, capsys, tmp_path):
 
 
 # -- end to end on a tiny random model -------------------------------------------------------------
-def test_benchmark_end_to_end_on_a_tiny_model(monkeypatch):
+def test_benchmark_end_to_end_on_a_tiny_model(monkeypatch, tmp_path):
     step_clock(monkeypatch)  # every timed decode and step takes 1 s
     model = tiny()
     prompts = [{"prompt": "x"}] * 3
@@ -257,7 +260,7 @@ def test_benchmark_end_to_end_on_a_tiny_model(monkeypatch):
     kw = dict(methods=bench.method_names(), spec=spec, max_new_tokens=10, batch_sizes=(1, 2), warmup=1)
     record = bench.run_benchmark(model, None, prompts, **kw, show_progress=False)
     by = {(r["method"], r["batch_size"]): r for r in record["results"]}
-    batched = {"hf", "eedecode_ar", "eedecode_auto", "eedecode_ss"}
+    batched = {"hf", "hf_packed", "eedecode_ar", "eedecode_auto", "eedecode_ss"}
     assert set(by) == {(m, 1) for m in bench.method_names()} | {(m, 2) for m in batched}
     for (_, b), r in by.items():
         assert r["new_tokens"] == 30 and r["identical_to_hf"] == 3  # greedy: HF's tokens, every method
@@ -278,6 +281,8 @@ def test_benchmark_end_to_end_on_a_tiny_model(monkeypatch):
     table = bench.markdown_table(record)
     assert table.count("\n| ") == len(record["results"]) + 1
     json.dumps(record)  # the record is JSON-able
+    png = bench.plot_batches(record, tmp_path / "batch.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_sweep_and_heatmap(tmp_path, monkeypatch):
@@ -309,3 +314,47 @@ def test_synthetic_model_is_calibrated_to_the_asked_agreement():
     assert abs(exit_agreement(model, 2, held_out) - 0.8) < 0.1
     with pytest.raises(ValueError, match="shape"):
         synthetic_model("llama-9000")
+
+
+def test_profile_counts_ops_and_reports_the_floor():
+    from eedecode.bench.profile import profile_steps, profile_table
+
+    profile = profile_steps(tiny(), prompt_ids(1, 8)[0], exit_layer=2, num_speculations=2, reps=2)
+    steps = profile["steps"]
+    assert set(steps) == {"ar_step", "draft_step", "verify", "hf_forward_step"}
+    assert steps["draft_step"]["ops"] < steps["ar_step"]["ops"] < steps["hf_forward_step"]["ops"]
+    assert steps["draft_step"]["bytes"] < steps["ar_step"]["bytes"] < steps["verify"]["bytes"]
+    assert all(r["floor_share"] > 0 and r["ms"] > 0 for r in steps.values())
+    assert profile["bandwidth_bytes_per_s"] > 0 and set(profile["block_costs"]) == {"1", "4", "16"}
+    table = profile_table(profile, 2, 2)
+    assert "floor share" in table and "preferred T" in table
+
+
+def test_hf_baselines_run_on_the_weights_as_loaded(monkeypatch):
+    """eedecode packs the model in place; HF generate is timed on a copy taken before that, and
+    hf_packed on the packed model itself."""
+    from eedecode.packing import packed_layer
+
+    seen = {}
+    for cls in (methods_module.HFGenerate, methods_module.HFGeneratePacked):
+        run = cls.run
+
+        def spy(self, model, *a, _run=run, **kw):
+            seen[self.name] = model
+            return _run(self, model, *a, **kw)
+
+        monkeypatch.setattr(cls, "run", spy)
+    model = tiny_model("llama", eos_token_id=None, bos_token_id=None)  # fresh: not packed yet
+    spec = bench.Speculation(2, 2)
+    record = bench.run_benchmark(
+        model,
+        None,
+        [{"prompt": "x"}] * 2,
+        methods=["hf", "hf_packed", "eedecode_ar"],
+        spec=spec,
+        max_new_tokens=4,
+        show_progress=False,
+    )
+    assert record["settings"]["hf_weights"] == "as loaded"
+    assert seen["hf_packed"] is model and packed_layer(model.model.layers[0]) is not None
+    assert seen["hf"] is not model and packed_layer(seen["hf"].model.layers[0]) is None

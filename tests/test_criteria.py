@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from eedecode.kernels import ExitHeadStats
 
 from eedecode.criteria import (
     CRITERIA,
@@ -17,6 +16,7 @@ from eedecode.criteria import (
     parse_criterion,
     update_unchanged,
 )
+from eedecode.kernels import ExitHeadStats
 
 
 def point_from_probs(probs, hidden=None, prev=None, unchanged=None, layer=3):

@@ -19,9 +19,10 @@ import sys
 
 import pytest
 import torch
+from transformers.models.llama.modeling_llama import LlamaRMSNorm
+
 from eedecode.kernels import BACKEND_ENV, DRAFT_STATS, ExitHeadStats, exit_head, exit_head_reference
 from eedecode.kernels.exit_head_reference import gumbel_noise, mix32, rms_norm_hf, row_keys, uniform_from_bits
-from transformers.models.llama.modeling_llama import LlamaRMSNorm
 
 EPS = 1e-5
 FIELDS = ("max_prob", "entropy", "logsumexp", "margin", "token_logprob")

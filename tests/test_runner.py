@@ -1,4 +1,5 @@
-"""The model runner: equal to HF's forward, over any layer split, on its fast and module paths."""
+"""The model runner: equal to HF's forward within fp32 rounding, over any layer split, on its packed,
+functional and module paths."""
 
 from __future__ import annotations
 
@@ -7,6 +8,12 @@ import torch
 from conftest import ARCHS, tiny_model
 
 from eedecode.runner import ModelRunner
+
+#: fp32 logits of eedecode against HF's forward (and the packed path against the modules). Observed
+#: differences are below 1e-6 on the test configs: packed, transposed weights are multiplied by
+#: another kernel than HF's F.linear, so the sums round differently; greedy tokens stay equal
+#: (tests/test_generation.py, torch.equal).
+LOGITS_ATOL = 1e-5
 
 
 def incremental_logits(runner, ids, split_at, exit_layer):
@@ -24,14 +31,15 @@ def incremental_logits(runner, ids, split_at, exit_layer):
 @pytest.mark.parametrize("arch", ARCHS)
 def test_runner_equals_hf_forward(arch):
     model = tiny_model(arch)
-    runner = ModelRunner(model)
     ids = torch.randint(3, 97, (2, 24), generator=torch.Generator().manual_seed(0))  # crosses the window 16
     with torch.no_grad():
-        ref = model(ids).logits
+        ref = model(ids).logits  # HF's forward on the weights as loaded, before packing
+    runner = ModelRunner(model)
     cache = runner.new_cache(2, 24)
     full = runner.logits(runner.run_layers(runner.embed(ids), 0, runner.num_layers, cache))
-    assert torch.equal(full, ref)  # the same ops in the same order: bit for bit
-    torch.testing.assert_close(incremental_logits(runner, ids, 13, 2), ref, rtol=0, atol=1e-6)
+    # Packed weights are multiplied by another kernel than HF's F.linear: equal up to fp32 rounding.
+    torch.testing.assert_close(full, ref, rtol=0, atol=LOGITS_ATOL)
+    torch.testing.assert_close(incremental_logits(runner, ids, 13, 2), ref, rtol=0, atol=LOGITS_ATOL)
 
 
 def _hook_everything(model):
@@ -40,7 +48,7 @@ def _hook_everything(model):
 
 
 @pytest.mark.parametrize("arch", ARCHS)
-def test_functional_fast_path_is_bit_identical_to_the_modules(arch):
+def test_packed_and_functional_paths_match_the_modules(arch):
     model = tiny_model(arch)
     fast = ModelRunner(model)
     assert all(not isinstance(c, torch.nn.Module) for calls in fast._calls for c in calls)
@@ -52,7 +60,8 @@ def test_functional_fast_path_is_bit_identical_to_the_modules(arch):
             h.remove()
     assert all(isinstance(c, torch.nn.Module) for calls in slow._calls for c in calls)
     ids = torch.randint(3, 97, (2, 20), generator=torch.Generator().manual_seed(1))
-    assert torch.equal(incremental_logits(fast, ids, 9, 3), incremental_logits(slow, ids, 9, 3))
+    fast_logits, slow_logits = incremental_logits(fast, ids, 9, 3), incremental_logits(slow, ids, 9, 3)
+    torch.testing.assert_close(fast_logits, slow_logits, rtol=0, atol=LOGITS_ATOL)
 
 
 def test_hooked_and_unknown_modules_go_through_the_module():

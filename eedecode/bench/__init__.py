@@ -19,6 +19,7 @@ from .report import (
     expected_tokens_per_round,
     ideal_speedup,
     markdown_table,
+    plot_batches,
     plot_sweep,
     speedup,
 )
@@ -45,6 +46,7 @@ __all__ = [
     "run_measurements",
     "measure_step_costs",
     "method_names",
+    "plot_batches",
     "plot_sweep",
     "run_benchmark",
     "run_sweep",

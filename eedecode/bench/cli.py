@@ -1,5 +1,6 @@
 """``eedecode bench``: its flags, their checks, and the run that measures, reports and writes the
-JSON record, the markdown table and its legend, or (``--sweep``) the heatmap.
+JSON record, the markdown table and its legend, or (``--sweep``) the heatmap, or (``--profile``)
+the cost of one step of each kind against the memory-bandwidth floor.
 
 Every flag is checked before the model loads, as far as it can be without the model; a bad value
 is a ValueError whose message starts with the flag's name (the command line prints it as one line
@@ -14,9 +15,18 @@ from pathlib import Path
 
 from ..arguments import add_model_arguments, set_threads
 from ..loading import load_model
-from .measure import check_count, load_prompts, run_measurements
+from .measure import check_count, encode_prompts, load_prompts, run_measurements
 from .methods import Speculation, method_names, resolve_methods
-from .report import LEGEND, best_cells_line, complete, machine_line, markdown_table, plot_sweep
+from .profile import profile_steps, profile_table
+from .report import (
+    LEGEND,
+    best_cells_line,
+    complete,
+    machine_line,
+    markdown_table,
+    plot_batches,
+    plot_sweep,
+)
 from .sweep import run_sweep
 
 
@@ -58,6 +68,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="sweep exit layers x draft lengths (HF generate, HF assistant_early_exit and every "
         "eedecode mode) and draw a heatmap",
     )
+    p.add_argument(
+        "--profile",
+        action="store_true",
+        help="per step kind (autoregressive, draft, verification, HF forward): aten ops, ms and the "
+        "share of the memory-bandwidth floor reached",
+    )
     p.add_argument("--sweep-exit-layers", default=None, help="comma-separated (default: 1..L-1)")
     p.add_argument("--sweep-draft-lengths", default="1,2,3,4,6,8")
     p.add_argument(
@@ -97,6 +113,8 @@ def check_flags(args) -> None:
     int_list("--sweep-draft-lengths", args.sweep_draft_lengths)
     if args.sweep_exit_layers is not None:
         int_list("--sweep-exit-layers", args.sweep_exit_layers)
+    if args.profile and args.sweep:
+        raise ValueError("--profile: not with --sweep (one or the other)")
     if args.methods is not None:
         if args.sweep:
             raise ValueError(
@@ -159,6 +177,8 @@ def run_cli(args) -> int:
     )
     if args.sweep:
         return _sweep(args, loaded, prompts, spec, out, common)
+    if args.profile:
+        return _profile(loaded, prompts, spec, out)
     methods = args.methods.split(",") if args.methods is not None else method_names()
     batch_sizes = tuple(int_list("--batch-sizes", args.batch_sizes))
     measured = run_measurements(
@@ -168,7 +188,22 @@ def run_cli(args) -> int:
     table = f"{markdown_table(record)}\n\n{LEGEND}"
     (out / "bench.json").write_text(json.dumps(record, indent=1))
     (out / "bench.md").write_text(table + "\n")
-    print(f"{machine_line(record)}\n\n{table}\n\nrecord: {out / 'bench.json'}")
+    plot = ""
+    if len(batch_sizes) > 1:
+        title = f"{Path(loaded.path).name}: tokens/s by batch size (labels: speed-up over HF generate)"
+        plot = f"; batch plot: {plot_batches(record, out / 'batch.png', title=title)}"
+    print(f"{machine_line(record)}\n\n{table}\n\nrecord: {out / 'bench.json'}{plot}")
+    return 0
+
+
+def _profile(loaded, prompts, spec: Speculation, out: Path) -> int:
+    device = next(loaded.model.parameters()).device
+    prompt = encode_prompts(loaded.tokenizer, prompts[:1], loaded.model.config.vocab_size, device)[0]
+    profile = profile_steps(loaded.model, prompt, spec.exit_layer, spec.num_speculations)
+    record = {**complete({"profile": profile}, loaded.model), "model": loaded.path}
+    (out / "profile.json").write_text(json.dumps(record, indent=1))
+    table = profile_table(profile, spec.exit_layer, spec.num_speculations)
+    print(f"{machine_line(record)}\n\n{table}\n\nrecord: {out / 'profile.json'}")
     return 0
 
 

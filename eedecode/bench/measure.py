@@ -9,6 +9,7 @@ Nothing here formats, derives or asserts a time (:mod:`eedecode.bench.report` do
 
 from __future__ import annotations
 
+import copy
 import json
 import statistics
 import time
@@ -19,6 +20,7 @@ from types import SimpleNamespace
 import torch
 
 from ..decoding import TokenChooser
+from ..packing import packed_layer
 from ..runner import ModelRunner
 from .methods import AR, HF, Speculation, pad_token_id, resolve_methods
 
@@ -126,6 +128,20 @@ class MethodResult:
     extra: dict = field(default_factory=dict)  # the method's other settings
 
 
+def hf_baseline_model(model):
+    """The model the HF baselines run on: a copy taken before eedecode packs the weights in place
+    (packing changes the layout HF's forward reads, and so its speed), or the model itself when
+    nothing will be packed (not on the CPU) or it is packed already (then said in the record)."""
+    if next(model.parameters()).device.type != "cpu" or weights_layout(model) == "packed":
+        return model
+    return copy.deepcopy(model)
+
+
+def weights_layout(model) -> str:
+    """ "packed" if eedecode has packed any of the model's layers in place, else "as loaded"."""
+    return "packed" if any(packed_layer(layer) for layer in model.model.layers) else "as loaded"
+
+
 def time_methods(
     model,
     methods,
@@ -137,12 +153,15 @@ def time_methods(
     warmup=1,
     repeats=1,
     progress=None,
+    hf_model=None,
 ) -> dict[str, MethodResult]:
     """Decode every prompt (in batches of ``batch_size``) with every method (names), ``repeats``
     times, the methods taking turns on each batch. ``identical_to_hf`` counts the rows whose
-    output equals HF generate's, when ``"hf"`` is among the methods."""
+    output equals HF generate's, when ``"hf"`` is among the methods. Methods that run on the
+    weights as loaded get ``hf_model`` (default: the model)."""
     spec = spec or Speculation()
     chosen = resolve_methods(methods)
+    hf_model = model if hf_model is None else hf_model
     if batch_size > 1 and any(m.batch_one_only for m in chosen):
         one = [m.name for m in chosen if m.batch_one_only]
         raise ValueError(f"methods: {', '.join(one)} run at batch size 1 only, asked for {batch_size}")
@@ -151,7 +170,7 @@ def time_methods(
     batches = list(_batches(prompt_ids, batch_size, 0 if pad is None else pad))
     for ids, mask in batches[:warmup]:
         for m in chosen:
-            m.run(model, ids, mask, max_new_tokens, spec)
+            m.run(hf_model if m.as_loaded else model, ids, mask, max_new_tokens, spec)
     names = [m.name for m in chosen]
     rates = {n: [] for n in names}  # one entry per (repeat, batch), aligned across methods
     stats = {n: [] for n in names}
@@ -161,7 +180,7 @@ def time_methods(
         for m in chosen[turn % len(chosen) :] + chosen[: turn % len(chosen)]:
             _sync(ids.device)
             t0 = _clock()
-            seq, st = m.run(model, ids, mask, max_new_tokens, spec)
+            seq, st = m.run(hf_model if m.as_loaded else model, ids, mask, max_new_tokens, spec)
             _sync(ids.device)
             dt = _clock() - t0
             new = _count_new(seq, ids.shape[1], eos, pad)
@@ -208,35 +227,36 @@ def _result(method, batch_size, spec, rates, new_tokens, stats, outputs) -> Meth
 
 
 # -- step costs ------------------------------------------------------------------------------------
-@torch.no_grad()
-def measure_step_costs(
-    model, prompt: torch.Tensor, exit_layer: int, num_speculations: int, reps: int = 60
-) -> dict:
-    """Median wall time of one autoregressive step, one draft step (layers ``[0, E)`` and the exit
-    head) and one verification pass of ``k`` drafts (layers ``[E, L)``), built from the engine's
-    own pieces at the prompt's length; ``c`` and ``v`` are the latter two relative to the first.
-    The three take turns, round after round, so that drifts of the machine touch them alike."""
+def step_functions(model, prompt: torch.Tensor, exit_layer: int, num_speculations: int):
+    """One autoregressive step, one draft step (layers ``[0, E)`` and the exit head) and one
+    verification pass of ``k`` drafts (layers ``[E, L)``), built from the engine's own pieces at
+    the prompt's length: ``(runner, {name: fn}, reset)``; call ``reset()`` before each step (it
+    rolls the cache back to the prompt)."""
     runner = ModelRunner(model)
     chooser = TokenChooser()  # greedy, no logits processors
     state = SimpleNamespace(runner=runner)  # what the chooser reads of a decoder without processors
     L, E, k = runner.num_layers, exit_layer, num_speculations
     P = prompt.shape[1]
     cache = runner.new_cache(1, P + k + 4)
-    runner.prefill(prompt, cache)
+    with torch.no_grad():
+        runner.prefill(prompt, cache)
+        # exit states of real tokens stand in for the drafts' (what verification reads)
+        drafts = prompt[:, -k:] if k <= P else prompt[:, :1].repeat(1, k)
+        draft_states = runner.run_layers(runner.embed(drafts), 0, E, runner.new_cache(1, k))
     base = torch.full((1,), P, dtype=torch.long, device=cache.device)
     token = prompt[:, -1:]
-    drafts = prompt[:, -k:] if k <= P else prompt[:, :1].repeat(1, k)
-    # exit states of real tokens stand in for the drafts' (what verification reads)
-    draft_states = runner.run_layers(runner.embed(drafts), 0, E, runner.new_cache(1, k))
 
+    @torch.no_grad()
     def ar_step():
         h = runner.run_layers(runner.embed(token), 0, L, cache)
         chooser.choose(state, runner.logits(h[:, 0])).tolist()  # plain decoding reads every token
 
+    @torch.no_grad()
     def draft_step():
         h = runner.run_layers(runner.embed(token), 0, E, cache)
-        chooser.draft(state, h[:, 0])  # no sync: drafting runs ahead of the host
+        chooser.draft(state, h[:, 0], confidence=False)  # no sync: drafting runs ahead of the host
 
+    @torch.no_grad()
     def verify():
         cache.advance(0, E, k)  # the drafts' shallow KV is in the cache when verification runs
         states = torch.cat([draft_states, runner.run_layers(runner.embed(token), 0, E, cache)], 1)
@@ -244,15 +264,27 @@ def measure_step_costs(
         tokens, n = chooser.accept(state, drafts, states[:, :k], [], runner.logits(out))
         torch.cat([tokens, n[:, None]], 1).tolist()
 
-    steps = {"ar_step": ar_step, "draft_step": draft_step, "verify": verify}
+    def reset():
+        cache.rollback(base, P, uniform=True)
+
+    return runner, {"ar_step": ar_step, "draft_step": draft_step, "verify": verify}, reset
+
+
+def measure_step_costs(
+    model, prompt: torch.Tensor, exit_layer: int, num_speculations: int, reps: int = 60
+) -> dict:
+    """Median wall time of one autoregressive step, one draft step and one verification pass of
+    ``k`` drafts (:func:`step_functions`); ``c`` and ``v`` are the latter two relative to the
+    first. The three take turns, round after round, so that drifts of the machine touch them alike."""
+    _, steps, reset = step_functions(model, prompt, exit_layer, num_speculations)
     samples = {name: [] for name in steps}
     for i in range(reps + 3):  # the first three rounds warm up
         for name, fn in steps.items():
-            cache.rollback(base, P, uniform=True)
-            _sync(cache.device)
+            reset()
+            _sync(prompt.device)
             t0 = _clock()
             fn()
-            _sync(cache.device)
+            _sync(prompt.device)
             dt = _clock() - t0
             if i >= 3:
                 samples[name].append(dt)
@@ -294,11 +326,15 @@ def run_measurements(
             plan[b] = [m.name for m in chosen if not m.batch_one_only]
     total = repeats * sum(len(ms) * -(-len(prompt_ids) // b) for b, ms in plan.items())
     results = []
+    hf_weights = weights_layout(model)
+    hf_model = hf_baseline_model(model)
     with tqdm(total=total, desc="bench", disable=not show_progress, leave=False) as bar:
         for b, ms in plan.items():
             bar.set_postfix_str(f"batch {b}")
             kw = dict(batch_size=b, max_new_tokens=max_new_tokens, warmup=warmup, repeats=repeats)
-            results += time_methods(model, ms, prompt_ids, spec=spec, progress=bar, **kw).values()
+            timed = time_methods(model, ms, prompt_ids, spec=spec, progress=bar, hf_model=hf_model, **kw)
+            results += timed.values()
+    del hf_model
     settings = {
         "exit_layer": spec.exit_layer,
         "num_speculations": spec.num_speculations,
@@ -310,6 +346,7 @@ def run_measurements(
         "warmup": warmup,
         "repeats": repeats,
         "num_layers": num_layers,
+        "hf_weights": hf_weights,  # what HF generate ran on: "as loaded" (a copy) or "packed"
     }
     costs = measure_step_costs(model, prompt_ids[0], spec.exit_layer, spec.num_speculations)
     return {"settings": settings, "step_costs": costs, "results": [asdict(r) for r in results]}

@@ -26,7 +26,9 @@ from .methods import display_name
 
 LEGEND = """\
 tokens/s: new tokens per second, the median over batches (greedy decoding, warm-up excluded).
-vs HF generate: the median over batches of tokens/s / HF generate's tokens/s on the same batch.
+vs HF generate: the median over batches of tokens/s / HF generate's tokens/s on the same batch. HF
+  generate runs on the weights as loaded (a copy taken before eedecode packs them in place); HF
+  generate (packed weights) is the same call on the packed model: the layout's share of the gain.
 acceptance: the share of drafted tokens that the full model accepted (eedecode modes that draft).
 tokens/round: tokens a row gains per round: its accepted drafts plus the one the verifier adds.
 ideal: the speed-up over eedecode autoregressive that tokens/round would give at the measured step
@@ -207,6 +209,51 @@ def plot_sweep(sweep: dict, path: str | Path, title: str = "") -> Path:
     axes[0].set_ylabel("exit layer E")
     fig.colorbar(im, ax=list(axes), label="tokens/s vs HF generate (paired median)")
     fig.suptitle(title or "speed-up over HF generate (eedecode: with acceptance rate)", fontsize=10)
+    path = Path(path)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+# -- batch sizes -----------------------------------------------------------------------------------
+def plot_batches(record: dict, path: str | Path, title: str = "") -> Path:
+    """Two panels over batch size: tokens/s, one line per method; and each method's paired
+    speed-up over HF generate, bars grouped by batch size."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sizes = sorted({r["batch_size"] for r in record["results"]})
+    series: dict[str, dict[int, dict]] = {}
+    for r in record["results"]:
+        series.setdefault(r["method"], {})[r["batch_size"]] = r
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    others = [m for m in series if m != "hf"]
+    width = 0.8 / max(len(others), 1)
+    for method, by_size in series.items():
+        xs = sorted(by_size)
+        line = left.plot(xs, [by_size[b]["tokens_per_s"] for b in xs], marker="o", label=display_name(method))
+        if method == "hf":
+            continue
+        n = others.index(method)
+        for i, b in enumerate(sizes):
+            sp = by_size.get(b, {}).get("speedup_vs_hf")
+            if sp is not None:
+                x = i - 0.4 + width * (n + 0.5)
+                right.bar(x, sp, width, color=line[0].get_color())
+                right.text(x, sp, f"{sp:.2f}", ha="center", va="bottom", fontsize=7)
+    left.set_xscale("log", base=2)
+    left.set_xticks(sizes, [str(b) for b in sizes])
+    left.set_xlabel("batch size")
+    left.set_ylabel("new tokens/s (median over batches)")
+    left.grid(alpha=0.3)
+    left.legend(fontsize=8)
+    right.axhline(1.0, color="grey", lw=0.8)
+    right.set_xticks(range(len(sizes)), [str(b) for b in sizes])
+    right.set_xlabel("batch size")
+    right.set_ylabel("speed-up over HF generate (paired median)")
+    fig.suptitle(title or "tokens/s and speed-up over HF generate by batch size", fontsize=10)
     path = Path(path)
     fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)

@@ -9,7 +9,7 @@ tokens per round; ``identical_to_hf`` is the fewest prompts any method decoded e
 
 from __future__ import annotations
 
-from .measure import check_count, encode_prompts, time_methods
+from .measure import check_count, encode_prompts, hf_baseline_model, time_methods, weights_layout
 from .methods import AR, HF, Speculation, available_methods
 
 FOCUS = "eedecode_ss"  # the method whose speed-up the heatmap draws
@@ -45,9 +45,10 @@ def run_sweep(
     prompt_ids = encode_prompts(tokenizer, prompts, model.config.vocab_size, device)
     methods = sweep_methods()
     cells = []
+    hf_weights, hf_model = weights_layout(model), hf_baseline_model(model)
     for e, k in tqdm(grid, desc="sweep", disable=not show_progress, leave=False):
         spec = Speculation(e, k, confidence_threshold)
-        kw = dict(max_new_tokens=max_new_tokens, warmup=warmup, repeats=repeats)
+        kw = dict(max_new_tokens=max_new_tokens, warmup=warmup, repeats=repeats, hf_model=hf_model)
         cells.append(_cell(e, k, time_methods(model, methods, prompt_ids, spec=spec, **kw)))
     return {
         "cells": cells,
@@ -56,6 +57,7 @@ def run_sweep(
             "num_prompts": len(prompt_ids),
             "repeats": repeats,
             "draft_confidence_threshold": confidence_threshold,
+            "hf_weights": hf_weights,
         },
     }
 

@@ -106,7 +106,7 @@ class SelfSpeculative(Strategy):
             h = runner.run_layers(runner.embed(x), 0, E, cache)  # [B, 1, H]
             exit_states.append(h)
             context = torch.cat(drafts, 1) if needs_context and drafts else None
-            token, q, confidence = state.chooser.draft(state, h[:, 0], context, i)
+            token, q, confidence = state.chooser.draft(state, h[:, 0], context, i, threshold is not None)
             x = token[:, None]
             drafts.append(x)
             if q is not None:

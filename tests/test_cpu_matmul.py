@@ -1,0 +1,83 @@
+"""The CPU products of the hot path: equal to a float64 product within fp32 rounding on both
+libraries (odd shapes, biases, column slices of fused matrices), and the rows that round alike."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from eedecode.kernels import cpu_matmul
+from eedecode.kernels.cpu_matmul import linear, matmul_t, onednn_available
+
+needs_onednn = pytest.mark.skipif(not onednn_available(), reason="this torch build has no oneDNN")
+
+
+def _case(rows, n_in, n_out, bias, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(rows, n_in, generator=g)
+    w = torch.randn(n_out, n_in, generator=g) / n_in**0.5
+    b = torch.randn(n_out, generator=g) if bias else None
+    ref = x.double() @ w.double().t() + (0 if b is None else b.double())
+    return x, w, b, ref
+
+
+@pytest.fixture(params=["mkl", "onednn"])
+def library(request, monkeypatch):
+    """Force every product onto one library (thresholds at 0, or oneDNN switched off)."""
+    if request.param == "onednn":
+        if not onednn_available():
+            pytest.skip("this torch build has no oneDNN")
+        for name in ("ONEDNN_MIN_ROWS", "STREAM_MIN_ROWS", "ONEDNN_MIN_MACS"):
+            monkeypatch.setattr(cpu_matmul, name, 0)
+    else:
+        monkeypatch.setattr(cpu_matmul, "onednn_available", lambda: False)
+    return request.param
+
+
+@pytest.mark.parametrize("rows", [1, 3, 4, 17])
+@pytest.mark.parametrize("shape", [(33, 65), (96, 7), (256, 300)])
+@pytest.mark.parametrize("bias", [False, True])
+def test_products_match_float64(library, rows, shape, bias):
+    x, w, b, ref = _case(rows, *shape, bias)
+    w_t = w.t().contiguous()
+    for got in (matmul_t(x, w_t, b), linear(x, w, b), linear(x, w_t.t(), b)):
+        assert got.shape == (rows, shape[1]) and got.dtype == torch.float32
+        torch.testing.assert_close(got.double(), ref, rtol=1e-5, atol=1e-5)
+
+
+def test_column_slice_of_a_fused_matrix(library):
+    """q, k, v read as column slices of one [in, q + k + v] matrix (the packed layout)."""
+    x, w, b, ref = _case(5, 40, 72, True)
+    fused = torch.cat([torch.zeros(40, 24), w.t(), torch.zeros(40, 8)], 1)
+    got = matmul_t(x, fused[:, 24:96], b)
+    torch.testing.assert_close(got.double(), ref, rtol=1e-5, atol=1e-5)
+
+
+def test_last_level_cache_decides_streaming():
+    llc = cpu_matmul.last_level_cache_bytes()
+    assert llc > 0
+    assert cpu_matmul.streams_from_memory(llc + 1) and not cpu_matmul.streams_from_memory(llc)
+
+
+def test_which_library_serves_which_product(monkeypatch):
+    monkeypatch.setattr(cpu_matmul, "onednn_available", lambda: True)
+    use = cpu_matmul.use_onednn
+    assert not use(3, 1024, 1024, torch.float32)  # few rows: MKL, which rounds them like one
+    assert use(4, 1024, 1024, torch.float32)
+    assert not use(64, 32, 64, torch.float32)  # small: oneDNN's fixed cost does not pay
+    assert not use(16, 1024, 1024, torch.bfloat16)
+    assert use(2, 1024, 1024, torch.float32, stream=True) and not use(
+        1, 1024, 1024, torch.float32, stream=True
+    )
+
+
+@needs_onednn
+def test_onednn_rounds_every_row_as_if_alone(monkeypatch):
+    """What lets verification of many rows match decoding one row at a time bit for bit."""
+    for name in ("ONEDNN_MIN_ROWS", "STREAM_MIN_ROWS", "ONEDNN_MIN_MACS"):
+        monkeypatch.setattr(cpu_matmul, name, 0)
+    x, w, _, _ = _case(48, 256, 320, False)
+    w_t = w.t().contiguous()
+    alone = matmul_t(x[:1], w_t)
+    for rows in (2, 3, 4, 9, 48):
+        assert torch.equal(matmul_t(x[:rows], w_t)[:1], alone)
