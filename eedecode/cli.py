@@ -67,8 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
 def _commands():
     """The other subcommands' modules; each has ``add_subcommand(subparsers)``."""
     from . import bench, train
+    from .study import command as agreement
 
-    return (bench, train)
+    return (bench, train, agreement)
 
 
 def main(argv: list[str] | None = None) -> int:
