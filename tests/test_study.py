@@ -376,3 +376,14 @@ def test_command_writes_every_output_and_reloads_translators(tmp_path, capsys):
     second = json.loads((tmp_path / "b" / "agreement.json").read_text())
     assert second["tuned_lens"]["loaded_from"].endswith("tuned_lens.safetensors")
     assert second["tuned_lens"]["held_out"] == first["tuned_lens"]["held_out"]  # the same held-out split
+
+
+def test_draft_cost_is_pooled_over_draft_lengths(monkeypatch):
+    from eedecode import bench
+
+    fake = iter([{"c": 0.3, "v": 1.0}, {"c": 0.9, "v": 1.1}, {"c": 0.4, "v": 1.2}])
+    monkeypatch.setattr(bench, "measure_step_costs", lambda model, prompt, e, k, reps: next(fake))
+    costs = speed.measure_costs(None, None, [2], [1, 2, 3], reps=1)
+    assert [costs[(2, k)]["c"] for k in (1, 2, 3)] == [0.4, 0.4, 0.4]  # the median of E's cells
+    assert [costs[(2, k)]["c_cell"] for k in (1, 2, 3)] == [0.3, 0.9, 0.4]
+    assert costs[(2, 3)]["v"] == 1.2

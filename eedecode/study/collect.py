@@ -98,7 +98,7 @@ def collect(
     lenses = lenses or {"logit": None}
     L, per = runner.num_layers, blocks.shape[1] - 1
     rows = max(1, batch_tokens // per)
-    acc = _Accumulator(list(lenses), len(depths))
+    acc = _Accumulator(list(lenses))
     with capture_sublayers(runner.model, [d - 1 for d in depths]) as store:
         sub_runner = ModelRunner(runner.model)  # built after the hooks, so that it calls the modules
         for start in range(0, blocks.shape[0], rows):
@@ -163,7 +163,7 @@ def kl_to_final(runner, x: Tensor, logsumexp: Tensor, final: dict) -> Tensor:
 def _lens_rows(runner, lens, states, prev, depths, final) -> dict[str, list[Tensor]]:
     """One lens at every studied depth: the per-token rows of :class:`LensRecords`."""
     gates, L = gate_criteria(), runner.num_layers
-    out: dict[str, list] = {k: [] for k in ("top1", "top5", "kl", "entropy", "max_prob", "p_final")}
+    out: dict[str, list] = {k: [] for k in ("top1", "top5", "kl", "entropy", "max_prob", "p_final", "top10")}
     out["scores"] = {name: [] for name in gates}
     unchanged = prev_top1 = None
     for d in depths:
@@ -180,7 +180,7 @@ def _lens_rows(runner, lens, states, prev, depths, final) -> dict[str, list[Tens
         out["entropy"].append(st.entropy)
         out["max_prob"].append(st.max_prob)
         out["p_final"].append(st.token_logprob.exp())
-        out.setdefault("top10", []).append(st.topk_ids)
+        out["top10"].append(st.topk_ids)  # for the sub-layer points; not kept
     return out
 
 
@@ -206,7 +206,7 @@ def _sublayer_rows(runner, states, prev, store, depths, final, top10) -> dict[st
 class _Accumulator:
     """Per-batch rows, concatenated once at the end."""
 
-    def __init__(self, lens_names, num_depths):
+    def __init__(self, lens_names):
         self.rows = {name: [] for name in lens_names}
         self.tokens: dict[str, list] = {"labels": [], "inputs": [], "final_top1": []}
         self.sub: dict | None = None

@@ -20,6 +20,8 @@ and speed-up at one cell, which checks the prediction.
 
 from __future__ import annotations
 
+import statistics
+
 import torch
 
 Tensor = torch.Tensor
@@ -73,7 +75,9 @@ def speed_exits(depths: list[int], num_layers: int, at_most: int) -> list[int]:
 
 
 def measure_costs(model, prompt: Tensor, exits: list[int], draft_lengths, reps: int, progress=None) -> dict:
-    """``{(E, k): {"c": ..., "v": ..., seconds}}`` from the benchmark's own step timer."""
+    """``{(E, k): {"c": ..., "v": ..., seconds}}`` from the benchmark's own step timer, one cell at
+    a time. A draft step does not depend on k: each cell's ``c`` is the median of E's cells (the
+    cell's own measurement is kept as ``c_cell``)."""
     from ..bench import measure_step_costs
 
     costs = {}
@@ -82,6 +86,9 @@ def measure_costs(model, prompt: Tensor, exits: list[int], draft_lengths, reps: 
             costs[(e, k)] = measure_step_costs(model, prompt, e, k, reps=reps)
             if progress is not None:
                 progress.update(1)
+        pooled = statistics.median(costs[(e, k)]["c"] for k in draft_lengths)
+        for k in draft_lengths:
+            costs[(e, k)] = {**costs[(e, k)], "c_cell": costs[(e, k)]["c"], "c": pooled}
     return costs
 
 
