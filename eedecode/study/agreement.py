@@ -56,7 +56,7 @@ class StudyConfig:
     translators: str | None = None  # a saved tuned lens, used instead of training one
     train_tokens: int | None = None  # tuned lens training positions (None: max_tokens)
     tuned: TunedLensConfig = field(default_factory=TunedLensConfig)
-    sublayer_tokens: int = 2048  # positions on which the sub-layer points are measured
+    sublayer_tokens: int = 1024  # positions on which the sub-layer points are measured
     draft_lengths: tuple[int, ...] = DRAFT_LENGTHS
     speed_exits: int = 10  # at most this many exit layers in the speed table
     cost_reps: int = 10  # timing repetitions per (E, k) cell; 0: no timing, no ideal speed-up
@@ -189,7 +189,7 @@ def analyse(records: Records, lens: str, pieces: dict | None, prob: float = 0.5)
     rec, depths, L = records.lenses[lens], records.depths, records.num_layers
     agree = rec.agree(records.final_top1)
     oracle = oracle_exit(agree)
-    table = layer_table(rec, records.final_top1, depths)
+    table = layer_table(rec, records.final_top1, depths, records.inputs)
     gates = {}
     for name, scores in rec.scores.items():
         curve = gate_sweep(CRITERIA[name], scores, agree, oracle, depths)

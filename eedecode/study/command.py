@@ -10,6 +10,7 @@ import argparse
 import time
 from pathlib import Path
 
+from .agreement import StudyConfig
 from .tuned_lens import TunedLensConfig
 
 
@@ -51,7 +52,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--data", nargs="+", default=None, help="text / .py files or folders, or code, prose (default: code)"
     )
-    p.add_argument("--max-tokens", type=int, default=8192, help="predicted positions to study")
+    p.add_argument(
+        "--max-tokens", type=int, default=StudyConfig.max_tokens, help="predicted positions to study"
+    )
     p.add_argument("--lens", choices=("logit", "tuned"), default="logit")
     p.add_argument(
         "--layers", default=None, help="exit depths: all (default), 3,6,9 or 3:30:3 (the last is added)"
@@ -67,23 +70,32 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--tuned-time-budget", type=float, default=None, help="seconds; stop tuned lens training then"
     )
-    p.add_argument("--block-len", type=int, default=256)
-    p.add_argument("--batch-tokens", type=int, default=1024)
+    p.add_argument("--block-len", type=int, default=StudyConfig.block_len)
+    p.add_argument("--batch-tokens", type=int, default=StudyConfig.batch_tokens)
     p.add_argument(
-        "--sublayer-tokens", type=int, default=2048, help="positions for the sub-layer points (0: none)"
+        "--sublayer-tokens",
+        type=int,
+        default=StudyConfig.sublayer_tokens,
+        help="positions for the sub-layer points (0: none)",
     )
-    p.add_argument("--draft-lengths", type=_ints, default=(1, 2, 3, 4, 6, 8))
+    p.add_argument("--draft-lengths", type=_ints, default=StudyConfig.draft_lengths)
     p.add_argument(
-        "--speed-exits", type=int, default=10, help="at most this many exit layers in the speed table"
+        "--speed-exits",
+        type=int,
+        default=StudyConfig.speed_exits,
+        help="at most this many exit layers in the speed table",
     )
-    p.add_argument("--cost-reps", type=int, default=20, help="timing repetitions per (E, k); 0: no timing")
+    p.add_argument(
+        "--cost-reps",
+        type=int,
+        default=StudyConfig.cost_reps,
+        help="timing repetitions per (E, k); 0: no timing",
+    )
     p.add_argument("--no-plots", action="store_true")
     p.add_argument("--no-progress", action="store_true")
 
 
-def config_from_args(args):
-    from .agreement import StudyConfig
-
+def config_from_args(args) -> StudyConfig:
     tuned = TunedLensConfig(
         steps=args.tuned_steps,
         batch_tokens=args.tuned_batch_tokens,

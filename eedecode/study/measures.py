@@ -40,15 +40,20 @@ def _mean(x: Tensor) -> float:
 
 
 # -- per layer --------------------------------------------------------------------------------------
-def layer_table(rec: LensRecords, final_top1: Tensor, depths: list[int]) -> list[dict]:
+def layer_table(
+    rec: LensRecords, final_top1: Tensor, depths: list[int], inputs: Tensor | None = None
+) -> list[dict]:
     """Per studied depth: agreement with the final top-1 and with the true next token, top-5
-    overlap, KL to the final distribution, entropy, max probability, probability of the final top-1."""
+    overlap, KL to the final distribution, entropy, max probability, probability of the final
+    top-1, and (given the input tokens) how often the top-1 is the token just read: a lens that
+    reads the residual stream too close to the embedding predicts its own input."""
     agree = rec.agree(final_top1)
     return [
         {
             "depth": d,
             "agreement": _mean(agree[j]),
             "accuracy": _mean(rec.correct[j]),
+            "copies_input": _mean(rec.top1[j] == inputs) if inputs is not None else float("nan"),
             "top5_overlap": _mean(rec.top5[j]),
             "kl": _mean(rec.kl[j]),
             "entropy": _mean(rec.entropy[j]),

@@ -13,7 +13,16 @@ from pathlib import Path
 from .measures import AGREEMENT_TARGETS, CATEGORIES, GROUPS
 from .sublayers import POINT_NAMES, POINTS
 
-LAYER_COLUMNS = ("agreement", "accuracy", "top5_overlap", "kl", "entropy", "max_prob", "p_final")
+LAYER_COLUMNS = (
+    "agreement",
+    "accuracy",
+    "top5_overlap",
+    "kl",
+    "entropy",
+    "max_prob",
+    "p_final",
+    "copies_input",
+)
 
 
 def write_report(result: dict, out_dir: str | Path, plots: bool = True) -> list[Path]:
