@@ -68,6 +68,8 @@ def agreement_plot(result: dict, path: Path, title: str) -> Path:
         ax.plot(
             d, [r["accuracy"] for r in res["layers"]], ls, color="C2", label=f"top-1 = next token ({lens})"
         )
+        copies = [r.get("copies_input", float("nan")) for r in res["layers"]]
+        ax.plot(d, copies, ls, color="C7", label=f"top-1 = input token ({lens})")
         kl.plot(
             d, [max(r["kl"], 1e-6) for r in res["layers"]], ls, color="C3", marker="o", label=f"KL ({lens})"
         )
