@@ -378,12 +378,25 @@ def test_command_writes_every_output_and_reloads_translators(tmp_path, capsys):
     assert second["tuned_lens"]["held_out"] == first["tuned_lens"]["held_out"]  # the same held-out split
 
 
-def test_draft_cost_is_pooled_over_draft_lengths(monkeypatch):
+def test_draft_cost_is_pooled_over_draft_lengths_and_the_fastest_median_kept(monkeypatch):
     from eedecode import bench
 
-    fake = iter([{"c": 0.3, "v": 1.0}, {"c": 0.9, "v": 1.1}, {"c": 0.4, "v": 1.2}])
+    def cell(ar, draft, verify):
+        return {"ar_step_s": ar, "draft_step_s": draft, "verify_s": verify}
+
+    # k = 1, 2, 3, each timed twice: the second call of k=1 was preempted in its draft step
+    fake = iter(
+        [
+            cell(1, 0.3, 1.0),
+            cell(1, 0.5, 1.0),
+            cell(2, 1.8, 2.0),
+            cell(1, 0.9, 1.1),
+            cell(1, 0.4, 1.2),
+            cell(1, 0.4, 1.3),
+        ]
+    )
     monkeypatch.setattr(bench, "measure_step_costs", lambda model, prompt, e, k, reps: next(fake))
-    costs = speed.measure_costs(None, None, [2], [1, 2, 3], reps=1)
-    assert [costs[(2, k)]["c"] for k in (1, 2, 3)] == [0.4, 0.4, 0.4]  # the median of E's cells
+    costs = speed.measure_costs(None, None, [2], [1, 2, 3], reps=1, calls=2)
     assert [costs[(2, k)]["c_cell"] for k in (1, 2, 3)] == [0.3, 0.9, 0.4]
-    assert costs[(2, 3)]["v"] == 1.2
+    assert [costs[(2, k)]["c"] for k in (1, 2, 3)] == [0.4, 0.4, 0.4]  # the median of E's cells
+    assert [costs[(2, k)]["v"] for k in (1, 2, 3)] == [1.0, 1.1, 1.2]

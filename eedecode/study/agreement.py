@@ -60,6 +60,7 @@ class StudyConfig:
     draft_lengths: tuple[int, ...] = DRAFT_LENGTHS
     speed_exits: int = 10  # at most this many exit layers in the speed table
     cost_reps: int = 10  # timing repetitions per (E, k) cell; 0: no timing, no ideal speed-up
+    cost_calls: int = 1  # timings per cell; each step keeps its fastest median (see speed.measure_costs)
     confident_prob: float = 0.5  # the confidence categories' probability threshold
 
     def validate(self) -> None:
@@ -235,7 +236,9 @@ def _speed(model, records: Records, eval_blocks: Tensor, config: StudyConfig, ba
     if config.cost_reps > 0 and exits:
         bar = bars("step costs", len(exits) * len(config.draft_lengths))
         prompt = eval_blocks[:1, : min(COST_PROMPT_TOKENS, eval_blocks.shape[1])].to(model.device)
-        costs = measure_costs(model, prompt, exits, config.draft_lengths, config.cost_reps, progress=bar)
+        costs = measure_costs(
+            model, prompt, exits, config.draft_lengths, config.cost_reps, config.cost_calls, progress=bar
+        )
         bars.close(bar)
     tables = {}
     for name, rec in records.lenses.items():

@@ -91,6 +91,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=StudyConfig.cost_reps,
         help="timing repetitions per (E, k); 0: no timing",
     )
+    p.add_argument(
+        "--cost-calls",
+        type=int,
+        default=StudyConfig.cost_calls,
+        help="timings per (E, k); each step keeps its fastest median (helps on a busy CPU)",
+    )
     p.add_argument("--no-plots", action="store_true")
     p.add_argument("--no-progress", action="store_true")
 
@@ -115,6 +121,7 @@ def config_from_args(args) -> StudyConfig:
         draft_lengths=args.draft_lengths,
         speed_exits=args.speed_exits,
         cost_reps=args.cost_reps,
+        cost_calls=args.cost_calls,
     )
 
 
