@@ -27,7 +27,7 @@ from .collect import LensRecords
 
 Tensor = torch.Tensor
 
-EARLY_LAYERS = 10  # the seed's claim: tokens match the final output at least this many layers early
+EARLY_LAYERS = 10  # arXiv 2412.01455: tokens match the final output at least this many layers early
 EARLY_FRACTION = 0.25  # ... or at least this share of the depth early
 AGREEMENT_TARGETS = (0.9, 0.95, 0.99)
 GROUPS = ("word_initial", "continuation", "other")

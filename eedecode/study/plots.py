@@ -157,7 +157,10 @@ def speedup_plot(result: dict, path: Path, title: str) -> Path:
     fig, axes = plt.subplots(
         1, len(tables), figsize=(5.5 * len(tables), 0.45 * len(exits) + 2), squeeze=False
     )
-    vmax = max(r["ideal_speedup"] for rows in tables.values() for r in rows)
+    values = [r["ideal_speedup"] for rows in tables.values() for r in rows]
+    from matplotlib.colors import TwoSlopeNorm
+
+    norm = TwoSlopeNorm(vcenter=1.0, vmin=min(min(values), 0.99), vmax=max(max(values), 1.01))  # red: slower
     for ax, (lens, rows) in zip(axes[0], tables.items(), strict=True):
         grid = [
             [
@@ -166,7 +169,7 @@ def speedup_plot(result: dict, path: Path, title: str) -> Path:
             ]
             for e in exits
         ]
-        im = ax.imshow(grid, cmap="RdYlGn", vmin=0, vmax=max(vmax, 1.01), aspect="auto")
+        im = ax.imshow(grid, cmap="RdYlGn", norm=norm, aspect="auto")
         for i, row in enumerate(grid):
             for j, v in enumerate(row):
                 ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7)
