@@ -69,9 +69,10 @@ def build_parser() -> argparse.ArgumentParser:
 def _commands():
     """The other subcommands' modules; each has ``add_subcommand(subparsers)``."""
     from . import bench, tune
+    from .study import command as agreement
     from .training import cli as train_cli
 
-    return (bench, train_cli, tune)
+    return (bench, train_cli, tune, agreement)
 
 
 def main(argv: list[str] | None = None) -> int:

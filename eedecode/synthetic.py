@@ -15,7 +15,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from .runner import ModelRunner
-from .study import layer_stats
+from .study.layers import layer_stats
 
 _LLAMA3_ROPE = {
     "rope_type": "llama3",

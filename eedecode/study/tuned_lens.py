@@ -1,0 +1,193 @@
+"""The tuned lens: one affine translator per exit depth, ``h -> W_d h + b_d``, put in front of the
+model's own exit head (Belrose et al. 2023, "Eliciting Latent Predictions from Transformers with
+the Tuned Lens", arXiv 2303.08112).
+
+Translators start at the identity (``W = I``, ``b = 0``: the logit lens) and are trained on the
+frozen model by distillation: per token of a training split, minimise
+``KL(p_final || softmax(head(W_d h_d + b_d)))``, with ``head`` the model's final norm and LM head
+(:meth:`ModelRunner.logits`). Adam with a linearly decaying learning rate (the paper uses SGD with
+Nesterov momentum; Adam needs no per-model learning rate); every depth's translator is trained on
+the same batches, one backward pass per depth.
+
+File format (``tuned_lens.safetensors``, read back by :meth:`TunedLens.load`): a safetensors file
+with, per translated exit depth ``d``, the float32 tensors ``translators.<d>.weight`` ``[H, H]``
+and ``translators.<d>.bias`` ``[H]``; its string metadata holds ``format`` (``eedecode-tuned-lens``),
+``version`` (``1``), ``num_layers``, ``hidden_size``, ``depths`` (comma-separated), ``model`` and
+``training`` (a JSON record). A depth without a translator (the last layer) is the logit lens.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from ..runner import ModelRunner
+
+Tensor = torch.Tensor
+
+FORMAT, VERSION = "eedecode-tuned-lens", "1"
+#: Adam's epsilon: far below the translators' gradients in real training (~1e-2 on SmolLM2), far
+#: above float rounding noise (~1e-6), which Adam would otherwise scale up to full-size steps when
+#: a translator already sits at its optimum (a layer that changes nothing).
+ADAM_EPS = 1e-5
+
+
+class TunedLens(torch.nn.Module):
+    """Translators for the exit depths ``depths`` below ``num_layers``; ``lens(d, h)`` translates
+    ``h [..., H]`` (identity at depths without a translator)."""
+
+    def __init__(self, hidden_size: int, num_layers: int, depths):
+        super().__init__()
+        self.hidden_size, self.num_layers = hidden_size, num_layers
+        self.translators = torch.nn.ModuleDict()
+        for d in sorted(set(depths)):
+            if 1 <= d < num_layers:
+                t = torch.nn.Linear(hidden_size, hidden_size)
+                with torch.no_grad():
+                    t.weight.copy_(torch.eye(hidden_size))
+                    t.bias.zero_()
+                self.translators[str(d)] = t
+
+    @property
+    def depths(self) -> list[int]:
+        return sorted(int(d) for d in self.translators)
+
+    def forward(self, depth: int, hidden: Tensor) -> Tensor:
+        t = self.translators[str(depth)] if str(depth) in self.translators else None  # noqa: SIM401 (no .get)
+        return hidden if t is None else t(hidden.to(t.weight.dtype)).to(hidden.dtype)
+
+    def save(self, path: str | Path, *, model: str = "", training: dict | None = None) -> Path:
+        from safetensors.torch import save_file
+
+        tensors = {
+            f"translators.{k}": v.detach().float().cpu().contiguous()
+            for k, v in self.translators.state_dict().items()
+        }
+        meta = {
+            "format": FORMAT,
+            "version": VERSION,
+            "num_layers": str(self.num_layers),
+            "hidden_size": str(self.hidden_size),
+            "depths": ",".join(map(str, self.depths)),
+            "model": model,
+            "training": json.dumps(training or {}),
+        }
+        save_file(tensors, str(path), metadata=meta)
+        return Path(path)
+
+    @classmethod
+    def load(cls, path: str | Path, device=None) -> TunedLens:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            if meta.get("format") != FORMAT:
+                raise ValueError(
+                    f"translators: {path} is not an eedecode tuned lens (format {meta.get('format')!r})"
+                )
+            depths = [int(d) for d in meta["depths"].split(",") if d]
+            lens = cls(int(meta["hidden_size"]), int(meta["num_layers"]), depths)
+            state = {k[len("translators.") :]: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+        lens.translators.load_state_dict(state)
+        lens.metadata = meta
+        return lens.to(device) if device is not None else lens
+
+
+@dataclass(frozen=True)
+class TunedLensConfig:
+    steps: int = 250  # optimiser steps (all depths train on each batch)
+    batch_tokens: int = 256
+    lr: float = 1e-3
+    time_budget_s: float | None = None  # stop early when training has taken this long
+    seed: int = 0
+
+
+@contextlib.contextmanager
+def _frozen(model):
+    """No gradients for the model's own weights while the translators train."""
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    try:
+        for p, _ in flags:
+            p.requires_grad_(False)
+        yield
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+
+
+@torch.no_grad()
+def collect_states(
+    runner: ModelRunner, blocks: Tensor, depths, batch_tokens: int = 1024
+) -> dict[int, Tensor]:
+    """The states ``[n, H]`` after each of ``depths`` and after the last layer, over ``blocks``'s
+    predicted positions."""
+    wanted = set(depths) | {runner.num_layers}
+    rows = max(1, batch_tokens // (blocks.shape[1] - 1))
+    out: dict[int, list] = {d: [] for d in wanted}
+    for start in range(0, blocks.shape[0], rows):
+        h = runner.embed(blocks[start : start + rows, :-1].to(runner.device))
+        for i in range(runner.num_layers):
+            h = runner.run_layers(h, i, i + 1)
+            if i + 1 in wanted:
+                out[i + 1].append(h.flatten(0, 1))
+    return {d: torch.cat(v) for d, v in out.items()}
+
+
+def fit_tuned_lens(
+    runner: ModelRunner, blocks: Tensor, depths, config: TunedLensConfig = TunedLensConfig(), progress=None
+) -> tuple[TunedLens, dict]:
+    """Train translators for ``depths`` on ``blocks [N, T]``; returns the lens and a training record
+    (seconds, steps, tokens, and per depth the KL to the final layer on the first and last batches)."""
+    t0 = time.perf_counter()
+    states = collect_states(runner, blocks, depths)
+    final = states.pop(runner.num_layers)
+    lens = TunedLens(final.shape[-1], runner.num_layers, depths).to(final.device)
+    opt = torch.optim.Adam(lens.parameters(), lr=config.lr, eps=ADAM_EPS)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0 - s / max(config.steps, 1))
+    gen = torch.Generator().manual_seed(config.seed)
+    order, pos, n = torch.randperm(final.shape[0], generator=gen), 0, final.shape[0]
+    first, last, steps = {}, {}, 0
+    with _frozen(runner.model):
+        for steps in range(1, config.steps + 1):  # noqa: B007 (steps is read after the loop)
+            if pos + config.batch_tokens > n:
+                order, pos = torch.randperm(n, generator=gen), 0
+            idx = order[pos : pos + config.batch_tokens].to(final.device)
+            pos += config.batch_tokens
+            losses = _step(runner, lens, states, final, idx, opt)
+            first = first or losses
+            last = losses
+            sched.step()
+            if progress is not None:
+                progress.update(1)
+            if config.time_budget_s is not None and time.perf_counter() - t0 > config.time_budget_s:
+                break
+    record = {
+        "seconds": time.perf_counter() - t0,
+        "steps": steps,
+        "tokens": n,
+        "config": asdict(config),
+        "kl_first_batch": {str(d): first.get(d) for d in lens.depths},
+        "kl_last_batch": {str(d): last.get(d) for d in lens.depths},
+    }
+    return lens.eval(), record
+
+
+def _step(runner, lens: TunedLens, states, final, idx, opt) -> dict[int, float]:
+    """One optimiser step on the batch ``idx``; returns each depth's KL before the step."""
+    with torch.no_grad():
+        target = torch.log_softmax(runner.logits(final[idx]), dim=-1)  # [b, V]
+        p = target.exp()
+    opt.zero_grad(set_to_none=True)
+    losses = {}
+    for d in lens.depths:
+        logq = torch.log_softmax(runner.logits(lens(d, states[d][idx])), dim=-1)
+        loss = (p * (target - logq)).sum(-1).mean()
+        loss.backward()  # one depth at a time: its [b, V] graph is freed before the next
+        losses[d] = loss.detach().item()
+    opt.step()
+    return losses
