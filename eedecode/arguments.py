@@ -74,12 +74,30 @@ def _flag_type(name: str):
 def add_mode_arguments(p: argparse.ArgumentParser) -> None:
     """``--mode`` and every registered mode's settings as flags (default: unset)."""
     modes = strategy_names()
-    p.add_argument("--mode", default=None, choices=modes, help=f"decoding mode (default {DEFAULT_MODE})")
+    p.add_argument(
+        "--mode",
+        default=None,
+        type=lambda text: text.replace("-", "_"),  # early-exit or early_exit
+        choices=modes,
+        help=f"decoding mode (default {DEFAULT_MODE})",
+    )
     for name, f in all_option_fields().items():
         if f.metadata.get("cli", True):
-            owners = [m for m in modes if name in option_fields(get_strategy(m))]
-            help_text = f"{f.metadata.get('help', '')} [{', '.join(owners)}]"
-            p.add_argument("--" + name.replace("_", "-"), type=_flag_type(name), default=None, help=help_text)
+            p.add_argument(
+                "--" + name.replace("_", "-"), type=_flag_type(name), default=None, help=_help(name)
+            )
+
+
+def _help(name: str) -> str:
+    """An option's help and the modes that have it (each mode's own words where they differ)."""
+    helps = {}
+    for mode in strategy_names():
+        fields = option_fields(get_strategy(mode))
+        if name in fields:
+            helps[mode] = fields[name].metadata.get("help", "")
+    if len(set(helps.values())) == 1:
+        return f"{next(iter(helps.values()))} [{', '.join(helps)}]"
+    return "; ".join(f"[{mode}] {text}" for mode, text in helps.items())
 
 
 def add_decoding_arguments(p: argparse.ArgumentParser) -> None:
