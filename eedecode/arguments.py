@@ -49,9 +49,10 @@ def _bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
-def _flag_type(name: str):
+def flag_type(name: str):
     """argparse type of a mode setting, from its annotations: ints stay ints, and a setting that
-    is an int in one mode and a word in another (``--exit-layer 3`` / ``auto``) takes either."""
+    is an int in one mode and a word in another (``--exit-layer 3`` / ``auto``) takes either.
+    The benchmark types its method variants' settings with it too."""
     kinds = _kinds(name)
     if kinds == {"bool"}:
         return _bool
@@ -84,7 +85,7 @@ def add_mode_arguments(p: argparse.ArgumentParser) -> None:
     for name, f in all_option_fields().items():
         if f.metadata.get("cli", True):
             p.add_argument(
-                "--" + name.replace("_", "-"), type=_flag_type(name), default=None, help=_help(name)
+                "--" + name.replace("_", "-"), type=flag_type(name), default=None, help=_help(name)
             )
 
 
