@@ -84,7 +84,7 @@ def run_grid(model, tokenizer, prompts, *, configs, exits, max_new_tokens, warmu
 def markdown(record: dict) -> str:
     s = record["settings"]
     head = (
-        f"{Path(record['model']).name}: {s['num_layers']} layers, exit points {s['exits']}, "
+        f"{s['model']}: {s['num_layers']} layers, exit points {s['exits']}, "
         f"{s['max_new_tokens']} new tokens x {s['num_prompts']} prompts, {s['repeats']} repeat(s), "
         f"{record['machine']['torch_threads']} thread(s)\n\n"
         "| method | criterion | KV | mean exit layer | tokens/s | vs autoregressive | token agreement "
@@ -185,7 +185,7 @@ def propagation_markdown(record: dict) -> str:
     starts = [w["start"] for w in record["rows"][0]["windows"]]
     spans = " | ".join(f"{a}–{a + s['window'] - 1}" for a in starts)
     lines = [
-        f"{Path(record['model']).name}, teacher-forced, {s['max_new_tokens']} tokens x {s['num_prompts']} "
+        f"{s['model']}, teacher-forced, {s['max_new_tokens']} tokens x {s['num_prompts']} "
         f"prompts, exit points {s['exits']}. Per window of positions: agreement with the full model "
         "(all tokens) / exit rate / KL of the full-depth tokens' logits from the full model's (nats)",
         "",
@@ -195,7 +195,7 @@ def propagation_markdown(record: dict) -> str:
     for r in record["rows"]:
         cells = [
             f"{w['agreement']:.0%} / {w['exit_rate']:.0%} / "
-            + ("–" if w["full_depth_kl"] is None else f"{w['full_depth_kl']:.3f}")
+            + ("–" if w["full_depth_kl"] is None else f"{max(w['full_depth_kl'], 0.0):.3f}")
             for w in r["windows"]
         ]
         lines.append(f"| {r['criterion']} | {r['kv_strategy']} | " + " | ".join(cells) + " |")
@@ -229,7 +229,7 @@ def plot(records: list[dict], path: str | Path) -> Path:
             if r["method"] == "eedecode_ss":
                 ax.plot([r["speedup_vs_ar"]], [r["token_agreement"]], "k*", ms=10, label="self-speculative")
         ax.axvline(1.0, color="grey", lw=0.8)
-        ax.set_title(Path(rec["model"]).name.split(".")[0], fontsize=10)
+        ax.set_title(f"{rec['settings']['model']} (exit points {rec['settings']['exits']})", fontsize=9)
         ax.set_xlabel("speed-up over eedecode autoregressive (paired median)")
         ax.set_ylabel("token agreement with the full model (greedy)")
     axes[0][-1].legend(fontsize=6, loc="lower left")
@@ -272,7 +272,8 @@ def main(argv: list[str] | None = None) -> int:
     model, prompts = loaded.model, load_prompts(limit=args.num_prompts)
     configs = configurations(args.criteria, args.kv_strategies)
     common = dict(configs=configs, exits=args.exits, max_new_tokens=args.max_new_tokens)
-    settings = dict(vars(args), num_layers=model.config.num_hidden_layers, num_prompts=len(prompts))
+    settings = dict(vars(args), model=args.model or "demo", num_layers=model.config.num_hidden_layers)
+    settings["num_prompts"] = len(prompts)
     if args.command == "run":
         rec = loaded.settings
         ss = Speculation(rec["exit_layer"], rec["num_speculations"]) if "exit_layer" in rec else None
