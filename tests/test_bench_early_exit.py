@@ -54,7 +54,8 @@ def test_grid_rows_under_a_fake_clock(monkeypatch):
         model="tiny", num_layers=6, exits="min_exit_layer=2", max_new_tokens=12, num_prompts=2, repeats=1
     )
     table = ee.markdown(record)
-    assert "| early exit | margin:1.0 | copy | 6.00 |" in table and table.count("\n| ") == len(rows) + 1
+    assert "| margin:1.0 | 6.00 / 6.00 | 1.00× / 1.00× | 100.0% / 100.0% | 12 / 12 | 2 / 2 |" in table
+    assert "| eedecode autoregressive | 12.0 | 1.00× | 100.0% | 2/2 |" in table
 
 
 def test_propagation_recompute_keeps_full_depth_tokens_exact():

@@ -13,6 +13,7 @@ so any drift of copied KV with position shows as a drift here. ``plot``: quality
     python -m eedecode.bench.early_exit run --model demo --threads 1 --output runs/early_exit/demo
     python -m eedecode.bench.early_exit propagation --model demo --output runs/early_exit/demo
     python -m eedecode.bench.early_exit plot runs/early_exit/*/early_exit.json --output docs/early_exit.png
+    python -m eedecode.bench.early_exit table runs/early_exit/demo/early_exit.json
 
 Nothing here asserts a time.
 """
@@ -82,22 +83,42 @@ def run_grid(model, tokenizer, prompts, *, configs, exits, max_new_tokens, warmu
 
 
 def markdown(record: dict) -> str:
-    s = record["settings"]
-    head = (
-        f"{s['model']}: {s['num_layers']} layers, exit points {s['exits']}, "
-        f"{s['max_new_tokens']} new tokens x {s['num_prompts']} prompts, {s['repeats']} repeat(s), "
-        f"{record['machine']['torch_threads']} thread(s)\n\n"
-        "| method | criterion | KV | mean exit layer | tokens/s | vs autoregressive | token agreement "
-        "| first divergence (median) | identical |\n|---|---|---|---:|---:|---:|---:|---:|---:|"
-    )
-    lines = [head]
-    for r in record["rows"]:
-        name = r["criterion"] and "early exit" or {HF: "HF generate", AR: "autoregressive"}.get(r["method"])
-        depth = "" if r["mean_exit_layer"] is None else f"{r['mean_exit_layer']:.2f}"
+    """The baselines, then one line per criterion with copy and recompute side by side."""
+    s, rows = record["settings"], record["rows"]
+    lines = [
+        f"{s['model']}: {s['num_layers']} layers, exit points {s['exits']}, {s['max_new_tokens']} new "
+        f"tokens x {s['num_prompts']} prompts, {record['machine']['torch_threads']} thread(s). Cells: "
+        "copy / recompute. Speed-up: over eedecode autoregressive (paired median). Agreement: share "
+        "of the full model's greedy tokens matched position by position; first divergence: median "
+        "new-token position of the first mismatch.",
+        "",
+        "| method | tokens/s | speed-up | agreement | identical |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    names = {HF: "HF generate", AR: "eedecode autoregressive", "eedecode_ss": "eedecode self-speculative"}
+    for r in rows:
+        if r["criterion"] is None:
+            name, n = names.get(r["method"], r["method"]), s["num_prompts"]
+            lines.append(
+                f"| {name} | {r['tokens_per_s']:.1f} | {r['speedup_vs_ar']:.2f}× "
+                f"| {r['token_agreement']:.1%} | {r['identical']}/{n} |"
+            )
+    lines += [
+        "",
+        "| criterion | mean exit layer | speed-up | agreement | first divergence | identical |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    by = {(r["criterion"], r["kv_strategy"]): r for r in rows if r["criterion"]}
+    for c in dict.fromkeys(r["criterion"] for r in rows if r["criterion"]):
+        pair = [by.get((c, kv)) for kv in KV]
+
+        def cell(fmt, key, pair=pair):
+            return " / ".join("–" if r is None else fmt.format(r[key]) for r in pair)
+
         lines.append(
-            f"| {name or r['method']} | {r['criterion'] or ''} | {r['kv_strategy'] or ''} | {depth} "
-            f"| {r['tokens_per_s']:.1f} | {r['speedup_vs_ar']:.2f}× | {r['token_agreement']:.1%} "
-            f"| {r['first_divergence']:g} | {r['identical']}/{s['num_prompts']} |"
+            f"| {c} | {cell('{:.2f}', 'mean_exit_layer')} | {cell('{:.2f}×', 'speedup_vs_ar')} "
+            f"| {cell('{:.1%}', 'token_agreement')} | {cell('{:g}', 'first_divergence')} "
+            f"| {cell('{}', 'identical')} |"
         )
     return "\n".join(lines)
 
@@ -259,6 +280,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("plot")
     p.add_argument("records", nargs="+")
     p.add_argument("--output", default="docs/early_exit.png")
+    p = sub.add_parser("table", help="print the markdown table of a stored record (run or propagation)")
+    p.add_argument("record")
     return parser
 
 
@@ -266,6 +289,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "plot":
         print(plot([json.loads(Path(f).read_text()) for f in args.records], args.output))
+        return 0
+    if args.command == "table":
+        record = json.loads(Path(args.record).read_text())
+        print((propagation_markdown if "window" in record["settings"] else markdown)(record))
         return 0
     set_threads(args)
     loaded = load_model(args.model, args.device, args.dtype)
