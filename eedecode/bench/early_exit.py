@@ -206,21 +206,25 @@ def propagation_markdown(record: dict) -> str:
     starts = [w["start"] for w in record["rows"][0]["windows"]]
     spans = " | ".join(f"{a}–{a + s['window'] - 1}" for a in starts)
     lines = [
-        f"{s['model']}, teacher-forced, {s['max_new_tokens']} tokens x {s['num_prompts']} "
-        f"prompts, exit points {s['exits']}. Per window of positions: agreement with the full model "
-        "(all tokens) / exit rate / KL of the full-depth tokens' logits from the full model's (nats)",
+        f"{s['model']}, teacher-forced on the full model's greedy output, {s['max_new_tokens']} tokens x "
+        f"{s['num_prompts']} prompts, exit points {s['exits']}. Per window of positions: agreement of "
+        "every prediction with the full model's token · the same over the tokens that went to full depth "
+        "· mean KL divergence (nats) of those tokens' logits from the full model's. Exit rate: all windows.",
         "",
-        f"| criterion | KV | {spans} |",
-        "|---|---|" + "---:|" * len(starts),
+        f"| criterion | KV | exit rate | {spans} |",
+        "|---|---|---:|" + "---:|" * len(starts),
     ]
     for r in record["rows"]:
-        cells = [
-            f"{w['agreement']:.0%} / {w['exit_rate']:.0%} / "
-            + ("–" if w["full_depth_kl"] is None else f"{max(w['full_depth_kl'], 0.0):.3f}")
-            for w in r["windows"]
-        ]
-        lines.append(f"| {r['criterion']} | {r['kv_strategy']} | " + " | ".join(cells) + " |")
+        cells = [_window_cell(w) for w in r["windows"]]
+        rate = sum(w["exit_rate"] for w in r["windows"]) / len(r["windows"])
+        lines.append(f"| {r['criterion']} | {r['kv_strategy']} | {rate:.0%} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _window_cell(w: dict) -> str:
+    if w["full_depth_kl"] is None:
+        return f"{w['agreement']:.0%} · – · –"
+    return f"{w['agreement']:.0%} · {w['full_depth_agreement']:.0%} · {max(w['full_depth_kl'], 0.0):.3f}"
 
 
 # -- the plot --------------------------------------------------------------------------------------
