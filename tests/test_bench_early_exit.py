@@ -93,3 +93,21 @@ def test_plot_draws_one_panel_per_record(tmp_path, monkeypatch):
     path.write_text(json.dumps(record))
     assert ee.main(["plot", str(path), str(path), "--output", str(tmp_path / "p.png")]) == 0
     assert (tmp_path / "p.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_propagation_follows_a_reference_that_ends_early():
+    model = tiny_model("llama", seed=2, bos_token_id=None)
+    ids = ee.encode_prompts(None, PROMPTS[:1], model.config.vocab_size, "cpu")[0]
+    free = ee.generate(model, ids, mode="autoregressive", max_new_tokens=30, eos_token_id=None)
+    model.generation_config.eos_token_id = int(free[0, ids.shape[1] + 11])
+    rows = ee.propagation(
+        model,
+        None,
+        PROMPTS[:1],
+        configs=[("margin:0.0008", "copy")],
+        exits="min_exit_layer=1",
+        max_new_tokens=30,
+        window=10,
+    )
+    tokens = [w["tokens"] for w in rows[0]["windows"]]
+    assert sum(tokens) <= 11 and tokens[-1] == 0 and rows[0]["windows"][-1]["agreement"] is None

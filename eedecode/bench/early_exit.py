@@ -164,17 +164,16 @@ def propagation(model, tokenizer, prompts, *, configs, exits, max_new_tokens, wi
     for ids in ids_all:
         P = ids.shape[1]
         ref_logits, _ = _traced(model, ids, max_new_tokens, mode="autoregressive")
+        n = ref_logits.shape[0]  # fewer than max_new_tokens when the model ends with EOS
         reference = torch.cat([ids, ref_logits.argmax(-1)[None]], 1)
         ref_logp = ref_logits.log_softmax(-1)
         for c, kv in configs:
             force = [ForceTokens(reference, P)]
             opts = dict(criterion=c, kv_strategy=kv, **_exit_option(exits))
-            logits, depths = _traced(
-                model, ids, max_new_tokens, mode="early_exit", logits_processor=force, **opts
-            )
+            logits, depths = _traced(model, ids, n, mode="early_exit", logits_processor=force, **opts)
             kl = (ref_logp.exp() * (ref_logp - logits.log_softmax(-1))).sum(-1)
             agree = logits.argmax(-1) == reference[0, P:]
-            for t in range(1, max_new_tokens):  # token 0 comes from the prefill, at full depth
+            for t in range(1, n):  # token 0 comes from the prefill, at full depth
                 acc[(c, kv)].append((t, bool(agree[t]), depths[t] == L, float(kl[t])))
     return [_propagation_row(c, kv, acc[(c, kv)], window, max_new_tokens) for c, kv in configs]
 
@@ -187,13 +186,15 @@ def _propagation_row(criterion, kv, tokens, window, n) -> dict:
         windows.append(
             dict(
                 start=lo,
-                agreement=sum(x[1] for x in part) / max(len(part), 1),
-                exit_rate=1 - len(full) / max(len(part), 1),
+                tokens=len(part),
+                agreement=sum(x[1] for x in part) / len(part) if part else None,
+                exit_rate=1 - len(full) / len(part) if part else None,
                 full_depth_agreement=sum(x[1] for x in full) / len(full) if full else None,
                 full_depth_kl=sum(x[3] for x in full) / len(full) if full else None,
             )
         )
-    return dict(criterion=criterion, kv_strategy=kv, windows=windows)
+    exit_rate = 1 - sum(x[2] for x in tokens) / max(len(tokens), 1)
+    return dict(criterion=criterion, kv_strategy=kv, exit_rate=exit_rate, windows=windows)
 
 
 def _exit_option(exits: str) -> dict:
@@ -216,12 +217,14 @@ def propagation_markdown(record: dict) -> str:
     ]
     for r in record["rows"]:
         cells = [_window_cell(w) for w in r["windows"]]
-        rate = sum(w["exit_rate"] for w in r["windows"]) / len(r["windows"])
+        rate = r["exit_rate"]
         lines.append(f"| {r['criterion']} | {r['kv_strategy']} | {rate:.0%} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
 def _window_cell(w: dict) -> str:
+    if w["agreement"] is None:
+        return "–"
     if w["full_depth_kl"] is None:
         return f"{w['agreement']:.0%} · – · –"
     return f"{w['agreement']:.0%} · {w['full_depth_agreement']:.0%} · {max(w['full_depth_kl'], 0.0):.3f}"
