@@ -41,6 +41,7 @@ DEMO_CRITERIA = (
     "margin:0.5,patience:1,patience:2,patience:3,cosine:0.97,cosine:0.98,cosine:0.99"
 )
 KV = ("copy", "recompute")
+CRITERIA = ("max-prob", "entropy", "margin", "patience", "cosine")
 
 
 def ee_method(criterion: str, kv: str, exits: str) -> str:
@@ -239,10 +240,9 @@ def plot(records: list[dict], path: str | Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(records), figsize=(5.2 * len(records), 4.6), squeeze=False)
-    colours = dict(
-        zip(("max-prob", "entropy", "margin", "patience", "cosine"), plt.cm.tab10.colors, strict=False)
-    )
+    fig, axes = plt.subplots(1, len(records), figsize=(5.2 * len(records), 4.8), squeeze=False, sharey=True)
+    colours = dict(zip(CRITERIA, plt.cm.tab10.colors, strict=False))
+    handles = {}
     for ax, rec in zip(axes[0], records, strict=True):
         lines: dict = {}
         for r in rec["rows"]:
@@ -250,18 +250,21 @@ def plot(records: list[dict], path: str | Path) -> Path:
                 lines.setdefault((r["criterion"].split(":")[0], r["kv_strategy"]), []).append(r)
         for (name, kv), rows in lines.items():
             xs, ys = [r["speedup_vs_ar"] for r in rows], [r["token_agreement"] for r in rows]
-            style = dict(color=colours.get(name), marker="o" if kv == "copy" else "s")
-            ax.plot(xs, ys, ls="--" if kv == "copy" else "-", label=f"{name}, {kv}", **style)
+            style = dict(color=colours.get(name), marker="o" if kv == "copy" else "s", ms=4)
+            (handles[f"{name}, {kv}"],) = ax.plot(xs, ys, ls="--" if kv == "copy" else "-", **style)
             ax.annotate(rows[-1]["criterion"].split(":")[1], (xs[-1], ys[-1]), fontsize=6)
         for r in rec["rows"]:
             if r["method"] == "eedecode_ss":
-                ax.plot([r["speedup_vs_ar"]], [r["token_agreement"]], "k*", ms=10, label="self-speculative")
+                (handles["self-speculative (lossless)"],) = ax.plot(
+                    [r["speedup_vs_ar"]], [r["token_agreement"]], "k*", ms=10
+                )
         ax.axvline(1.0, color="grey", lw=0.8)
+        ax.set_ylim(-0.02, 1.04)
         ax.set_title(f"{rec['settings']['model']} (exit points {rec['settings']['exits']})", fontsize=9)
         ax.set_xlabel("speed-up over eedecode autoregressive (paired median)")
-        ax.set_ylabel("token agreement with the full model (greedy)")
-    axes[0][-1].legend(fontsize=6, loc="lower left")
-    fig.tight_layout()
+    axes[0][0].set_ylabel("token agreement with the full model (greedy)")
+    fig.legend(handles.values(), handles.keys(), loc="lower center", ncol=6, fontsize=7, frameon=False)
+    fig.tight_layout(rect=(0, 0.09, 1, 1))
     path = Path(path)
     fig.savefig(path, dpi=110)
     plt.close(fig)
