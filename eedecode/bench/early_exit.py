@@ -5,7 +5,7 @@ copied or recomputed KV for the skipped layers (:mod:`eedecode.strategies.early_
 and each gets its mean exit layer, tokens/s, paired speed-up over eedecode autoregressive, its
 agreement with HF generate's greedy output (the full model) and where it first diverges.
 ``propagation``: whether copied KV makes errors grow along a sequence (the claim of the seed study,
-Shan et al. 2024). Every configuration is teacher-forced on the full model's greedy output. At
+arXiv 2412.01455). Every configuration is teacher-forced on the full model's greedy output. At
 each position the early-exit prediction is compared with the full model's token, and so are the
 logits of the tokens that went to full depth. Recomputed KV leaves those exactly the full model's,
 so any drift of copied KV with position shows as a drift here. ``plot``: quality against speed-up.
