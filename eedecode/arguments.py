@@ -49,9 +49,10 @@ def _bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
-def _flag_type(name: str):
+def flag_type(name: str):
     """argparse type of a mode setting, from its annotations: ints stay ints, and a setting that
-    is an int in one mode and a word in another (``--exit-layer 3`` / ``auto``) takes either."""
+    is an int in one mode and a word in another (``--exit-layer 3`` / ``auto``) takes either.
+    The benchmark types its method variants' settings with it too."""
     kinds = _kinds(name)
     if kinds == {"bool"}:
         return _bool
@@ -74,12 +75,30 @@ def _flag_type(name: str):
 def add_mode_arguments(p: argparse.ArgumentParser) -> None:
     """``--mode`` and every registered mode's settings as flags (default: unset)."""
     modes = strategy_names()
-    p.add_argument("--mode", default=None, choices=modes, help=f"decoding mode (default {DEFAULT_MODE})")
+    p.add_argument(
+        "--mode",
+        default=None,
+        type=lambda text: text.replace("-", "_"),  # early-exit or early_exit
+        choices=modes,
+        help=f"decoding mode (default {DEFAULT_MODE})",
+    )
     for name, f in all_option_fields().items():
         if f.metadata.get("cli", True):
-            owners = [m for m in modes if name in option_fields(get_strategy(m))]
-            help_text = f"{f.metadata.get('help', '')} [{', '.join(owners)}]"
-            p.add_argument("--" + name.replace("_", "-"), type=_flag_type(name), default=None, help=help_text)
+            p.add_argument(
+                "--" + name.replace("_", "-"), type=flag_type(name), default=None, help=_help(name)
+            )
+
+
+def _help(name: str) -> str:
+    """An option's help and the modes that have it (each mode's own words where they differ)."""
+    helps = {}
+    for mode in strategy_names():
+        fields = option_fields(get_strategy(mode))
+        if name in fields:
+            helps[mode] = fields[name].metadata.get("help", "")
+    if len(set(helps.values())) == 1:
+        return f"{next(iter(helps.values()))} [{', '.join(helps)}]"
+    return "; ".join(f"[{mode}] {text}" for mode, text in helps.items())
 
 
 def add_decoding_arguments(p: argparse.ArgumentParser) -> None:

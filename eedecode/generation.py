@@ -74,8 +74,9 @@ class GenerationStats:
         head = (
             f"{self.new_tokens} new tokens in {self.wall_time_s:.3f} s ({self.tokens_per_second:.1f} tok/s)"
         )
+        own = "".join(f", {k.replace('_', ' ')} {v:.2f}" for k, v in self.details.items() if type(v) is float)
         if not self.drafted_tokens:
-            return f"{head}; {self.description}, {self.rounds} steps"
+            return f"{head}; {self.description}, {self.rounds} steps{own}"
         return (
             f"{head}; {self.description}: {self.rounds} rounds, "
             f"acceptance {self.acceptance_rate:.1%}, {self.mean_tokens_per_round:.2f} tokens/round, "

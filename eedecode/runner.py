@@ -340,3 +340,22 @@ class ModelRunner:
         """Run the prompt ``[B, P]`` through layers ``[0, end)``; return the last state ``[B, H]``."""
         end = self.num_layers if end is None else end
         return self.run_layers(self.embed(input_ids), 0, end, cache)[:, -1]
+
+    @torch.no_grad()
+    def write_kv(self, hidden: Tensor, start: int, end: int, cache: KVCache) -> None:
+        """Keys and values of layers ``[start, end)`` computed from one hidden state per token,
+        written into the cache: ``hidden`` ``[B, T, H]`` stands in as the input of every one of
+        these layers, and each applies its own input norm, k/v projections and RoPE (keys) to it
+        (CALM's state propagation for the layers an early-exited token skipped). The tokens go
+        after each row's current length in these layers (equal across them, as for
+        :meth:`run_layers`), and the lengths advance by ``T``. No attention or MLP runs."""
+        T = hidden.shape[1]
+        ctx = cache.block(start, T)
+        cos, sin = self._rope(hidden, ctx)  # [B or 1, T, 1, D]
+        for i in range(start, end):
+            x, c, s = hidden, cos, sin
+            if x.device != self.layer_devices[i]:  # models split across devices by accelerate
+                x, c, s = (t.to(self.layer_devices[i]) for t in (x, cos, sin))
+            k, v = self.layer_kv(i, x)  # [B, T, Hkv, D], k before RoPE
+            cache.write(i, ctx, rotate(k, c, s).transpose(1, 2), v.transpose(1, 2))
+        cache.advance(start, end, T)

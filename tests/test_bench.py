@@ -127,17 +127,21 @@ def test_methods_come_from_the_strategy_registry():
         "hf_prompt_lookup",
         "eedecode_ar",
         "eedecode_auto",
+        "eedecode_ee",
         "eedecode_ss",
     ]
     assert [m.display for m in methods.values()][4:] == [
         "eedecode autoregressive",
         "eedecode adaptive",
+        "eedecode early-exit",
         "eedecode self-speculative",
     ]
+    assert [m.lossless for m in methods.values()] == [True] * 6 + [False, True]
     spec = Speculation(exit_layer=2, num_speculations=3, prompt_lookup_num_tokens=7)
     assert methods["eedecode_ss"].settings(spec) == {"exit_layer": 2, "num_speculations": 3}
     assert methods["eedecode_ar"].settings(spec) == {}  # the settings its mode has: none
     assert methods["eedecode_auto"].settings(spec) == {}  # it chooses its own
+    assert methods["eedecode_ee"].settings(spec) == {}
     assert methods["hf_prompt_lookup"].settings(spec) == {"prompt_lookup_num_tokens": 7}
     with pytest.raises(ValueError, match="^methods: unknown 'nope'"):
         bench.time_methods(tiny(), ["hf", "nope"], prompt_ids(1))
@@ -200,6 +204,24 @@ def test_a_registered_strategy_is_a_measured_method(toy_strategy, monkeypatch):
     assert "eedecode_rp" not in bench.method_names()
 
 
+def test_a_variant_is_a_mode_with_its_own_settings(monkeypatch):
+    step_clock(monkeypatch)
+    names = [
+        "hf",
+        "eedecode_ss",
+        "eedecode_ss@kv_strategy=rerun",
+        "eedecode_ee@criterion=max-prob:0@min_exit_layer=2",
+    ]
+    spec = Speculation(exit_layer=2, num_speculations=3)
+    res = bench.time_methods(tiny(), names, prompt_ids(2), max_new_tokens=8, warmup=0, spec=spec)
+    rerun, ee = res[names[2]], res[names[3]]
+    assert rerun.extra == {"kv_strategy": "rerun"} and rerun.exit_layer == 2 and rerun.identical_to_hf == 2
+    assert rerun.acceptance_rate == res["eedecode_ss"].acceptance_rate  # the same drafts, verified alike
+    assert ee.extra == {"criterion": "max-prob:0", "min_exit_layer": 2} and ee.mean_exit_layer == 2.0
+    assert not ee.lossless and ee.first_divergence_from_hf <= 8
+    assert display_name(names[2]) == "eedecode self-speculative [kv_strategy=rerun]"
+
+
 # -- the table -------------------------------------------------------------------------------------
 def test_markdown_table_of_a_hand_made_record():
     settings = dict(exit_layer=2, num_layers=8, num_speculations=3, max_new_tokens=16, num_prompts=4)
@@ -207,7 +229,9 @@ def test_markdown_table_of_a_hand_made_record():
     ss.update(acceptance_rate=0.625, mean_tokens_per_round=2.75, ideal_speedup=1.25, efficiency=0.8)
     hf = dict(method="hf", batch_size=4, tokens_per_s=50.0, speedup_vs_hf=1.0, identical_to_hf=3)
     gone = dict(method="eedecode_gone", batch_size=1, tokens_per_s=1.0)  # a mode no longer registered
-    record = {"settings": settings, "step_costs": {"c": 0.25, "v": 1.5}, "results": [ss, hf, gone]}
+    ee = dict(method="eedecode_ee@kv_strategy=copy", batch_size=1, tokens_per_s=9.0, identical_to_hf=1)
+    ee.update(lossless=False, token_agreement_with_hf=0.755, mean_exit_layer=3.25)
+    record = {"settings": settings, "step_costs": {"c": 0.25, "v": 1.5}, "results": [ss, hf, gone, ee]}
     assert bench.markdown_table(record).splitlines() == [
         "E = 2 of 8 layers, k = 3, 16 new tokens, 4 prompts; step costs: c = 0.250, v = 1.500",
         "",
@@ -217,6 +241,8 @@ def test_markdown_table_of_a_hand_made_record():
         "| eedecode self-speculative | 1 | 123.5 | 1.50× | 62.5% | 2.75 | 1.25× | 0.80 | 4/4 |",
         "| HF generate | 4 | 50.0 | 1.00× |  |  |  |  | 3/4 |",
         "| eedecode_gone | 1 | 1.0 |  |  |  |  |  | /4 |",
+        "| eedecode early-exit [kv_strategy=copy] | 1 | 9.0 |  |  |  |  |  "
+        "| lossy: 1/4, 76% of tokens, mean exit layer 3.2 |",
     ]
 
 
@@ -239,6 +265,12 @@ def test_markdown_table_of_a_hand_made_record():
         (["--sweep-draft-lengths", "2,,3"], "--sweep-draft-lengths: expected distinct comma-separated"),
         (["--methods", "hf,nope"], "--methods: unknown 'nope'; choose from hf, hf_packed, hf_early_exit,"),
         (["--methods", "hf,hf"], "--methods: need one or more distinct methods, got ['hf', 'hf']"),
+        (["--methods", "hf,eedecode_ss@k=1"], "--methods: 'eedecode_ss@k=1': 'k=1' is not NAME=VALUE"),
+        (["--methods", "hf@kv_strategy=x"], "--methods: unknown 'hf@kv_strategy=x'; a variant is"),
+        (
+            ["--methods", "eedecode_ss@num_speculations=x"],
+            "--methods: 'eedecode_ss@num_speculations=x': num_",
+        ),
         (["--methods", "hf", "--sweep"], "--methods: not for --sweep"),
         (["--profile", "--sweep"], "--profile: not with --sweep"),
     ],
@@ -260,10 +292,13 @@ def test_benchmark_end_to_end_on_a_tiny_model(monkeypatch, tmp_path):
     kw = dict(methods=bench.method_names(), spec=spec, max_new_tokens=10, batch_sizes=(1, 2), warmup=1)
     record = bench.run_benchmark(model, None, prompts, **kw, show_progress=False)
     by = {(r["method"], r["batch_size"]): r for r in record["results"]}
-    batched = {"hf", "hf_packed", "eedecode_ar", "eedecode_auto", "eedecode_ss"}
+    batched = {"hf", "hf_packed", "eedecode_ar", "eedecode_auto", "eedecode_ee", "eedecode_ss"}
     assert set(by) == {(m, 1) for m in bench.method_names()} | {(m, 2) for m in batched}
     for (_, b), r in by.items():
-        assert r["new_tokens"] == 30 and r["identical_to_hf"] == 3  # greedy: HF's tokens, every method
+        assert r["new_tokens"] == 30
+        if r["lossless"]:  # greedy: HF's tokens, every lossless method
+            assert r["identical_to_hf"] == 3 and r["token_agreement_with_hf"] == 1.0
+            assert r["first_divergence_from_hf"] == 10
         assert r["tokens_per_s_all"] == ([10.0] * 3 if b == 1 else [20.0, 10.0])  # batches of 2 and 1
         assert r["tokens_per_s"] == (10.0 if b == 1 else 15.0)
         assert r["speedup_vs_hf"] == 1.0 and r["speedup_vs_ar"] == 1.0
@@ -278,6 +313,9 @@ def test_benchmark_end_to_end_on_a_tiny_model(monkeypatch, tmp_path):
     assert ss["ideal_speedup"] == pytest.approx(ss["mean_tokens_per_round"] / (drafted / row_rounds + 1))
     assert ss["efficiency"] == pytest.approx(1 / ss["ideal_speedup"])
     assert by[("eedecode_ar", 1)]["acceptance_rate"] is None and "ideal_speedup" not in by[("eedecode_ss", 2)]
+    ee = by[("eedecode_ee", 1)]
+    assert not ee["lossless"] and 0 <= ee["token_agreement_with_hf"] <= 1 and 1 <= ee["mean_exit_layer"] <= 6
+    assert ee["acceptance_rate"] is None and "ideal_speedup" not in ee
     table = bench.markdown_table(record)
     assert table.count("\n| ") == len(record["results"]) + 1
     json.dumps(record)  # the record is JSON-able

@@ -87,7 +87,8 @@ def test_a_toy_mode_gets_command_line_flags(fixed_token_mode):
 def test_unregistered_mode_is_a_clear_error():
     assert "fixed_token" not in strategy_names()
     with pytest.raises(
-        ValueError, match=r"mode: must be one of \('adaptive', 'autoregressive', 'self_speculative'"
+        ValueError,
+        match=r"mode: must be one of \('adaptive', 'autoregressive', 'early_exit', 'self_speculative'",
     ):
         get_strategy("fixed_token")
     with pytest.raises(ValueError, match="mode: must be one of"):

@@ -104,6 +104,17 @@ def _identical_rows(a: torch.Tensor, b: torch.Tensor) -> int:
     return int((a.cpu() == b.cpu()).all(1).sum())
 
 
+def _agreement(ours: torch.Tensor, ref: torch.Tensor, prompt_len: int) -> tuple[list[float], list[int]]:
+    """Per row of two output batches: the share of the reference's new tokens that ours matches
+    position by position, and the first new position where they differ (the length if none)."""
+    shares, firsts = [], []
+    for a, b in zip(ours[:, prompt_len:].tolist(), ref[:, prompt_len:].tolist(), strict=True):
+        same = [x == y for x, y in zip(a, b, strict=False)] + [False] * (len(b) - len(a))
+        shares.append(sum(same) / max(len(b), 1))
+        firsts.append(same.index(False) if False in same else len(b))
+    return shares, firsts
+
+
 def _sync(device) -> None:
     if torch.device(device).type == "cuda":
         torch.cuda.synchronize()
@@ -120,6 +131,10 @@ class MethodResult:
     tokens_per_s_all: list[float]
     new_tokens: int
     identical_to_hf: int | None = None  # prompts whose greedy output equals HF generate's
+    lossless: bool = True  # the method means to reproduce HF's greedy output
+    token_agreement_with_hf: float | None = None  # share of HF's new tokens matched, position by position
+    first_divergence_from_hf: float | None = None  # median first differing new-token position
+    mean_exit_layer: float | None = None  # early exit: mean depth a token left at (L: full depth)
     speedup_vs_hf: float | None = None  # median of paired per-batch ratios
     speedup_vs_ar: float | None = None
     acceptance_rate: float | None = None  # eedecode modes that draft
@@ -174,7 +189,7 @@ def time_methods(
     names = [m.name for m in chosen]
     rates = {n: [] for n in names}  # one entry per (repeat, batch), aligned across methods
     stats = {n: [] for n in names}
-    outputs = {n: [] for n in names}  # of the first repeat
+    outputs = {n: [] for n in names}  # of the first repeat, with the prompt length
     new_tokens = dict.fromkeys(names, 0)
     for turn, (rep, (ids, mask)) in enumerate((r, b) for r in range(repeats) for b in batches):
         for m in chosen[turn % len(chosen) :] + chosen[: turn % len(chosen)]:
@@ -187,7 +202,7 @@ def time_methods(
             rates[m.name].append(new / dt)
             new_tokens[m.name] += new
             if rep == 0:
-                outputs[m.name].append(seq)
+                outputs[m.name].append((seq, ids.shape[1]))
                 if st is not None:
                     stats[m.name].append(st)
             if progress is not None:
@@ -221,8 +236,20 @@ def _result(method, batch_size, spec, rates, new_tokens, stats, outputs) -> Meth
         r.acceptance_rate = accepted / drafted
         r.mean_tokens_per_round = (accepted + row_rounds) / row_rounds
         r.mean_drafts_per_round = drafted / row_rounds
+    r.lossless = method.lossless
+    hists = [st.details["exit_layer_histogram"] for st in stats if "exit_layer_histogram" in st.details]
+    if hists:
+        total = [sum(col) for col in zip(*hists, strict=True)]
+        r.mean_exit_layer = sum(d * n for d, n in enumerate(total)) / max(sum(total), 1)
     if HF in outputs:
-        r.identical_to_hf = sum(map(_identical_rows, outputs[name], outputs[HF]))
+        pairs = list(zip(outputs[name], outputs[HF], strict=True))
+        r.identical_to_hf = sum(_identical_rows(a, b) for (a, _), (b, _) in pairs)
+        shares, firsts = [], []
+        for (a, P), (b, _) in pairs:
+            share, first = _agreement(a, b, P)
+            shares, firsts = shares + share, firsts + first
+        r.token_agreement_with_hf = sum(shares) / len(shares)
+        r.first_divergence_from_hf = median(firsts)
     return r
 
 

@@ -6,12 +6,19 @@ LayerSkip's drafter) and ``hf_prompt_lookup`` (assisted decoding with ``prompt_l
 n-gram drafts from the prompt) — and ``eedecode_<short>`` for every
 mode registered in :mod:`eedecode.strategies`, so a newly registered mode is measured without a
 change here. Every method decodes greedily; HF's assisted decoding runs batch size 1 only.
+
+A mode with other settings than its defaults is a *variant*, named
+``eedecode_<short>@NAME=VALUE[@NAME=VALUE...]`` after its ``Options`` fields, e.g.
+``eedecode_ss@kv_strategy=rerun`` or ``eedecode_ee@criterion=max-prob:0.8@kv_strategy=copy``, so
+that settings can be compared with each other in one interleaved run.
 """
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
+from ..arguments import flag_type
 from ..generation import generate
 from ..strategies import build_options, get_strategy, option_fields, strategy_names
 
@@ -63,6 +70,7 @@ class Method:
     #: which also changes the layout HF's own forward reads: the benchmark hands these methods a
     #: copy of the model taken before any packing (:func:`~eedecode.bench.measure.hf_baseline_model`).
     as_loaded = False
+    lossless = True  # greedy output equals HF generate's (else: "identical to HF" is not its test)
 
     def settings(self, spec: Speculation) -> dict:
         """The speculation settings this method runs with (None ones left out)."""
@@ -137,18 +145,21 @@ class HFPromptLookup(HFGenerate):
 
 
 class Eedecode(Method):
-    """A registered eedecode mode, given the speculation settings its ``Options`` have."""
+    """A registered eedecode mode, given the speculation settings its ``Options`` have and, for a
+    variant, its own ``fixed`` settings."""
 
-    def __init__(self, mode: str):
-        self.mode = mode
-        self.name = f"eedecode_{get_strategy(mode).short}"
-        self.display = f"eedecode {mode.replace('_', '-')}"
+    def __init__(self, mode: str, fixed: dict | None = None):
+        cls = get_strategy(mode)
+        self.mode, self.fixed, self.lossless = mode, dict(fixed or {}), cls.lossless
+        suffix = "".join(f"@{k}={v}" for k, v in self.fixed.items())
+        self.name = f"eedecode_{cls.short}{suffix}"
+        self.display = f"eedecode {mode.replace('_', '-')}" + (f" [{suffix[1:]}]" if suffix else "")
 
     def settings(self, spec):
         cls = get_strategy(self.mode)
         own = option_fields(cls) if cls.benchmark_settings is None else cls.benchmark_settings
         values = {opt: getattr(spec, attr) for opt, attr in SPEC_OPTIONS.items() if opt in own}
-        return {k: v for k, v in values.items() if v is not None}
+        return {**{k: v for k, v in values.items() if v is not None}, **self.fixed}
 
     def validate(self, spec, num_layers):
         build_options(get_strategy(self.mode), self.settings(spec)).validate(num_layers)
@@ -158,6 +169,25 @@ class Eedecode(Method):
         settings = self.settings(spec)
         out = generate(model, ids, **common, mode=self.mode, return_dict_in_generate=True, **settings)
         return out.sequences, out.stats
+
+
+def variant(name: str, what: str = "methods") -> Eedecode:
+    """``eedecode_<short>@NAME=VALUE...`` -> that mode with those settings (typed as its flags are)."""
+    base, *pairs = name.split("@")
+    modes = {f"eedecode_{get_strategy(m).short}": m for m in strategy_names()}
+    if base not in modes or not pairs:
+        raise ValueError(f"{what}: unknown {name!r}; a variant is eedecode_<short>@NAME=VALUE[@...]")
+    fields = option_fields(get_strategy(modes[base]))
+    fixed = {}
+    for pair in pairs:
+        key, eq, text = pair.partition("=")
+        if not eq or key not in fields:
+            raise ValueError(f"{what}: {name!r}: {pair!r} is not NAME=VALUE with NAME in {', '.join(fields)}")
+        try:
+            fixed[key] = flag_type(key)(text)
+        except ValueError:
+            raise ValueError(f"{what}: {name!r}: {key} cannot be {text!r}") from None
+    return Eedecode(modes[base], fixed)
 
 
 def available_methods() -> dict[str, Method]:
@@ -181,17 +211,20 @@ def resolve_methods(names, what: str = "methods") -> list[Method]:
     """Methods by name; an unknown or repeated name, or none, is a ValueError naming ``what``."""
     table = available_methods()
     names = list(names)
-    unknown = [n for n in names if n not in table]
+    unknown = [n for n in names if n not in table and "@" not in n]
     if unknown:
         raise ValueError(f"{what}: unknown {', '.join(map(repr, unknown))}; choose from {', '.join(table)}")
     if not names or len(set(names)) != len(names):
         raise ValueError(f"{what}: need one or more distinct methods, got {names}")
-    return [table[n] for n in names]
+    return [table[n] if n in table else variant(n, what) for n in names]
 
 
 def display_name(name: str) -> str:
     """A method's name in a table ("eedecode self-speculative"); the name itself if unknown."""
     method = available_methods().get(name)
+    if method is None and "@" in name:
+        with contextlib.suppress(ValueError):
+            method = variant(name)
     return method.display if method else name
 
 

@@ -35,7 +35,9 @@ ideal: the speed-up over eedecode autoregressive that tokens/round would give at
   costs, tokens/round / (drafts/round * c + v) (c: a draft step, v: a verification; batch 1).
 efficiency: the measured speed-up over eedecode autoregressive / ideal (1.00: as fast as the step
   costs predict).
-identical to HF: prompts whose output equals HF generate's, token for token."""
+identical to HF: prompts whose output equals HF generate's, token for token. A lossy mode (early
+  exit) is not meant to reproduce it: its cell says "lossy" and gives the share of HF's new tokens
+  it matched position by position, and its mean exit layer."""
 
 
 # -- arithmetic (pure) -----------------------------------------------------------------------------
@@ -137,6 +139,15 @@ def markdown_table(record: dict) -> str:
 
 def _row(r: dict, num_prompts: int) -> str:
     identical = "" if r.get("identical_to_hf") is None else r["identical_to_hf"]
+    identical = f"{identical}/{num_prompts}"
+    if not r.get("lossless", True):
+        agreement = r.get("token_agreement_with_hf")
+        depth = r.get("mean_exit_layer")
+        identical = "lossy: " + ", ".join(
+            [identical]
+            + ([f"{agreement:.0%} of tokens"] if agreement is not None else [])
+            + ([f"mean exit layer {depth:.1f}"] if depth is not None else [])
+        )
     cells = [
         display_name(r["method"]),
         str(r["batch_size"]),
@@ -146,7 +157,7 @@ def _row(r: dict, num_prompts: int) -> str:
         _fmt(r.get("mean_tokens_per_round")),
         _fmt(r.get("ideal_speedup"), "x"),
         _fmt(r.get("efficiency")),
-        f"{identical}/{num_prompts}",
+        identical,
     ]
     return "| " + " | ".join(cells) + " |"
 

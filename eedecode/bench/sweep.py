@@ -5,6 +5,7 @@ assistant_early_exit and every eedecode mode take turns on each prompt at batch 
 A cell records every method's tokens/s and speed-up over HF generate; eedecode self-speculative
 (the method the grid is for) also its speed-up over eedecode autoregressive, acceptance rate and
 tokens per round; ``identical_to_hf`` is the fewest prompts any method decoded exactly as HF did.
+Lossy modes (early exit) have no exit layer or draft length to sweep and are left out.
 """
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ FOCUS = "eedecode_ss"  # the method whose speed-up the heatmap draws
 
 
 def sweep_methods() -> list[str]:
-    """HF generate, HF assistant_early_exit and every registered eedecode mode."""
-    return [HF, "hf_early_exit", *(n for n in available_methods() if n.startswith("eedecode_"))]
+    """HF generate, HF assistant_early_exit and every registered lossless eedecode mode."""
+    eedecode = [n for n, m in available_methods().items() if n.startswith("eedecode_") and m.lossless]
+    return [HF, "hf_early_exit", *eedecode]
 
 
 def run_sweep(

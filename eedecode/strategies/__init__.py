@@ -1,12 +1,13 @@
 """Decoding strategies, found by name in one registry (:mod:`eedecode.strategies.base`).
 
 Built in: ``autoregressive`` (the baseline), ``self_speculative`` (LayerSkip-style drafting from
-a fixed exit layer, verified over the exit query cache) and ``adaptive`` (how to draft chosen
-at run time by a bandit: plain, lookup or early-exit drafts). Adding a mode is one module that
-defines a :class:`Strategy` subclass and decorates it with :func:`register`.
+a fixed exit layer, verified over the exit query cache), ``adaptive`` (how to draft chosen at
+run time by a bandit: plain, lookup or early-exit drafts) and ``early_exit`` (lossy: each token
+leaves at the first exit point whose criterion fires). Adding a mode is one module that defines
+a :class:`Strategy` subclass and decorates it with :func:`register`.
 """
 
-from . import adaptive, autoregressive, self_speculative  # noqa: F401  (registers the built-in modes)
+from . import adaptive, autoregressive, early_exit, self_speculative  # noqa: F401  (registers the built-in modes)
 from .base import (
     NoOptions,
     Round,

@@ -9,6 +9,10 @@ A round, exit layer ``E`` of ``L``, ``k`` drafts:
    ``[E, L)`` in one pass — layers ``< E`` never see a draft token twice;
 3. accept: a pure rule (greedy or speculative sampling, :mod:`eedecode.sampling`);
 4. the decoder rolls every layer back to the accepted length (a length move, no copy).
+
+``kv_strategy="rerun"`` verifies as Hugging Face's ``assistant_early_exit`` does instead: the
+drafts' shallow KV is dropped, and the pending token and all drafts go through every layer at
+verification. The greedy tokens are the same; it exists to measure what the exit query cache saves.
 """
 
 from __future__ import annotations
@@ -34,6 +38,11 @@ class SelfSpeculativeOptions:
         "'constant' k, or 'heuristic': +2 after a round that accepts every draft, -1 otherwise",
         hf_name="num_assistant_tokens_schedule",
     )
+    kv_strategy: str = option(
+        "exit_query",
+        "verification: 'exit_query' (layers [E, L) over the drafts' layer-E states) or 'rerun' "
+        "(every layer over the drafts again, as HF's assistant_early_exit)",
+    )
 
     def validate(self, num_layers: int) -> None:
         E = self.exit_layer
@@ -55,9 +64,12 @@ class SelfSpeculativeOptions:
             raise ValueError(f"draft_confidence_threshold: must be a float in [0, 1] or None, got {t!r}")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"schedule: must be one of {SCHEDULES}, got {self.schedule!r}")
+        if self.kv_strategy not in KV_STRATEGIES:
+            raise ValueError(f"kv_strategy: must be one of {KV_STRATEGIES}, got {self.kv_strategy!r}")
 
 
 SCHEDULES = ("constant", "heuristic")
+KV_STRATEGIES = ("exit_query", "rerun")
 #: The draft length the heuristic schedule may grow to (it sizes the cache; HF sets no bound).
 HEURISTIC_MAX_DRAFTS = 32
 
@@ -119,8 +131,13 @@ class SelfSpeculative(Strategy):
                     break
         k = self.drafted_last = len(drafts)
         # 2) verify: the last draft through [0, E), then every unverified token through [E, L).
-        exit_states.append(runner.run_layers(runner.embed(x), 0, E, cache))
-        states = torch.cat(exit_states, 1)  # [B, k+1, H]: the exit query cache
+        if self.options.kv_strategy == "rerun":  # forget the drafts' shallow KV; all of [0, E) again
+            cache.rollback(state.seq_len, cache.bound[E], cache.uniform)
+            block = torch.cat([state.pending[:, None], *drafts], 1)  # [B, k+1]
+            states = runner.run_layers(runner.embed(block), 0, E, cache)
+        else:
+            exit_states.append(runner.run_layers(runner.embed(x), 0, E, cache))
+            states = torch.cat(exit_states, 1)  # [B, k+1, H]: the exit query cache
         h = runner.run_layers(states, E, runner.num_layers, cache)  # [B, k+1, H]
         # 3) accept.
         drafts_t = torch.cat(drafts, 1) if drafts else x.new_zeros(x.shape[0], 0)
@@ -129,4 +146,5 @@ class SelfSpeculative(Strategy):
 
     def describe(self) -> str:
         o = self.options
-        return f"self-speculative E={o.exit_layer} k={o.num_speculations}"
+        rerun = ", rerun" if o.kv_strategy == "rerun" else ""
+        return f"self-speculative E={o.exit_layer} k={o.num_speculations}{rerun}"
