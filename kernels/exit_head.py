@@ -92,7 +92,8 @@ def exit_head(
         )
     if hidden.dim() == 2:  # already [T, H]: reshapes would be no-ops that still cost a dispatch each
         return flat
-    return ExitHeadStats(*(None if f is None else f.reshape(lead) for f in flat))
+    # top-k fields are [N, k]: they keep their trailing dimension
+    return ExitHeadStats(*(None if f is None else f.reshape(*lead, *f.shape[1:]) for f in flat))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -53,6 +53,20 @@ def test_column_slice_of_a_fused_matrix(library):
     torch.testing.assert_close(got.double(), ref, rtol=1e-5, atol=1e-5)
 
 
+def test_a_column_slice_never_goes_to_onednn(monkeypatch):
+    """oneDNN reorders a sliced weight on every call (a vocabulary chunk of an LM head over 510
+    rows took 6 s instead of 5 ms): slices stay on MKL at any size, whole matrices do not."""
+    calls = []
+    monkeypatch.setattr(cpu_matmul, "onednn_available", lambda: True)
+    monkeypatch.setattr(cpu_matmul, "_onednn", lambda x, w, b: calls.append(w.shape) or x @ w.t())
+    x = torch.randn(64, 256)
+    wide = torch.randn(256, 4096)
+    matmul_t(x, wide[:, :2048])
+    assert calls == []
+    matmul_t(x, wide)
+    assert calls == [(4096, 256)]
+
+
 def test_last_level_cache_decides_streaming():
     llc = cpu_matmul.last_level_cache_bytes()
     assert llc > 0

@@ -298,6 +298,15 @@ def test_leading_shape_and_empty_input(backend):
     assert all(f.shape == (0, 3) for f in empty if f is not None)
 
 
+def test_top_k_keeps_its_dimension_under_a_leading_shape():
+    hidden, nw, w = _inputs((2, 3), 96, 500, torch.float32)
+    stats = exit_head(hidden, nw, EPS, w, top_k=4, backend="reference")
+    assert stats.topk_ids.shape == (2, 3, 4) and stats.topk_probs.shape == (2, 3, 4)
+    flat = exit_head(hidden.reshape(6, 96), nw, EPS, w, top_k=4, backend="reference")
+    assert torch.equal(stats.topk_ids.reshape(6, 4), flat.topk_ids)
+    assert torch.equal(stats.topk_ids[..., 0], stats.argmax)
+
+
 def test_triton_backend_without_triton_says_how_to_install_it(monkeypatch):
     exit_head_module = importlib.import_module("eedecode.kernels.exit_head")
     monkeypatch.setattr(exit_head_module, "_triton_importable", lambda: False)
