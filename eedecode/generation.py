@@ -107,9 +107,11 @@ def generate(
     seed: int | None = None,
     **kwargs,
 ):
-    """Generate like ``model.generate(input_ids, attention_mask, ...)`` with a decoding ``mode``
-    (default ``self_speculative``: draft with the model's own first ``exit_layer`` layers, verify
-    ``num_speculations`` drafts per round with the rest).
+    """Generate like ``model.generate(input_ids, attention_mask, ...)`` with a decoding ``mode``.
+    The default is ``adaptive`` (it chooses the exit layer, the draft length and lookup drafts as
+    it runs, and falls back to plain decoding where drafts do not pay); given a static setting
+    (an int ``exit_layer``, ``num_speculations``, ...) it is ``self_speculative``: draft with the
+    model's own first ``exit_layer`` layers, verify ``num_speculations`` drafts per round.
 
     Keyword arguments are Hugging Face ``GenerationConfig`` fields (``max_new_tokens``,
     ``do_sample``, ``temperature``, ``top_k``, ``top_p``, ``repetition_penalty``, ``eos_token_id``,

@@ -13,9 +13,9 @@ import torch
 from conftest import cached_tiny_model, tiny_model
 
 from eedecode import bench
-from eedecode.bench import measure
+from eedecode.bench import measure, steps
 from eedecode.bench import methods as methods_module
-from eedecode.bench.methods import Speculation, available_methods, display_name
+from eedecode.bench.methods import Speculation, available_methods, display_name, resolve_methods
 from eedecode.cli import main
 from eedecode.generation import generate
 from eedecode.strategies import Round, Strategy, option, register, unregister
@@ -34,7 +34,7 @@ def step_clock(monkeypatch) -> None:
     """Every read of the benchmark's clock is one second after the previous one: every timed call
     takes exactly 1 s."""
     ticks = itertools.count()
-    monkeypatch.setattr(measure, "_clock", lambda: float(next(ticks)))
+    monkeypatch.setattr(steps, "clock", lambda: float(next(ticks)))
 
 
 def summed_stats(model, ids: list[torch.Tensor], max_new_tokens: int, **mode) -> tuple[int, int, int]:
@@ -89,7 +89,7 @@ def test_paired_speedups_are_medians_of_per_batch_ratios(monkeypatch):
     """Every method decodes each prompt in turn; a speed-up is the median of same-prompt ratios,
     so a machine that slows down for a while does not favour the method measured later."""
     clock = iter([0.0, 1.0, 1.0, 3.0, 3.0, 4.0, 4.0, 6.0, 6.0, 9.0, 9.0, 15.0])  # [hf, ar] x 3 prompts
-    monkeypatch.setattr(measure, "_clock", lambda: next(clock))
+    monkeypatch.setattr(steps, "clock", lambda: next(clock))
     res = bench.time_methods(tiny(), ["hf", "eedecode_ar"], prompt_ids(3), max_new_tokens=6, warmup=0)
     # durations: prompt 0: hf 1 s, ar 2 s; prompt 1 (ar first): ar 1 s, hf 2 s; prompt 2: hf 3 s, ar 6 s
     assert res["hf"].tokens_per_s_all == [6.0, 3.0, 2.0]
@@ -112,7 +112,7 @@ def test_step_costs_are_median_times_relative_to_an_autoregressive_step(monkeypa
         started[0] = not started[0]
         return now[0]
 
-    monkeypatch.setattr(measure, "_clock", clock)
+    monkeypatch.setattr(steps, "clock", clock)
     costs = bench.measure_step_costs(tiny(), prompt_ids(1, 8)[0], exit_layer=2, num_speculations=3, reps=3)
     assert costs == {"ar_step_s": 2.0, "draft_step_s": 0.5, "verify_s": 3.0, "c": 0.25, "v": 1.5}
 
@@ -129,14 +129,16 @@ def test_methods_come_from_the_strategy_registry():
         "eedecode_auto",
         "eedecode_ee",
         "eedecode_ss",
+        "eedecode_oracle",
     ]
     assert [m.display for m in methods.values()][4:] == [
         "eedecode autoregressive",
         "eedecode adaptive",
         "eedecode early-exit",
         "eedecode self-speculative",
+        "oracle bound (eedecode)",
     ]
-    assert [m.lossless for m in methods.values()] == [True] * 6 + [False, True]
+    assert [m.lossless for m in methods.values()] == [True] * 6 + [False, True, True]
     spec = Speculation(exit_layer=2, num_speculations=3, prompt_lookup_num_tokens=7)
     assert methods["eedecode_ss"].settings(spec) == {"exit_layer": 2, "num_speculations": 3}
     assert methods["eedecode_ar"].settings(spec) == {}  # the settings its mode has: none
@@ -222,11 +224,34 @@ def test_a_variant_is_a_mode_with_its_own_settings(monkeypatch):
     assert display_name(names[2]) == "eedecode self-speculative [kv_strategy=rerun]"
 
 
+def test_hf_early_exit_and_the_oracle_take_their_own_settings_as_variants(monkeypatch):
+    step_clock(monkeypatch)
+    names = [
+        "hf",
+        "hf_early_exit",
+        "hf_early_exit@exit_layer=3@num_speculations=1",
+        "eedecode_oracle@exit_layer=4",
+    ]
+    spec = Speculation(exit_layer=2, num_speculations=3)
+    res = bench.time_methods(tiny(), names, prompt_ids(2), max_new_tokens=8, warmup=0, spec=spec)
+    plain, own, oracle = res[names[1]], res[names[2]], res[names[3]]
+    assert (plain.exit_layer, plain.num_speculations) == (2, 3) and (
+        own.exit_layer,
+        own.num_speculations,
+    ) == (3, 1)
+    assert own.identical_to_hf == 2 and oracle.identical_to_hf == 2
+    assert oracle.exit_layer == 4 and oracle.mean_exit_layer == 4.0 and oracle.extra == {"max_drafts": 8}
+    assert display_name(names[2]) == "HF assistant_early_exit [exit_layer=3@num_speculations=1]"
+    with pytest.raises(ValueError, match="exit_layer: must be an int in 1..5"):
+        resolve_methods(["eedecode_oracle@exit_layer=6"])[0].validate(spec, 6)
+
+
 # -- the table -------------------------------------------------------------------------------------
 def test_markdown_table_of_a_hand_made_record():
     settings = dict(exit_layer=2, num_layers=8, num_speculations=3, max_new_tokens=16, num_prompts=4)
     ss = dict(method="eedecode_ss", batch_size=1, tokens_per_s=123.46, speedup_vs_hf=1.5, identical_to_hf=4)
     ss.update(acceptance_rate=0.625, mean_tokens_per_round=2.75, ideal_speedup=1.25, efficiency=0.8)
+    ss.update(mean_drafts_per_round=2.8, mean_exit_layer=2.0)
     hf = dict(method="hf", batch_size=4, tokens_per_s=50.0, speedup_vs_hf=1.0, identical_to_hf=3)
     gone = dict(method="eedecode_gone", batch_size=1, tokens_per_s=1.0)  # a mode no longer registered
     ee = dict(method="eedecode_ee@kv_strategy=copy", batch_size=1, tokens_per_s=9.0, identical_to_hf=1)
@@ -235,14 +260,14 @@ def test_markdown_table_of_a_hand_made_record():
     assert bench.markdown_table(record).splitlines() == [
         "E = 2 of 8 layers, k = 3, 16 new tokens, 4 prompts; step costs: c = 0.250, v = 1.500",
         "",
-        "| method | batch | tokens/s (median) | vs HF generate | acceptance | tokens/round | ideal "
-        "| efficiency | identical to HF |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
-        "| eedecode self-speculative | 1 | 123.5 | 1.50× | 62.5% | 2.75 | 1.25× | 0.80 | 4/4 |",
-        "| HF generate | 4 | 50.0 | 1.00× |  |  |  |  | 3/4 |",
-        "| eedecode_gone | 1 | 1.0 |  |  |  |  |  | /4 |",
-        "| eedecode early-exit [kv_strategy=copy] | 1 | 9.0 |  |  |  |  |  "
-        "| lossy: 1/4, 76% of tokens, mean exit layer 3.2 |",
+        "| method | batch | tokens/s (median) | vs HF generate | acceptance | drafts/round | tokens/round "
+        "| exit layer | ideal | efficiency | identical to HF |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| eedecode self-speculative | 1 | 123.5 | 1.50× | 62.5% | 2.80 | 2.75 | 2.0 | 1.25× | 0.80 | 4/4 |",
+        "| HF generate | 4 | 50.0 | 1.00× |  |  |  |  |  |  | 3/4 |",
+        "| eedecode_gone | 1 | 1.0 |  |  |  |  |  |  |  | /4 |",
+        "| eedecode early-exit [kv_strategy=copy] | 1 | 9.0 |  |  |  |  | 3.2 |  |  "
+        "| lossy: 1/4, 76% of tokens |",
     ]
 
 
@@ -321,6 +346,24 @@ def test_benchmark_end_to_end_on_a_tiny_model(monkeypatch, tmp_path):
     json.dumps(record)  # the record is JSON-able
     png = bench.plot_batches(record, tmp_path / "batch.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_oracle_bound_is_opt_in_lossless_and_wastes_at_most_one_draft_per_round(monkeypatch):
+    step_clock(monkeypatch)
+    assert "eedecode_oracle" not in bench.method_names()
+    assert "eedecode_oracle" in bench.method_names(everything=True)
+    model = tiny()
+    ids = measure.encode_prompts(None, [{"prompt": "x"}, {"prompt": "yz"}], model.config.vocab_size, "cpu")
+    spec = Speculation(2, 3)
+    for b in (1, 2):
+        timed = measure.time_methods(
+            model, ["hf", "eedecode_ss", "eedecode_oracle"], ids, batch_size=b, max_new_tokens=12, spec=spec
+        )
+        oracle, ss = timed["eedecode_oracle"], timed["eedecode_ss"]
+        assert oracle.identical_to_hf == 2 and oracle.mean_exit_layer == 2.0
+        waste = oracle.mean_drafts_per_round - (oracle.mean_tokens_per_round - 1)  # rejected per round
+        assert 0 <= waste <= 1 + 1e-9
+        assert oracle.acceptance_rate >= ss.acceptance_rate
 
 
 def test_sweep_and_heatmap(tmp_path, monkeypatch):

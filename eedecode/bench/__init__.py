@@ -11,7 +11,7 @@ derives the ideal speed-up and efficiency and draws the table, the legend and th
 from __future__ import annotations
 
 from .cli import add_subcommand
-from .measure import MethodResult, load_prompts, measure_step_costs, run_measurements, time_methods
+from .measure import MethodResult, load_prompts, run_measurements, time_methods
 from .methods import Speculation, available_methods, method_names
 from .report import (
     complete,
@@ -23,6 +23,7 @@ from .report import (
     plot_sweep,
     speedup,
 )
+from .steps import measure_step_costs
 from .sweep import run_sweep
 
 

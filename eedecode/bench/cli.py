@@ -43,7 +43,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prompts", default=None, help="JSONL prompt file (default: the shipped held-out set)")
     p.add_argument("--num-prompts", type=int, default=None, help="the first N prompts (default: all)")
     p.add_argument(
-        "--methods", default=None, help=f"comma-separated subset of {','.join(method_names())} (default: all)"
+        "--methods",
+        default=None,
+        help=f"comma-separated subset of {','.join(method_names(everything=True))}, or variants "
+        "eedecode_<short>@NAME=VALUE (default: all but eedecode_oracle, the oracle bound)",
     )
     p.add_argument("--exit-layer", type=int, default=None)
     p.add_argument("--num-speculations", type=int, default=None)

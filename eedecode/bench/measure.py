@@ -1,5 +1,5 @@
-"""Measuring: tokens/s of every method on a prompt set, paired speed-ups, decoding statistics, and
-the cost of one draft step and one verification pass relative to an autoregressive step.
+"""Measuring: tokens/s of every method on a prompt set, paired speed-ups and decoding statistics
+(the cost of one draft step and one verification pass: :mod:`eedecode.bench.steps`).
 
 Methods take turns on every batch, in an order that rotates, so that a drift of the machine's
 speed touches them alike; a speed-up is the median of *paired* ratios (two methods on the same
@@ -11,25 +11,17 @@ from __future__ import annotations
 
 import copy
 import json
-import statistics
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from types import SimpleNamespace
 
 import torch
 
-from ..decoding import TokenChooser
 from ..packing import packed_layer
-from ..runner import ModelRunner
+from . import steps
 from .methods import AR, HF, Speculation, pad_token_id, resolve_methods
+from .steps import measure_step_costs, median, sync
 
 DEFAULT_PROMPTS = Path(__file__).resolve().parent.parent / "data" / "prompts.jsonl"
-_clock = time.perf_counter  # the benchmark's clock (tests replace it)
-
-
-def median(xs: list[float]) -> float:
-    return statistics.median(xs) if xs else float("nan")
 
 
 def check_count(name: str, value, minimum: int = 1) -> None:
@@ -115,11 +107,6 @@ def _agreement(ours: torch.Tensor, ref: torch.Tensor, prompt_len: int) -> tuple[
     return shares, firsts
 
 
-def _sync(device) -> None:
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize()
-
-
 # -- tokens/s --------------------------------------------------------------------------------------
 @dataclass
 class MethodResult:
@@ -185,6 +172,7 @@ def time_methods(
     batches = list(_batches(prompt_ids, batch_size, 0 if pad is None else pad))
     for ids, mask in batches[:warmup]:
         for m in chosen:
+            m.prepare(hf_model if m.as_loaded else model, ids, mask, max_new_tokens, spec)
             m.run(hf_model if m.as_loaded else model, ids, mask, max_new_tokens, spec)
     names = [m.name for m in chosen]
     rates = {n: [] for n in names}  # one entry per (repeat, batch), aligned across methods
@@ -193,11 +181,12 @@ def time_methods(
     new_tokens = dict.fromkeys(names, 0)
     for turn, (rep, (ids, mask)) in enumerate((r, b) for r in range(repeats) for b in batches):
         for m in chosen[turn % len(chosen) :] + chosen[: turn % len(chosen)]:
-            _sync(ids.device)
-            t0 = _clock()
+            m.prepare(hf_model if m.as_loaded else model, ids, mask, max_new_tokens, spec)
+            sync(ids.device)
+            t0 = steps.clock()
             seq, st = m.run(hf_model if m.as_loaded else model, ids, mask, max_new_tokens, spec)
-            _sync(ids.device)
-            dt = _clock() - t0
+            sync(ids.device)
+            dt = steps.clock() - t0
             new = _count_new(seq, ids.shape[1], eos, pad)
             rates[m.name].append(new / dt)
             new_tokens[m.name] += new
@@ -237,10 +226,7 @@ def _result(method, batch_size, spec, rates, new_tokens, stats, outputs) -> Meth
         r.mean_tokens_per_round = (accepted + row_rounds) / row_rounds
         r.mean_drafts_per_round = drafted / row_rounds
     r.lossless = method.lossless
-    hists = [st.details["exit_layer_histogram"] for st in stats if "exit_layer_histogram" in st.details]
-    if hists:
-        total = [sum(col) for col in zip(*hists, strict=True)]
-        r.mean_exit_layer = sum(d * n for d, n in enumerate(total)) / max(sum(total), 1)
+    r.mean_exit_layer = _mean_exit_layer(stats, r.exit_layer)
     if HF in outputs:
         pairs = list(zip(outputs[name], outputs[HF], strict=True))
         r.identical_to_hf = sum(_identical_rows(a, b) for (a, _), (b, _) in pairs)
@@ -253,74 +239,18 @@ def _result(method, batch_size, spec, rates, new_tokens, stats, outputs) -> Meth
     return r
 
 
-# -- step costs ------------------------------------------------------------------------------------
-def step_functions(model, prompt: torch.Tensor, exit_layer: int, num_speculations: int):
-    """One autoregressive step, one draft step (layers ``[0, E)`` and the exit head) and one
-    verification pass of ``k`` drafts (layers ``[E, L)``), built from the engine's own pieces at
-    the prompt's length: ``(runner, {name: fn}, reset)``; call ``reset()`` before each step (it
-    rolls the cache back to the prompt)."""
-    runner = ModelRunner(model)
-    chooser = TokenChooser()  # greedy, no logits processors
-    state = SimpleNamespace(runner=runner)  # what the chooser reads of a decoder without processors
-    L, E, k = runner.num_layers, exit_layer, num_speculations
-    P = prompt.shape[1]
-    cache = runner.new_cache(1, P + k + 4)
-    with torch.no_grad():
-        runner.prefill(prompt, cache)
-        # exit states of real tokens stand in for the drafts' (what verification reads)
-        drafts = prompt[:, -k:] if k <= P else prompt[:, :1].repeat(1, k)
-        draft_states = runner.run_layers(runner.embed(drafts), 0, E, runner.new_cache(1, k))
-    base = torch.full((1,), P, dtype=torch.long, device=cache.device)
-    token = prompt[:, -1:]
-
-    @torch.no_grad()
-    def ar_step():
-        h = runner.run_layers(runner.embed(token), 0, L, cache)
-        chooser.choose(state, runner.logits(h[:, 0])).tolist()  # plain decoding reads every token
-
-    @torch.no_grad()
-    def draft_step():
-        h = runner.run_layers(runner.embed(token), 0, E, cache)
-        chooser.draft(state, h[:, 0], confidence=False)  # no sync: drafting runs ahead of the host
-
-    @torch.no_grad()
-    def verify():
-        cache.advance(0, E, k)  # the drafts' shallow KV is in the cache when verification runs
-        states = torch.cat([draft_states, runner.run_layers(runner.embed(token), 0, E, cache)], 1)
-        out = runner.run_layers(states, E, L, cache)
-        tokens, n = chooser.accept(state, drafts, states[:, :k], [], runner.logits(out))
-        torch.cat([tokens, n[:, None]], 1).tolist()
-
-    def reset():
-        cache.rollback(base, P, uniform=True)
-
-    return runner, {"ar_step": ar_step, "draft_step": draft_step, "verify": verify}, reset
-
-
-def measure_step_costs(
-    model, prompt: torch.Tensor, exit_layer: int, num_speculations: int, reps: int = 60
-) -> dict:
-    """Median wall time of one autoregressive step, one draft step and one verification pass of
-    ``k`` drafts (:func:`step_functions`); ``c`` and ``v`` are the latter two relative to the
-    first. The three take turns, round after round, so that drifts of the machine touch them alike."""
-    _, steps, reset = step_functions(model, prompt, exit_layer, num_speculations)
-    samples = {name: [] for name in steps}
-    for i in range(reps + 3):  # the first three rounds warm up
-        for name, fn in steps.items():
-            reset()
-            _sync(prompt.device)
-            t0 = _clock()
-            fn()
-            _sync(prompt.device)
-            dt = _clock() - t0
-            if i >= 3:
-                samples[name].append(dt)
-    times = {name: median(xs) for name, xs in samples.items()}
-    return {
-        **{f"{name}_s": t for name, t in times.items()},
-        "c": times["draft_step"] / times["ar_step"],
-        "v": times["verify"] / times["ar_step"],
-    }
+def _mean_exit_layer(stats, exit_layer: int | None) -> float | None:
+    """The mean depth tokens left at (early exit: its histogram), or drafts were made at (the
+    adaptive mode: weighted by rounds; a static mode: its exit layer)."""
+    hists = [st.details["exit_layer_histogram"] for st in stats if "exit_layer_histogram" in st.details]
+    if hists:
+        total = [sum(col) for col in zip(*hists, strict=True)]
+        return sum(d * n for d, n in enumerate(total)) / max(sum(total), 1)
+    pairs = [(st.details["mean_exit_layer"], st.rounds) for st in stats if st.details.get("mean_exit_layer")]
+    if pairs:
+        return sum(e * n for e, n in pairs) / max(sum(n for _, n in pairs), 1)
+    drafted = any(st.drafted_tokens for st in stats)
+    return float(exit_layer) if exit_layer is not None and drafted else None
 
 
 # -- a whole run -----------------------------------------------------------------------------------

@@ -10,13 +10,14 @@ change here. Every method decodes greedily; HF's assisted decoding runs batch si
 A mode with other settings than its defaults is a *variant*, named
 ``eedecode_<short>@NAME=VALUE[@NAME=VALUE...]`` after its ``Options`` fields, e.g.
 ``eedecode_ss@kv_strategy=rerun`` or ``eedecode_ee@criterion=max-prob:0.8@kv_strategy=copy``, so
-that settings can be compared with each other in one interleaved run.
+that settings can be compared with each other in one interleaved run. ``eedecode_oracle``, the
+bound every drafting policy is read against, runs only when named.
 """
 
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ..arguments import flag_type
 from ..generation import generate
@@ -70,6 +71,7 @@ class Method:
     #: which also changes the layout HF's own forward reads: the benchmark hands these methods a
     #: copy of the model taken before any packing (:func:`~eedecode.bench.measure.hf_baseline_model`).
     as_loaded = False
+    in_default = True  # measured when no methods are named
     lossless = True  # greedy output equals HF generate's (else: "identical to HF" is not its test)
 
     def settings(self, spec: Speculation) -> dict:
@@ -78,6 +80,9 @@ class Method:
 
     def validate(self, spec: Speculation, num_layers: int) -> None:
         pass
+
+    def prepare(self, model, ids, mask, max_new_tokens: int, spec: Speculation) -> None:
+        """Untimed work before each timed :meth:`run` on this batch (the oracle's reference)."""
 
     def run(self, model, ids, mask, max_new_tokens: int, spec: Speculation):
         raise NotImplementedError
@@ -104,10 +109,24 @@ class HFGeneratePacked(HFGenerate):
 
 
 class HFEarlyExit(HFGenerate):
+    """HF assisted decoding with ``assistant_early_exit``, at the benchmark's settings or, as a
+    variant (``hf_early_exit@exit_layer=3@num_speculations=2``), at its own."""
+
     name, display = "hf_early_exit", "HF assistant_early_exit"
     batch_one_only = True
 
+    def __init__(self, fixed: dict | None = None):
+        self.fixed = dict(fixed or {})
+        if self.fixed:
+            suffix = "".join(f"@{k}={v}" for k, v in self.fixed.items())
+            self.name, self.display = self.name + suffix, f"{self.display} [{suffix[1:]}]"
+
+    def _spec(self, spec: Speculation) -> Speculation:
+        names = {opt: attr for opt, attr in SPEC_OPTIONS.items() if opt in self.fixed}
+        return replace(spec, **{attr: self.fixed[opt] for opt, attr in names.items()})
+
     def settings(self, spec):
+        spec = self._spec(spec)
         values = {
             "exit_layer": spec.exit_layer,
             "num_speculations": spec.num_speculations,
@@ -116,9 +135,10 @@ class HFEarlyExit(HFGenerate):
         return {k: v for k, v in values.items() if v is not None}
 
     def validate(self, spec, num_layers):
-        spec.validate(num_layers)
+        self._spec(spec).validate(num_layers)
 
     def hf_arguments(self, spec):
+        spec = self._spec(spec)
         extra = {}
         if spec.confidence_threshold is not None:
             extra["assistant_confidence_threshold"] = spec.confidence_threshold
@@ -142,6 +162,47 @@ class HFPromptLookup(HFGenerate):
 
     def hf_arguments(self, spec):
         return {"prompt_lookup_num_tokens": spec.prompt_lookup_num_tokens}
+
+
+class OracleBound(Method):
+    """The oracle bound (:mod:`eedecode.bench.oracle`): drafts from the benchmark's exit layer that
+    stop exactly where they would be rejected. Its reference, plain decoding's continuation of the
+    batch, is computed in :meth:`prepare`, outside the timed call. Not in the default methods."""
+
+    name, display = "eedecode_oracle", "oracle bound (eedecode)"
+    in_default = False
+    fields = ("exit_layer", "max_drafts")
+
+    def __init__(self, fixed: dict | None = None):
+        self._references: dict = {}
+        self.fixed = dict(fixed or {})
+        if self.fixed:
+            suffix = "".join(f"@{k}={v}" for k, v in self.fixed.items())
+            self.name, self.display = self.name + suffix, f"{self.display} [{suffix[1:]}]"
+
+    def settings(self, spec):
+        return {"exit_layer": spec.exit_layer, "max_drafts": 8, **self.fixed}
+
+    def validate(self, spec, num_layers):
+        E, k = self.settings(spec)["exit_layer"], self.settings(spec)["max_drafts"]
+        replace(spec, exit_layer=E, num_speculations=k).validate(num_layers)
+
+    def prepare(self, model, ids, mask, max_new_tokens, spec):
+        key = (ids.cpu().numpy().tobytes(), tuple(ids.shape), max_new_tokens)
+        if key not in self._references:
+            common = dict(attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False)
+            seq = generate(model, ids, **common, mode="autoregressive")
+            self._references[key] = seq[:, ids.shape[1] :]
+        self._reference = self._references[key]
+
+    def run(self, model, ids, mask, max_new_tokens, spec):
+        from .oracle import oracle_registered
+
+        common = dict(attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False)
+        settings = dict(self.settings(spec), reference=self._reference)
+        with oracle_registered() as oracle:
+            out = generate(model, ids, **common, mode=oracle.name, return_dict_in_generate=True, **settings)
+        return out.sequences, out.stats
 
 
 class Eedecode(Method):
@@ -171,13 +232,22 @@ class Eedecode(Method):
         return out.sequences, out.stats
 
 
-def variant(name: str, what: str = "methods") -> Eedecode:
-    """``eedecode_<short>@NAME=VALUE...`` -> that mode with those settings (typed as its flags are)."""
+def variant(name: str, what: str = "methods") -> Method:
+    """``eedecode_<short>@NAME=VALUE...`` -> that mode with those settings (typed as its flags are);
+    ``hf_early_exit@...`` (exit_layer, num_speculations, draft_confidence_threshold) and
+    ``eedecode_oracle@...`` (exit_layer, max_drafts) likewise."""
     base, *pairs = name.split("@")
     modes = {f"eedecode_{get_strategy(m).short}": m for m in strategy_names()}
-    if base not in modes or not pairs:
-        raise ValueError(f"{what}: unknown {name!r}; a variant is eedecode_<short>@NAME=VALUE[@...]")
-    fields = option_fields(get_strategy(modes[base]))
+    others = {
+        HFEarlyExit.name: (HFEarlyExit, tuple(SPEC_OPTIONS)),
+        OracleBound.name: (OracleBound, OracleBound.fields),
+    }
+    if base not in modes and base not in others or not pairs:
+        raise ValueError(
+            f"{what}: unknown {name!r}; a variant is eedecode_<short>@NAME=VALUE[@...], "
+            "hf_early_exit@NAME=VALUE or eedecode_oracle@NAME=VALUE"
+        )
+    fields = others[base][1] if base in others else option_fields(get_strategy(modes[base]))
     fixed = {}
     for pair in pairs:
         key, eq, text = pair.partition("=")
@@ -187,7 +257,7 @@ def variant(name: str, what: str = "methods") -> Eedecode:
             fixed[key] = flag_type(key)(text)
         except ValueError:
             raise ValueError(f"{what}: {name!r}: {key} cannot be {text!r}") from None
-    return Eedecode(modes[base], fixed)
+    return others[base][0](fixed) if base in others else Eedecode(modes[base], fixed)
 
 
 def available_methods() -> dict[str, Method]:
@@ -199,12 +269,14 @@ def available_methods() -> dict[str, Method]:
         HFEarlyExit(),
         HFPromptLookup(),
         *(Eedecode(m) for m in modes),
+        OracleBound(),
     ]
     return {m.name: m for m in methods}
 
 
-def method_names() -> tuple[str, ...]:
-    return tuple(available_methods())
+def method_names(everything: bool = False) -> tuple[str, ...]:
+    """The methods measured when none are named (``everything``: also the opt-in ones)."""
+    return tuple(name for name, m in available_methods().items() if everything or m.in_default)
 
 
 def resolve_methods(names, what: str = "methods") -> list[Method]:

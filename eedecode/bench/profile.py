@@ -2,7 +2,7 @@
 memory-bandwidth floor.
 
 For an autoregressive step, a draft step and a verification pass (the engine's own pieces,
-:func:`~eedecode.bench.measure.step_functions`), and one step of the Hugging Face model's own
+:func:`~eedecode.bench.steps.step_functions`), and one step of the Hugging Face model's own
 forward with its cache for comparison: the aten ops dispatched (counted by a
 ``TorchDispatchMode``: deterministic, unlike times), the median wall time, the bytes the step
 must read (the weights of the layers it runs, the LM head and the KV cache it attends over), and
@@ -24,7 +24,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from ..costs import preferred_block_sizes
-from .measure import median, step_functions
+from .steps import median, step_functions
 
 #: Bytes copied by :class:`CopyBandwidth`: far larger than any cache.
 BANDWIDTH_BYTES = 256 << 20

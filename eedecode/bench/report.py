@@ -9,7 +9,7 @@ Decoding")::
 
 with n the tokens a round produces, d the drafts it makes, c the cost of one draft step and v the
 cost of one verification pass, both relative to one autoregressive step of the same engine
-(:func:`~eedecode.bench.measure.measure_step_costs`); *efficiency* = measured speed-up over eedecode
+(:func:`~eedecode.bench.steps.measure_step_costs`); *efficiency* = measured speed-up over eedecode
 autoregressive / ideal. Only arithmetic on measured numbers happens here.
 """
 
@@ -30,14 +30,16 @@ vs HF generate: the median over batches of tokens/s / HF generate's tokens/s on 
   generate runs on the weights as loaded (a copy taken before eedecode packs them in place); HF
   generate (packed weights) is the same call on the packed model: the layout's share of the gain.
 acceptance: the share of drafted tokens that the full model accepted (eedecode modes that draft).
+drafts/round: the mean draft length (tokens drafted per row and round, rejected ones included).
 tokens/round: tokens a row gains per round: its accepted drafts plus the one the verifier adds.
+exit layer: the mean layer drafts were made at (early exit: the mean depth tokens left at).
 ideal: the speed-up over eedecode autoregressive that tokens/round would give at the measured step
   costs, tokens/round / (drafts/round * c + v) (c: a draft step, v: a verification; batch 1).
 efficiency: the measured speed-up over eedecode autoregressive / ideal (1.00: as fast as the step
   costs predict).
 identical to HF: prompts whose output equals HF generate's, token for token. A lossy mode (early
   exit) is not meant to reproduce it: its cell says "lossy" and gives the share of HF's new tokens
-  it matched position by position, and its mean exit layer."""
+  it matched position by position."""
 
 
 # -- arithmetic (pure) -----------------------------------------------------------------------------
@@ -129,9 +131,9 @@ def markdown_table(record: dict) -> str:
         f"{s['max_new_tokens']} new tokens, {s['num_prompts']} prompts; step costs: "
         f"c = {record['step_costs']['c']:.3f}, v = {record['step_costs']['v']:.3f}",
         "",
-        "| method | batch | tokens/s (median) | vs HF generate | acceptance | tokens/round | ideal "
-        "| efficiency | identical to HF |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| method | batch | tokens/s (median) | vs HF generate | acceptance | drafts/round | tokens/round "
+        "| exit layer | ideal | efficiency | identical to HF |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     lines += [_row(r, s["num_prompts"]) for r in record["results"]]
     return "\n".join(lines)
@@ -142,11 +144,8 @@ def _row(r: dict, num_prompts: int) -> str:
     identical = f"{identical}/{num_prompts}"
     if not r.get("lossless", True):
         agreement = r.get("token_agreement_with_hf")
-        depth = r.get("mean_exit_layer")
         identical = "lossy: " + ", ".join(
-            [identical]
-            + ([f"{agreement:.0%} of tokens"] if agreement is not None else [])
-            + ([f"mean exit layer {depth:.1f}"] if depth is not None else [])
+            [identical] + ([f"{agreement:.0%} of tokens"] if agreement is not None else [])
         )
     cells = [
         display_name(r["method"]),
@@ -154,7 +153,9 @@ def _row(r: dict, num_prompts: int) -> str:
         f"{r['tokens_per_s']:.1f}",
         _fmt(r.get("speedup_vs_hf"), "x"),
         _fmt(r.get("acceptance_rate"), "%"),
+        _fmt(r.get("mean_drafts_per_round")),
         _fmt(r.get("mean_tokens_per_round")),
+        "" if r.get("mean_exit_layer") is None else f"{r['mean_exit_layer']:.1f}",
         _fmt(r.get("ideal_speedup"), "x"),
         _fmt(r.get("efficiency")),
         identical,
