@@ -50,7 +50,7 @@ def layer_set_agreement(runner, blocks: torch.Tensor, layers, final: torch.Tenso
 @torch.no_grad()
 def search_skip_layers(runner, blocks: torch.Tensor, progress=None) -> tuple[list[int], float, float]:
     """Greedy layer removal (see the module docstring). Returns the layer set, its agreement and
-    its predicted speed-up."""
+    its predicted speed-up; the set is empty when no removal pays (then no skip arm is offered)."""
     L = runner.num_layers
     final = runner.exit_head(runner.run_layers(runner.embed(blocks), 0, L), stats={"argmax"}).argmax
     current = list(range(L))
@@ -67,7 +67,7 @@ def search_skip_layers(runner, blocks: torch.Tensor, progress=None) -> tuple[lis
         if speed <= best_s:
             break
         current, best_a, best_s = rest, a, speed
-    return current, best_a, best_s
+    return (current if len(current) < L else []), best_a, best_s
 
 
 def token_ranking(tokenizer, texts: list[str]) -> list[int]:
@@ -135,8 +135,14 @@ def run_cli(args) -> int:
         generate(model, **inputs, max_new_tokens=args.max_new_tokens, policy_in=str(out), policy_out=str(out))
     best = Policy.load(out).best()
     print(
-        f"{path}: drafting through {len(layers)} of {L} layers {layers} agrees {agreement:.1%} with the full "
-        f"model (predicted {speed:.2f}x); {len(ranking)} distinct tokens ranked; best arm so far {best.key}; "
+        f"{path}: "
+        + (
+            f"drafting through {len(layers)} of {L} layers {layers} agrees {agreement:.1%} with the full "
+            f"model (predicted {speed:.2f}x); "
+            if layers
+            else "no layer set pays for drafting (dropping any layer predicts a slowdown); "
+        )
+        + f"{len(ranking)} distinct tokens ranked; best arm so far {best.key}; "
         f"{time.perf_counter() - t0:.0f} s\n[eedecode] policy: {out}",
         file=sys.stderr,
     )

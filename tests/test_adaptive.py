@@ -108,6 +108,29 @@ def test_policy_carries_over_and_saves_and_loads(tmp_path):
         eedecode.generate(other, ids(), max_new_tokens=5, policy_in=str(path))
 
 
+def test_each_set_of_options_learns_its_own_policy_and_keeps_it_in_process():
+    from eedecode.strategies import adaptive
+
+    model = cached_tiny_model("llama", eos_token_id=None, num_hidden_layers=5)
+    adaptive._POLICIES.pop(model, None)
+
+    def rounds(**options):
+        policy = adaptive._POLICIES[model][adaptive._policy_key(adaptive.AdaptiveOptions(**options))]
+        return sum(s.rounds for s in policy.stats.values())
+
+    first = eedecode.generate(model, repetitive(), max_new_tokens=NEW, return_dict_in_generate=True).stats
+    learned = rounds()  # discounted round counts
+    assert first.rounds * 0.9 < learned <= first.rounds
+    plain = eedecode.generate(
+        model, repetitive(), max_new_tokens=NEW, lookup=False, return_dict_in_generate=True
+    )
+    assert rounds() == learned  # the variant learned apart
+    assert plain.stats.rounds * 0.9 < rounds(lookup=False) <= plain.stats.rounds
+    assert not any(k.startswith("lookup") for k in plain.stats.details["arms"])
+    again = eedecode.generate(model, repetitive(), max_new_tokens=NEW, return_dict_in_generate=True).stats
+    assert rounds() > again.rounds  # carried over from the first call
+
+
 def test_fixed_exit_layer_and_bad_settings():
     model = cached_tiny_model("llama", eos_token_id=None)
     out = eedecode.generate(

@@ -41,7 +41,9 @@ COST_EMA = 0.1
 #: Exit layers tried when none is given, as fractions of the depth.
 EXIT_FRACTIONS = (0.0, 0.125, 0.25, 0.375, 0.5)
 
-_POLICIES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> Policy, this process
+#: model -> {drafting options -> Policy}: what this process has learned, per model and per set of
+#: options that change the arms or their drafts (so variants never share estimates).
+_POLICIES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 @dataclass(frozen=True)
@@ -111,11 +113,22 @@ def _fingerprint(config) -> str:
     return "-".join(str(getattr(config, key, "")) for key in keys)
 
 
+def _policy_key(options: AdaptiveOptions) -> tuple:
+    """The options a policy's estimates depend on (all but ``policy_out``)."""
+    o = options
+    return (o.exit_layer, o.max_drafts, o.lookup, o.lookup_ngram, o.policy_in, o.draft_vocab, o.translator)
+
+
 def policy_for(runner, options: AdaptiveOptions) -> Policy:
-    """The process's policy for this model (loaded from ``policy_in`` when given), with this
-    call's arms."""
+    """The process's policy for this model and these options, with this call's arms. The first
+    call with a ``policy_in`` starts from that file; later calls with the same options continue
+    from what the process has learned since."""
     fingerprint = _fingerprint(runner.config)
-    if options.policy_in is not None:
+    key = _policy_key(options)
+    cached = _POLICIES.get(runner.model, {}).get(key)
+    if cached is not None:
+        known = cached
+    elif options.policy_in is not None:
         known = Policy.load(options.policy_in)
         if known.model and known.model != fingerprint:
             raise ValueError(
@@ -123,13 +136,13 @@ def policy_for(runner, options: AdaptiveOptions) -> Policy:
                 f"not this one ({fingerprint})"
             )
     else:
-        known = _POLICIES.get(runner.model)
+        known = None
     tuned = known.tuned if known else {}
     arms = make_arms(runner.num_layers, options, tuned)
     learned = {"seconds": {}, "calibration": {}, **(known.learned if known else {})}
     policy = Policy(arms, dict(known.stats) if known else {}, fingerprint, dict(tuned), learned)
-    policy.calibrations = dict(getattr(known, "calibrations", {})) if options.policy_in is None else {}
-    _POLICIES[runner.model] = policy
+    policy.calibrations = dict(getattr(known, "calibrations", {})) if cached is not None else {}
+    _POLICIES.setdefault(runner.model, {})[key] = policy
     return policy
 
 
