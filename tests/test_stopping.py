@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import pytest
 import torch
-from conftest import cached_tiny_model
 
-import eedecode
 from eedecode import stopping
-from eedecode.bench.oracle import oracle_registered
 from eedecode.stopping import BINS, PRIOR, CalibratedStop, Calibration, ThresholdStop
 
 
@@ -53,24 +49,3 @@ def test_calibrated_stop_weighs_survival_against_cost():
     assert alive.tolist() == [True, True]
     alive = rule.keep(alive, torch.tensor([0.95, 0.55]))  # 0.9025 x 0.5 = 0.45; 0.3025 x 0.5 = 0.15 < 0.2
     assert alive.tolist() == [True, False]
-
-
-@pytest.mark.parametrize("arch", ["llama", "qwen2"])
-def test_the_oracle_is_lossless_and_wastes_at_most_one_draft_per_round(arch):
-    model = cached_tiny_model(arch, eos_token_id=None)
-    x = torch.randint(3, 97, (2, 8), generator=torch.Generator().manual_seed(0))
-    ref = eedecode.generate(model, x, mode="autoregressive", max_new_tokens=30)
-    with oracle_registered():
-        out = eedecode.generate(
-            model,
-            x,
-            mode="oracle",
-            exit_layer=3,
-            reference=ref[:, 8:],
-            max_new_tokens=30,
-            return_dict_in_generate=True,
-        )
-    assert torch.equal(out.sequences, ref)
-    s = out.stats
-    assert s.drafted_tokens - s.accepted_tokens <= s.row_rounds  # only the draft it stops at is lost
-    assert "oracle" not in eedecode.strategy_names()

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 import torch
-from conftest import tiny_model
+from conftest import silent_upper_layers, tiny_model
 
 import eedecode
 from eedecode import demo
@@ -17,15 +17,6 @@ from eedecode.policy import Arm, Policy
 from eedecode.runner import ModelRunner
 from eedecode.strategies import adaptive
 from eedecode.tune import predicted_speedup, search_skip_layers, token_ranking
-
-
-def silent_upper_layers(model, first: int = 1):
-    """Layers from ``first`` on add nothing to the residual stream."""
-    with torch.no_grad():
-        for layer in model.model.layers[first:]:
-            layer.self_attn.o_proj.weight.zero_()
-            layer.mlp.down_proj.weight.zero_()
-    return model
 
 
 def test_predicted_speedup_on_hand_numbers():

@@ -165,16 +165,17 @@ class HFPromptLookup(HFGenerate):
 
 
 class OracleBound(Method):
-    """The oracle bound (:mod:`eedecode.bench.oracle`): drafts from the benchmark's exit layer that
-    stop exactly where they would be rejected. Its reference, plain decoding's continuation of the
-    batch, is computed in :meth:`prepare`, outside the timed call. Not in the default methods."""
+    """The oracle bound (:mod:`eedecode.bench.oracle`): drafts from an exit layer of exactly the
+    tokens that will be accepted. What it knows (plain decoding's continuation of the batch and
+    the exit layer's teacher-forced top-1 along it) is computed in :meth:`prepare`, outside the
+    timed call. Not in the default methods."""
 
     name, display = "eedecode_oracle", "oracle bound (eedecode)"
     in_default = False
     fields = ("exit_layer", "max_drafts")
 
     def __init__(self, fixed: dict | None = None):
-        self._references: dict = {}
+        self._known: dict = {}
         self.fixed = dict(fixed or {})
         if self.fixed:
             suffix = "".join(f"@{k}={v}" for k, v in self.fixed.items())
@@ -188,18 +189,21 @@ class OracleBound(Method):
         replace(spec, exit_layer=E, num_speculations=k).validate(num_layers)
 
     def prepare(self, model, ids, mask, max_new_tokens, spec):
-        key = (ids.cpu().numpy().tobytes(), tuple(ids.shape), max_new_tokens)
-        if key not in self._references:
+        from .oracle import accepted_runs
+
+        E = self.settings(spec)["exit_layer"]
+        key = (ids.cpu().numpy().tobytes(), tuple(ids.shape), max_new_tokens, E)
+        if key not in self._known:
             common = dict(attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False)
-            seq = generate(model, ids, **common, mode="autoregressive")
-            self._references[key] = seq[:, ids.shape[1] :]
-        self._reference = self._references[key]
+            reference = generate(model, ids, **common, mode="autoregressive")[:, ids.shape[1] :]
+            self._known[key] = accepted_runs(model, ids, mask, reference, E)
+        self._runs = self._known[key]
 
     def run(self, model, ids, mask, max_new_tokens, spec):
         from .oracle import oracle_registered
 
         common = dict(attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False)
-        settings = dict(self.settings(spec), reference=self._reference)
+        settings = dict(self.settings(spec), runs=self._runs)
         with oracle_registered() as oracle:
             out = generate(model, ids, **common, mode=oracle.name, return_dict_in_generate=True, **settings)
         return out.sequences, out.stats

@@ -33,7 +33,7 @@ import torch
 from ..policy import Arm, ArmStats, Policy
 from ..stopping import CalibratedStop, Calibration
 from .base import Round, Strategy, option, register
-from .drafting import DraftHead, draft_from_exit, draft_from_lookup, draft_with_skips, verify
+from .drafting import DraftHead, draft_from_exit, draft_from_lookup, draft_with_skips, plain_step, verify
 
 AUTO = "auto"
 #: Smoothing of the measured step costs (exponential moving average weight of a new round).
@@ -246,11 +246,7 @@ class Adaptive(Strategy):
                 self.calibration(arm).update(proposal.confidences, judged * state.active, rnd.counts - 1)
             self.proposal = proposal
             return rnd
-        runner = self.runner  # plain decoding
-        h = runner.run_layers(runner.embed(state.pending[:, None]), 0, runner.num_layers, state.cache)
-        drafts = state.pending.new_zeros(state.pending.shape[0], 0)
-        tokens, counts = state.chooser.accept(state, drafts, None, [], runner.logits(h))
-        return Round(tokens, counts)
+        return plain_step(state)
 
     def observe(self, rnd: Round, view) -> None:
         seconds = time.perf_counter() - self.started

@@ -104,6 +104,15 @@ def draft_from_exit(state, exit_layer: int, k: int, stop=None, head=None) -> Pro
     return Proposal(out, counts, qs, exit_layer, block, block[:, :kept], conf, seconds or None)
 
 
+def plain_step(state) -> Round:
+    """A round without drafts: the pending token through every layer, one new token per row."""
+    runner = state.runner
+    h = runner.run_layers(runner.embed(state.pending[:, None]), 0, runner.num_layers, state.cache)
+    drafts = state.pending.new_zeros(state.pending.shape[0], 0)
+    tokens, counts = state.chooser.accept(state, drafts, None, [], runner.logits(h))
+    return Round(tokens, counts)
+
+
 def segments(layers) -> list[tuple[int, int]]:
     """Sorted layer indices -> the contiguous runs ``[start, end)`` they form."""
     runs: list[tuple[int, int]] = []
