@@ -33,9 +33,21 @@ def _rope_switch_length(config, rope: str) -> int | None:
     return params.get("original_max_position_embeddings")
 
 
+#: Modules whose hooks transformers installs itself: its output capturing (``output_hidden_states``,
+#: ``output_attentions``) stays on the layers after the first such forward and records only inside
+#: that forward's own context, never during eedecode's decoding.
+_TRANSFORMERS_HOOK_MODULES = ("transformers.utils.output_capturing",)
+
+
+def _is_transformers_hook(hook) -> bool:
+    return getattr(hook, "__module__", None) in _TRANSFORMERS_HOOK_MODULES
+
+
 def _user_hooked(m: torch.nn.Module) -> bool:
-    """Hooks a user registered (accelerate's device hooks are handled, see ModelRunner)."""
-    return bool(m._forward_hooks or m._forward_pre_hooks)
+    """Hooks a user registered (accelerate's device hooks are handled, see ModelRunner;
+    transformers' own output-capturing hooks are not the user's)."""
+    hooks = [*m._forward_hooks.values(), *m._forward_pre_hooks.values()]
+    return any(not _is_transformers_hook(h) for h in hooks)
 
 
 def _unrunnable_hooks(model):

@@ -204,6 +204,7 @@ def prepare(
         mode = default_mode(engine_given, kwargs, generation_config, model)
     if not isinstance(mode, str):
         raise ValueError(f"mode: must be a string, one of the registered modes, got {mode!r}")
+    mode = mode.replace("-", "_")  # the command line's spelling (early-exit) is accepted too
     get_strategy(mode)
     engine, hf_kwargs, call = split_kwargs(kwargs)
     if generation_config is not None and not isinstance(generation_config, GenerationConfig):
@@ -245,6 +246,11 @@ def prepare(
             gen, has_default_max, has_default_min, "input_ids", P, input_ids
         )
         model._validate_generated_length(gen, P, has_default_max)
+        validation.check_token_lists(gen, runner.vocab_size)
+        for name in ("logits_processor", "stopping_criteria"):
+            given = call.get(name) if name == "logits_processor" else stopping_criteria
+            if given is not None and not isinstance(given, (list, tuple)):
+                raise ValueError(f"{name}: must be a list of {name.replace('_', ' ')} objects, got {given!r}")
         processors = model._get_logits_processor(
             generation_config=gen,
             input_ids_seq_length=P,

@@ -123,7 +123,9 @@ def generate(
     ``num_assistant_tokens_schedule`` are aliases). Defaults come from the model's generation
     config as HF applies them. Returns a LongTensor ``[batch, prompt + new]``, or a
     :class:`GenerateOutput` when ``return_dict_in_generate=True``. Sampling draws from
-    ``generator`` (or a generator seeded with ``seed``, or torch's global generator).
+    ``generator`` (or a generator seeded with ``seed``, or torch's global generator); a seed
+    reproduces a sample in a fixed mode, not in the adaptive one, whose drafting choices depend on
+    measured timings (its samples follow the same distribution all the same).
     Every argument is checked before anything runs: a bad one raises with its name and the
     allowed values, and nothing reaches the streamer.
     """

@@ -140,8 +140,19 @@ class Policy:
         Path(path).write_text(json.dumps(self.to_json(), indent=1) + "\n")
 
     @classmethod
-    def load(cls, path: str | Path) -> Policy:
+    def load(cls, path: str | Path, what: str = "policy") -> Policy:
+        """Read a policy file; ``what`` names the argument in errors (a ValueError for anything
+        that is not a readable eedecode policy file)."""
+        if not isinstance(path, (str, Path)):
+            raise ValueError(f"{what}: must be a path to a policy file (JSON), got {path!r}")
         path = Path(path)
         if not path.is_file():
-            raise FileNotFoundError(f"policy: {path} does not exist")
-        return cls.from_json(json.loads(path.read_text()))
+            why = "is a directory" if path.is_dir() else "does not exist"
+            raise ValueError(f"{what}: {path} {why}; expected a policy file (JSON) from `eedecode tune`")
+        try:
+            data = json.loads(path.read_text())
+            if not isinstance(data, dict) or data.get("format") != FORMAT:
+                raise ValueError(f"format {data.get('format') if isinstance(data, dict) else None!r}")
+            return cls.from_json(data)
+        except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError) as e:
+            raise ValueError(f"{what}: {path} is not an eedecode policy file ({e})") from None

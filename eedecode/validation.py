@@ -131,3 +131,29 @@ def check_call(
         raise ValueError(f"seed: must be an int, got {_describe(seed)}")
     if batch_size > 1 and pad_token_id is None and (eos or stopping):
         raise ValueError("pad_token_id: needed to pad batch rows that stop early; pass pad_token_id=")
+
+
+#: Generation-config fields that hold token ids (lists, or lists of lists).
+TOKEN_LIST_FIELDS = ("bad_words_ids", "suppress_tokens", "begin_suppress_tokens", "force_words_ids")
+
+
+def check_token_lists(generation_config, vocab_size: int) -> None:
+    """Token ids in the generation config's lists must lie in the vocabulary (HF finds out only
+    on the first step, after the prompt has been streamed)."""
+    for name in TOKEN_LIST_FIELDS:
+        value = getattr(generation_config, name, None)
+        if not value:
+            continue
+        flat = [t for item in value for t in (item if isinstance(item, (list, tuple)) else [item])]
+        bad = [t for t in flat if not isinstance(t, int) or isinstance(t, bool) or not 0 <= t < vocab_size]
+        if bad:
+            raise ValueError(f"{name}: token id {bad[0]!r} is outside the vocabulary [0, {vocab_size})")
+    bias = getattr(generation_config, "sequence_bias", None)
+    if bias:
+        pairs = bias.items() if isinstance(bias, dict) else [(tuple(k), v) for k, v in bias]
+        for seq, _ in pairs:
+            for t in seq if isinstance(seq, (list, tuple)) else [seq]:
+                if not isinstance(t, int) or not 0 <= t < vocab_size:
+                    raise ValueError(
+                        f"sequence_bias: token id {t!r} is outside the vocabulary [0, {vocab_size})"
+                    )

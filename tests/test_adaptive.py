@@ -147,6 +147,42 @@ def test_fixed_exit_layer_and_bad_settings():
             eedecode.generate(model, ids(), mode="adaptive", max_new_tokens=5, **kw)
 
 
+class Recorder:
+    """A streamer that records every call."""
+
+    def __init__(self):
+        self.calls = []
+
+    def put(self, value):
+        self.calls.append(("put", value))
+
+    def end(self):
+        self.calls.append(("end",))
+
+
+def test_bad_policy_and_translator_files_are_refused_before_anything_streams(tmp_path):
+    model = cached_tiny_model("llama", eos_token_id=None)
+    tuned = tmp_path / "tuned.json"
+    Policy([], tuned={"draft_vocab": list(range(50))}).save(tuned)
+    (tmp_path / "corrupt.json").write_text("{")
+    (tmp_path / "lens.safetensors").write_text("not a tensor file")
+    cases = [
+        (dict(policy_in=str(tmp_path / "corrupt.json")), "policy_in: .* not an eedecode policy file"),
+        (dict(policy_in=str(tmp_path)), "policy_in: .* is a directory"),
+        (dict(policy_in=5), "policy_in: must be a path"),
+        (dict(policy_in=str(tuned), draft_vocab=51), "draft_vocab: .* ranks 50 tokens"),
+        (dict(policy_out=str(tmp_path / "missing" / "p.json")), "policy_out: must be a file path"),
+        (dict(policy_out=str(tmp_path)), "policy_out: must be a file path"),
+        (dict(translator=str(tmp_path / "none.safetensors")), "translator: .* is not a file"),
+        (dict(translator=str(tmp_path / "lens.safetensors")), "translator: .* not a safetensors file"),
+    ]
+    for kw, words in cases:
+        streamer = Recorder()
+        with pytest.raises(ValueError, match=words):
+            eedecode.generate(model, ids(), max_new_tokens=5, streamer=streamer, **kw)
+        assert streamer.calls == [], kw
+
+
 def test_static_settings_pick_the_static_mode():
     model = cached_tiny_model("llama", eos_token_id=None)
     out = eedecode.generate(

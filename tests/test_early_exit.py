@@ -324,8 +324,12 @@ def test_bad_early_exit_settings_are_clear_errors(settings, words):
 
 
 def test_bad_self_speculative_kv_strategy_is_a_clear_error():
-    with pytest.raises(ValueError, match=r"kv_strategy: must be one of \('exit_query', 'rerun'\)"):
+    with pytest.raises(
+        ValueError, match=r"kv_strategy: must be one of \('exit_query', 'rerun'\).*early_exit"
+    ):
         eedecode.generate(model_without_eos(), prompt(1, 3, 0), exit_layer=2, kv_strategy="copy")
+    out = eedecode.generate(model_without_eos(), prompt(1, 3, 0), mode="early-exit", max_new_tokens=3)
+    assert out.shape == (1, 6)  # the command line's spelling of a mode works in Python too
 
 
 def test_a_criterion_of_the_wrong_shape_is_a_clear_error():

@@ -324,6 +324,21 @@ def test_hooks_eedecode_would_skip_are_refused():
     assert seen
 
 
+def test_a_forward_with_output_hidden_states_leaves_the_model_usable():
+    """transformers keeps its own output-capturing hooks on the layers after such a forward."""
+    model = tiny_model("llama", eos_token_id=None)
+    x = ids()
+    with torch.no_grad():
+        states = model(x, output_hidden_states=True, output_attentions=True).hidden_states
+    assert len(states) == model.config.num_hidden_layers + 1
+    ref = hf(model, x, max_new_tokens=8, pad_token_id=0)
+    assert torch.equal(eedecode.generate(model, x, max_new_tokens=8), ref)
+    assert torch.equal(eedecode.generate(model, x, **SPEC, max_new_tokens=8), ref)
+    handle = model.model.layers[2].register_forward_hook(lambda *a: None)  # a user's hook still counts
+    refused(model, ["model.layers.2", "hook"])
+    handle.remove()
+
+
 def test_train_mode_runs_as_given_or_is_refused():
     model = tiny_model("llama", eos_token_id=None).train()  # no dropout: the same as eval
     x = ids()

@@ -65,8 +65,13 @@ def test_save_and_load_round_trip(tmp_path):
     q = Policy.load(path)
     assert q.arms == p.arms and q.model == "llama-8x256"
     assert q.stats[EXIT.key].rate == pytest.approx(10.0)
-    with pytest.raises(FileNotFoundError, match="policy"):
+    with pytest.raises(ValueError, match="policy: .*missing.json does not exist"):
         Policy.load(tmp_path / "missing.json")
-    (tmp_path / "bad.json").write_text('{"format": "other"}')
-    with pytest.raises(ValueError, match="not an eedecode policy file"):
-        Policy.load(tmp_path / "bad.json")
+    with pytest.raises(ValueError, match="policy_in: .* is a directory"):
+        Policy.load(tmp_path, "policy_in")
+    with pytest.raises(ValueError, match="policy_in: must be a path"):
+        Policy.load(5, "policy_in")
+    for text in ('{"format": "other"}', "not json", "[1, 2]", '{"format": "eedecode-policy/1"}'):
+        (tmp_path / "bad.json").write_text(text)
+        with pytest.raises(ValueError, match="not an eedecode policy file"):
+            Policy.load(tmp_path / "bad.json")

@@ -27,6 +27,7 @@ from __future__ import annotations
 import time
 import weakref
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -80,6 +81,22 @@ class AdaptiveOptions:
                 raise ValueError(
                     "draft_vocab: needs policy_in, a policy from `eedecode tune` (it ranks the tokens)"
                 )
+        known = Policy.load(self.policy_in, "policy_in") if self.policy_in is not None else None
+        if self.draft_vocab is not None:
+            ranked = len(known.tuned.get("draft_vocab") or [])
+            if self.draft_vocab > ranked:
+                raise ValueError(
+                    f"draft_vocab: {self.policy_in} ranks {ranked} tokens; choose draft_vocab <= {ranked} "
+                    "(or tune on more text)"
+                )
+        if self.policy_out is not None:
+            out = self.policy_out
+            if not isinstance(out, (str, Path)) or Path(out).is_dir() or not Path(out).parent.is_dir():
+                raise ValueError(f"policy_out: must be a file path in an existing folder, got {out!r}")
+        if self.translator is not None:
+            from ..study.tuned_lens import check_lens_file
+
+            check_lens_file(self.translator, "translator", num_layers)
 
 
 def _is_int(x) -> bool:
@@ -129,7 +146,7 @@ def policy_for(runner, options: AdaptiveOptions) -> Policy:
     if cached is not None:
         known = cached
     elif options.policy_in is not None:
-        known = Policy.load(options.policy_in)
+        known = Policy.load(options.policy_in, "policy_in")
         if known.model and known.model != fingerprint:
             raise ValueError(
                 f"policy_in: {options.policy_in} was learned on another model ({known.model}), "

@@ -65,7 +65,15 @@ class SelfSpeculativeOptions:
         if self.schedule not in SCHEDULES:
             raise ValueError(f"schedule: must be one of {SCHEDULES}, got {self.schedule!r}")
         if self.kv_strategy not in KV_STRATEGIES:
-            raise ValueError(f"kv_strategy: must be one of {KV_STRATEGIES}, got {self.kv_strategy!r}")
+            raise ValueError(
+                f"kv_strategy: must be one of {KV_STRATEGIES} in mode 'self_speculative', got "
+                f"{self.kv_strategy!r}"
+                + (
+                    "; 'copy' and 'recompute' are mode='early_exit''s"
+                    if self.kv_strategy in ("copy", "recompute")
+                    else ""
+                )
+            )
 
 
 SCHEDULES = ("constant", "heuristic")

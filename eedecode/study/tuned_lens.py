@@ -98,6 +98,29 @@ class TunedLens(torch.nn.Module):
         return lens.to(device) if device is not None else lens
 
 
+def check_lens_file(path, what: str = "translators", num_layers: int | None = None) -> None:
+    """Raise a ValueError naming ``what`` unless ``path`` is an eedecode tuned-lens file (for a
+    model of ``num_layers`` layers, when given). Reads only the header."""
+    from safetensors import safe_open
+
+    if not isinstance(path, (str, Path)) or not Path(path).is_file():
+        raise ValueError(
+            f"{what}: {path!r} is not a file; expected tuned_lens.safetensors from "
+            "`eedecode agreement --lens tuned`"
+        )
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+    except Exception as e:  # safetensors raises its own error types for a file that is not one
+        raise ValueError(f"{what}: {path} is not a safetensors file ({e})") from None
+    if meta.get("format") != FORMAT:
+        raise ValueError(f"{what}: {path} is not an eedecode tuned lens (format {meta.get('format')!r})")
+    if num_layers is not None and int(meta.get("num_layers", -1)) != num_layers:
+        raise ValueError(
+            f"{what}: {path} was trained for a model of {meta.get('num_layers')} layers, not {num_layers}"
+        )
+
+
 @dataclass(frozen=True)
 class TunedLensConfig:
     steps: int = 250  # optimiser steps (all depths train on each batch)
