@@ -24,6 +24,7 @@ DEL (Zarch et al. 2025) and the survey's bandit thresholds (UCBEE, CeeBERT) moti
 
 from __future__ import annotations
 
+import functools
 import time
 import weakref
 from dataclasses import dataclass
@@ -81,14 +82,12 @@ class AdaptiveOptions:
                 raise ValueError(
                     "draft_vocab: needs policy_in, a policy from `eedecode tune` (it ranks the tokens)"
                 )
-        known = Policy.load(self.policy_in, "policy_in") if self.policy_in is not None else None
-        if self.draft_vocab is not None:
-            ranked = len(known.tuned.get("draft_vocab") or [])
-            if self.draft_vocab > ranked:
-                raise ValueError(
-                    f"draft_vocab: {self.policy_in} ranks {ranked} tokens; choose draft_vocab <= {ranked} "
-                    "(or tune on more text)"
-                )
+        ranked = _ranked_tokens(self.policy_in) if self.policy_in is not None else 0
+        if self.draft_vocab is not None and self.draft_vocab > ranked:
+            raise ValueError(
+                f"draft_vocab: {self.policy_in} ranks {ranked} tokens; choose draft_vocab <= {ranked} "
+                "(or tune on more text)"
+            )
         if self.policy_out is not None:
             out = self.policy_out
             if not isinstance(out, (str, Path)) or Path(out).is_dir() or not Path(out).parent.is_dir():
@@ -97,6 +96,24 @@ class AdaptiveOptions:
             from ..study.tuned_lens import check_lens_file
 
             check_lens_file(self.translator, "translator", num_layers)
+
+
+def _ranked_tokens(path) -> int:
+    """How many tokens the policy file ranks; raises naming ``policy_in`` if it is not one. Read
+    again only when the file changes."""
+    if not isinstance(path, (str, Path)):
+        raise ValueError(f"policy_in: must be a path to a policy file (JSON), got {path!r}")
+    try:
+        st = Path(path).stat()
+        key = (str(path), st.st_mtime_ns, st.st_size)
+    except OSError:
+        key = (str(path), None, None)
+    return _ranked_tokens_of(key)
+
+
+@functools.lru_cache(maxsize=16)
+def _ranked_tokens_of(key: tuple) -> int:
+    return len(Policy.load(key[0], "policy_in").tuned.get("draft_vocab") or [])
 
 
 def _is_int(x) -> bool:
