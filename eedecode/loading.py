@@ -9,6 +9,7 @@ Hugging Face's weight-loading bars and deprecation warnings are silenced unless 
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib.util
 import json
 import warnings
@@ -111,6 +112,14 @@ def quiet_transformers(enabled: bool = True):
     bars = hf_logging.is_progress_bar_enabled()
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
+    # the GGUF loader's de-quantisation bar is a plain tqdm that transformers' switch does not reach
+    try:
+        from transformers import modeling_gguf_pytorch_utils as gguf_utils
+    except ImportError:
+        gguf_utils = None
+    gguf_bar = getattr(gguf_utils, "tqdm", None)
+    if gguf_bar is not None:
+        gguf_utils.tqdm = functools.partial(gguf_bar, disable=True)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
@@ -120,6 +129,8 @@ def quiet_transformers(enabled: bool = True):
         hf_logging.set_verbosity(level)
         if bars:
             hf_logging.enable_progress_bar()
+        if gguf_bar is not None:
+            gguf_utils.tqdm = gguf_bar
 
 
 def load_model(
