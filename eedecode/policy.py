@@ -29,7 +29,9 @@ FORMAT = "eedecode-policy/1"
 @dataclass(frozen=True)
 class Arm:
     """One way to draft a round. ``kind``: ``"none"`` (plain decoding), ``"lookup"``, ``"exit"``
-    (the first ``exit_layer`` layers) or ``"skip"`` (the layers in ``layers``, others skipped)."""
+    (the first ``exit_layer`` layers), ``"mixed"`` (rows with a lookup match take their lookup
+    drafts, the others draft from ``exit_layer``) or ``"skip"`` (the layers in ``layers``, others
+    skipped)."""
 
     kind: str
     exit_layer: int | None = None
@@ -40,7 +42,7 @@ class Arm:
     @property
     def drafter(self) -> str:
         """What the arm drafts with (arms that differ only in their stop rule share it)."""
-        if self.kind == "exit":
+        if self.kind in ("exit", "mixed"):
             return f"exit:E={self.exit_layer}"
         if self.kind == "skip":
             return f"skip:{','.join(map(str, self.layers))}"
@@ -53,6 +55,9 @@ class Arm:
             return f"{self.drafter}:t={stop}:k={self.max_drafts}"
         if self.kind == "lookup":
             return f"lookup:k={self.max_drafts}"
+        if self.kind == "mixed":
+            stop = "auto" if self.threshold is None else self.threshold
+            return f"mixed:lookup+E={self.exit_layer}:t={stop}:k={self.max_drafts}"
         return "none"
 
 

@@ -41,6 +41,7 @@ ARMS = {
     "exit1": Arm("exit", exit_layer=1, threshold=0.0137, max_drafts=6),
     "exit3": Arm("exit", exit_layer=3, threshold=0.0137, max_drafts=6),
     "exit_no_stop": Arm("exit", exit_layer=2, threshold=0.0, max_drafts=6),
+    "mixed": Arm("mixed", exit_layer=2, threshold=0.0137, max_drafts=6),
 }
 
 
@@ -70,6 +71,45 @@ def test_every_arm_alone_is_lossless_batch_and_padding(arm, only_arms):
     pulled = out.stats.details["arms"]
     assert set(pulled) <= {ARMS[arm].key, "none"}  # "none": rounds that may emit one token only
     assert pulled[ARMS[arm].key] >= out.stats.rounds / 2  # lookup: offered when something matches
+
+
+def test_mixed_rounds_give_each_row_its_own_drafter(only_arms, monkeypatch):
+    """Rows with a lookup match take lookup drafts, the others exit drafts, in one round; the
+    output stays exact, and a batch where every row (or none) matched never mixes."""
+    only_arms(ARMS["none"], ARMS["mixed"])
+    model = cached_tiny_model("llama", eos_token_id=None)
+    x = torch.cat([repetitive(2), ids(2, 15, seed=7)])  # two rows repeat themselves, two do not
+    seen = []
+    real = adaptive.draft_mixed
+
+    def spy(state, lookup, *a, **kw):
+        proposal = real(state, lookup, *a, **kw)
+        seen.append(((lookup.counts > 0) & state.active).tolist())
+        return proposal
+
+    monkeypatch.setattr(adaptive, "draft_mixed", spy)
+    ref = model.generate(x, max_new_tokens=NEW, do_sample=False, pad_token_id=0)
+    out = eedecode.generate(model, x, max_new_tokens=NEW, return_dict_in_generate=True)
+    assert torch.equal(out.sequences, ref)
+    assert seen and all(any(r) and not all(r) for r in seen)
+    assert out.stats.details["arms"].get(ARMS["mixed"].key, 0) == len(seen)
+    one = eedecode.generate(model, x[:1], max_new_tokens=NEW, return_dict_in_generate=True)
+    assert ARMS["mixed"].key not in one.stats.details["arms"]  # batch 1: nothing to mix
+    sampled = eedecode.generate(
+        model, x, max_new_tokens=NEW, do_sample=True, seed=0, return_dict_in_generate=True
+    )
+    assert ARMS["mixed"].key not in sampled.stats.details["arms"]  # greedy only
+
+
+def test_exit_drafts_off_leaves_lookup_and_plain_steps():
+    model = cached_tiny_model("llama", eos_token_id=None)
+    x = repetitive(2)
+    ref = model.generate(x, max_new_tokens=NEW, do_sample=False, pad_token_id=0)
+    out = eedecode.generate(model, x, max_new_tokens=NEW, exit_drafts=False, return_dict_in_generate=True)
+    assert torch.equal(out.sequences, ref)
+    assert set(out.stats.details["arms"]) <= {"none", "lookup:k=6"} and out.stats.drafted_tokens > 0
+    with pytest.raises(ValueError, match="exit_drafts: must be True or False"):
+        eedecode.generate(model, x, max_new_tokens=3, exit_drafts="no")
 
 
 def test_rows_draft_different_lengths(only_arms, monkeypatch):

@@ -12,6 +12,9 @@ Each round, a bandit (:class:`eedecode.policy.Policy`) picks one arm:
   step. That is when the probability that all its drafts so far are accepted, learned online per
   exit layer as a function of the drafts' confidence (:mod:`eedecode.stopping`), falls below the
   measured cost of a draft step. So rows draft different lengths;
+* ``mixed`` at layer ``E``: in a batch where some rows found a lookup match and some did not,
+  the former take their lookup drafts and the latter draft from layer ``E``; verification then
+  runs every layer (greedy decoding only);
 * ``skip``: drafts through a layer set found by ``eedecode tune``, when a tuned policy is given.
 
 The arm's reward is the tokens the round produced, per second of wall time. The policy
@@ -35,7 +38,15 @@ import torch
 from ..policy import Arm, ArmStats, Policy
 from ..stopping import CalibratedStop, Calibration
 from .base import Round, Strategy, option, register
-from .drafting import DraftHead, draft_from_exit, draft_from_lookup, draft_with_skips, plain_step, verify
+from .drafting import (
+    DraftHead,
+    draft_from_exit,
+    draft_from_lookup,
+    draft_mixed,
+    draft_with_skips,
+    plain_step,
+    verify,
+)
 
 AUTO = "auto"
 #: Smoothing of the measured step costs (exponential moving average weight of a new round).
@@ -55,6 +66,7 @@ class AdaptiveOptions:
     )
     max_drafts: int = option(6, "the most drafts a row proposes per round (>= 1)")
     lookup: bool = option(True, "also draft by prompt lookup (n-gram continuation from the context)")
+    exit_drafts: bool = option(True, "also draft from exit layers (the model's first layers and its head)")
     lookup_ngram: int = option(3, "longest n-gram prompt lookup matches (>= 1)")
     policy_in: str | None = option(None, "start from a saved drafting policy (JSON, e.g. from eedecode tune)")
     policy_out: str | None = option(None, "save the learned drafting policy here (JSON)")
@@ -73,6 +85,8 @@ class AdaptiveOptions:
             raise ValueError(f"max_drafts: must be an int >= 1, got {self.max_drafts!r}")
         if not isinstance(self.lookup, bool):
             raise ValueError(f"lookup: must be True or False, got {self.lookup!r}")
+        if not isinstance(self.exit_drafts, bool):
+            raise ValueError(f"exit_drafts: must be True or False, got {self.exit_drafts!r}")
         if not _is_int(self.lookup_ngram) or self.lookup_ngram < 1:
             raise ValueError(f"lookup_ngram: must be an int >= 1, got {self.lookup_ngram!r}")
         if self.draft_vocab is not None:
@@ -135,7 +149,10 @@ def make_arms(num_layers: int, options: AdaptiveOptions, tuned: dict | None = No
     arms = [Arm("none")]
     if options.lookup:
         arms.append(Arm("lookup", max_drafts=k))
-    arms += [Arm("exit", exit_layer=e, max_drafts=k) for e in exits]
+    if options.exit_drafts:
+        arms += [Arm("exit", exit_layer=e, max_drafts=k) for e in exits]
+        if options.lookup:  # offered only in batch rounds where some rows found a match and some did not
+            arms += [Arm("mixed", exit_layer=e, max_drafts=k) for e in exits]
     skip = (tuned or {}).get("skip_layers")
     if skip:
         arms.append(Arm("skip", max_drafts=k, layers=tuple(skip)))
@@ -150,7 +167,16 @@ def _fingerprint(config) -> str:
 def _policy_key(options: AdaptiveOptions) -> tuple:
     """The options a policy's estimates depend on (all but ``policy_out``)."""
     o = options
-    return (o.exit_layer, o.max_drafts, o.lookup, o.lookup_ngram, o.policy_in, o.draft_vocab, o.translator)
+    return (
+        o.exit_layer,
+        o.max_drafts,
+        o.lookup,
+        o.exit_drafts,
+        o.lookup_ngram,
+        o.policy_in,
+        o.draft_vocab,
+        o.translator,
+    )
 
 
 def policy_for(runner, options: AdaptiveOptions) -> Policy:
@@ -235,7 +261,7 @@ class Adaptive(Strategy):
         step, full = seconds.get(arm.drafter), seconds.get("none")
         if step and full:
             return step / full
-        layers = arm.exit_layer if arm.kind == "exit" else len(arm.layers)
+        layers = arm.exit_layer if arm.kind in ("exit", "mixed") else len(arm.layers)
         return (layers + 1) / (self.runner.num_layers + 1)
 
     def _remember(self, key: str, value: float) -> None:
@@ -249,22 +275,34 @@ class Adaptive(Strategy):
     def round(self, state, max_tokens: int) -> Round:
         self.started = time.perf_counter()
         k = min(self.options.max_drafts, max_tokens - 1)
-        lookup = None
-        available = [a for a in self.policy.arms if a.kind != "lookup"]
+        lookup, some, every = None, False, False
         if self.options.lookup and k > 0:
             lookup = draft_from_lookup(state, k, self.options.lookup_ngram)
-            if bool((lookup.counts * state.active).any()):  # one host read: is the arm available?
-                available = self.policy.arms
+            matched = (lookup.counts > 0) & state.active
+            # one host read: did some active row find a match, and did every one?
+            some, every = torch.stack([matched.any(), (matched | ~state.active).all()]).tolist()
+        mixed_ok = some and not every and not state.chooser.do_sample
+        available = [
+            a
+            for a in self.policy.arms
+            if (a.kind == "lookup" and some)
+            or (a.kind == "mixed" and mixed_ok)
+            or a.kind not in ("lookup", "mixed")
+        ]
         if k == 0 or not available:  # the last token of a row, or only lookup and nothing to look up
             available = [Arm("none")]
         arm = self.arm = self.policy.choose(available)
         self.pulls[arm.key] = self.pulls.get(arm.key, 0) + 1
         if arm.kind == "lookup":
             return verify(state, lookup)
-        if arm.kind in ("exit", "skip"):
+        if arm.kind in ("exit", "skip", "mixed"):
             stop = arm.threshold if arm.threshold is not None else None
             if stop is None:
                 stop = CalibratedStop(self.calibration(arm), self.draft_cost(arm))
+            if arm.kind == "mixed":
+                self.exit_layers.append(arm.exit_layer)
+                self.proposal = draft_mixed(state, lookup, arm.exit_layer, k, stop, self.head)
+                return verify(state, self.proposal)
             if arm.kind == "exit":
                 self.exit_layers.append(arm.exit_layer)
                 proposal = draft_from_exit(state, arm.exit_layer, k, stop, self.head)

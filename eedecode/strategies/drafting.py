@@ -104,6 +104,26 @@ def draft_from_exit(state, exit_layer: int, k: int, stop=None, head=None) -> Pro
     return Proposal(out, counts, qs, exit_layer, block, block[:, :kept], conf, seconds or None)
 
 
+def draft_mixed(state, lookup: Proposal, exit_layer: int, k: int, stop=None, head=None) -> Proposal:
+    """Per row, the lookup drafts where the row found a match, else up to ``k`` drafts from
+    layers ``[0, exit_layer)`` (:func:`draft_from_exit`, every row drafting in one batch). The rows'
+    drafts no longer match the exit states cached in layers ``[0, exit_layer)``, so every layer is
+    moved back and verification runs them all (``entry = 0``). Greedy decoding only: a sampled
+    round would need each row's draft distribution from its own drafter."""
+    ex = draft_from_exit(state, exit_layer, k, stop, head)
+    state.rewind()
+    use = lookup.counts > 0  # [B]
+    width = max(ex.k, lookup.k)
+
+    def widen(d: Tensor) -> Tensor:
+        return torch.nn.functional.pad(d, (0, width - d.shape[1]))
+
+    drafts = torch.where(use[:, None], widen(lookup.drafts), widen(ex.drafts))
+    ex_counts = ex.counts if ex.counts is not None else torch.full_like(lookup.counts, ex.k)
+    counts = torch.where(use, lookup.counts, ex_counts)
+    return Proposal(drafts, counts, [], 0, None, step_seconds=ex.step_seconds)
+
+
 def plain_step(state) -> Round:
     """A round without drafts: the pending token through every layer, one new token per row."""
     runner = state.runner
