@@ -31,28 +31,31 @@ def lookup_drafts(
     device = context.device
     drafts = torch.zeros(B, k, dtype=torch.long, device=device)
     counts = torch.zeros(B, dtype=torch.long, device=device)
-    if k == 0:
+    top = min(ngram_max, T - 1)  # an n-gram needs an earlier occurrence and one more token
+    if k == 0 or top < ngram_min:
         return drafts, counts
-    found = torch.zeros(B, dtype=torch.bool, device=device)
-    positions = torch.arange(T, device=device)
-    for n in range(ngram_max, ngram_min - 1, -1):
-        if n >= T:
-            continue
-        # the row's last n tokens: context[b, end[b] - n : end[b]]
-        tail_idx = (end[:, None] - n + torch.arange(n, device=device)[None, :]).clamp(0, T - 1)
-        tail = context.gather(1, tail_idx)  # [B, n]
-        windows = context.unfold(1, n, 1)  # [B, T - n + 1, n]; window i covers i .. i + n - 1
-        match = (windows == tail[:, None, :]).all(-1)  # [B, T - n + 1]
-        i = positions[: T - n + 1][None, :]
-        # inside the row's tokens, and followed by at least one token before the tail itself
-        match &= (i >= start[:, None]) & (i + n < end[:, None]) & (end[:, None] - n >= start[:, None])
-        latest = torch.where(match, i, -1).amax(1)  # [B]; -1: none
-        take = (latest >= 0) & ~found
-        first = latest + n  # the continuation's first slot
-        cont_idx = (first[:, None] + torch.arange(k, device=device)[None, :]).clamp(0, T - 1)
-        cont = context.gather(1, cont_idx)
-        n_cont = (end - first).clamp(0, k)
-        drafts = torch.where(take[:, None], cont, drafts)
-        counts = torch.where(take, n_cont, counts)
-        found |= take
+    # All n at once. tail[b, t] = the row's t-th token from the end; eq[b, t, j] = whether
+    # context[b, j - t] is that token; so an n-gram ends at j where eq[b, :n, j] are all true.
+    t = torch.arange(top, device=device)
+    tail = context.gather(1, (end[:, None] - 1 - t[None, :]).clamp(0, T - 1))  # [B, top]
+    padded = torch.nn.functional.pad(context, (top, 0), value=-1)
+    shifted = padded.unfold(1, T, 1).flip(1)[:, :top]  # [B, top, T]: shifted[b, t, j] = context[b, j - t]
+    run = (shifted == tail[:, :, None]).cumprod(1).bool()  # [B, top, T]: the last t + 1 tokens match
+    j = torch.arange(T, device=device)
+    n = t + 1
+    valid = (
+        (j[None, None, :] - t[None, :, None] >= start[:, None, None])  # the occurrence is in the row
+        & (j[None, None, :] + 1 < end[:, None, None])  # and continues before the row's end
+        & ((end[:, None] - n[None, :]) >= start[:, None])[:, :, None]  # the tail itself is in the row
+        & (n >= ngram_min)[None, :, None]
+    )
+    latest = torch.where(run & valid, j, -1).amax(-1)  # [B, top]: the latest end of each n-gram
+    best = (latest >= 0).long() * n[None, :]  # the longest n that matched (0: none)
+    longest = best.amax(1)  # [B]
+    at = latest.gather(1, (longest - 1).clamp(min=0)[:, None])[:, 0]
+    first = at + 1  # the continuation's first slot
+    cont = context.gather(1, (first[:, None] + torch.arange(k, device=device)[None, :]).clamp(0, T - 1))
+    found = longest > 0
+    drafts = torch.where(found[:, None], cont, drafts)
+    counts = torch.where(found, (end - first).clamp(0, k), counts)
     return drafts, counts

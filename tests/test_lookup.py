@@ -44,3 +44,30 @@ def test_rows_are_independent_and_padding_and_stale_slots_are_ignored():
 def test_zero_drafts_asked():
     d, c = lookup_drafts(torch.tensor([[1, 2, 1]]), torch.tensor([0]), torch.tensor([3]), 0)
     assert d.shape == (1, 0) and c.tolist() == [0]
+
+
+def _reference(tokens: list[int], k: int, ngram_max: int, ngram_min: int) -> list[int]:
+    """Plain Python: the latest earlier occurrence of the longest matching tail n-gram."""
+    for n in range(ngram_max, ngram_min - 1, -1):
+        if len(tokens) <= n:
+            continue
+        tail = tokens[-n:]
+        for i in range(len(tokens) - n - 1, -1, -1):
+            if tokens[i : i + n] == tail:
+                return tokens[i + n : i + n + k]
+    return []
+
+
+def test_matches_a_plain_python_search_on_random_contexts():
+    g = torch.Generator().manual_seed(0)
+    for _ in range(500):
+        B, T, V = (int(torch.randint(lo, hi, (1,), generator=g)) for lo, hi in ((1, 4), (1, 30), (2, 5)))
+        ctx = torch.randint(0, V, (B, T), generator=g)
+        start = torch.randint(0, T, (B,), generator=g)
+        end = torch.minimum(start + torch.randint(0, T + 1, (B,), generator=g), torch.tensor(T))
+        k, nmax = int(torch.randint(1, 7, (1,), generator=g)), int(torch.randint(1, 5, (1,), generator=g))
+        nmin = int(torch.randint(1, nmax + 1, (1,), generator=g))
+        drafts, counts = lookup_drafts(ctx, start, end, k, nmax, nmin)
+        for b in range(B):
+            want = _reference(ctx[b, start[b] : end[b]].tolist(), k, nmax, nmin)
+            assert drafts[b, : counts[b]].tolist() == want
