@@ -2,8 +2,8 @@
 
 Each arm is one way to run a round: plain decoding, lookup drafts, or early-exit drafts from
 exit layer ``E`` stopped by a confidence threshold. After each round the policy is told how many
-tokens the round produced and how long it took. It keeps a discounted tokens/second estimate per
-arm, and picks the arm with the best upper confidence bound (UCB1, Auer et al. 2002, with
+tokens the round produced and how long it took. It keeps a discounted mean of the rounds'
+tokens/second per arm, and picks the arm with the best upper confidence bound (UCB1, Auer et al. 2002, with
 discounting for a changing context, Garivier and Moulines 2011). Nothing is trained: the policy
 adapts within one generation and across the rows of a batch. It carries over to the next call on
 the same model, and its state can be saved to a JSON file and loaded, so a second run starts warm.
@@ -66,10 +66,16 @@ class ArmStats:
     tokens: float = 0.0  # discounted tokens produced
     seconds: float = 0.0  # discounted seconds spent
     rounds: float = 0.0  # discounted rounds
+    rates: float = 0.0  # discounted sum of each round's tokens / seconds
 
     @property
     def rate(self) -> float:
-        return self.tokens / self.seconds if self.seconds > 0 else 0.0
+        """The mean of the rounds' own rates. Unlike total tokens over total seconds, one round
+        the machine preempted (tens of milliseconds on a shared CPU, against a few for a round)
+        weighs as one round, not as many: it cannot bury an arm's estimate."""
+        if self.rounds > 0 and self.rates > 0:
+            return self.rates / self.rounds
+        return self.tokens / self.seconds if self.seconds > 0 else 0.0  # a file saved without rates
 
 
 @dataclass
@@ -113,10 +119,12 @@ class Policy:
             s.tokens *= DISCOUNT
             s.seconds *= DISCOUNT
             s.rounds *= DISCOUNT
+            s.rates *= DISCOUNT
         s = self.stats[arm.key]
         s.tokens += tokens
         s.seconds += seconds
         s.rounds += 1.0
+        s.rates += tokens / seconds if seconds > 0 else 0.0
 
     def best(self) -> Arm:
         """The arm with the best estimated rate (no exploration)."""
