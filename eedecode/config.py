@@ -119,9 +119,10 @@ def _quiet():
 
 
 def default_mode(engine_given: set, kwargs: dict, generation_config, model) -> str:
-    """Without ``mode=``: the static self-speculative mode when it was asked for by its settings
-    (an int ``exit_layer`` / ``assistant_early_exit``, a draft length, a confidence threshold or
-    a schedule), else the adaptive mode, which needs no settings."""
+    """Without ``mode=``: the adaptive mode when one of its own settings is given (``lookup``,
+    ``max_drafts``, ``policy_in``, ...); else the static self-speculative mode when it was asked
+    for by its settings (an int ``exit_layer`` / ``assistant_early_exit``, a draft length, a
+    confidence threshold or a schedule); else the adaptive mode, which needs no settings."""
     own = set(option_fields(get_strategy(STATIC_MODE)))
     adaptive = set(option_fields(get_strategy(DEFAULT_MODE)))
     exit_layer = kwargs.get("exit_layer", kwargs.get("assistant_early_exit"))
@@ -131,6 +132,8 @@ def default_mode(engine_given: set, kwargs: dict, generation_config, model) -> s
                 exit_layer = cfg.assistant_early_exit
                 break
     static_only = (engine_given & own) - adaptive
+    if (engine_given & adaptive) - own:  # lookup=, max_drafts=, policy_in=, ...: the adaptive mode's own
+        return DEFAULT_MODE
     aliases = {"num_assistant_tokens", "assistant_confidence_threshold", "num_assistant_tokens_schedule"}
     if (
         static_only
@@ -249,8 +252,12 @@ def prepare(
         validation.check_token_lists(gen, runner.vocab_size)
         for name in ("logits_processor", "stopping_criteria"):
             given = call.get(name) if name == "logits_processor" else stopping_criteria
+            what = f"{name}: must be a list of {name.replace('_', ' ')} objects (callables)"
             if given is not None and not isinstance(given, (list, tuple)):
-                raise ValueError(f"{name}: must be a list of {name.replace('_', ' ')} objects, got {given!r}")
+                raise ValueError(f"{what}, got {given!r}")
+            bad = [item for item in given or [] if not callable(item)]
+            if bad:
+                raise ValueError(f"{what}, got an item {bad[0]!r}")
         processors = model._get_logits_processor(
             generation_config=gen,
             input_ids_seq_length=P,

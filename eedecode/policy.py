@@ -73,9 +73,7 @@ class ArmStats:
         """The mean of the rounds' own rates. Unlike total tokens over total seconds, one round
         the machine preempted (tens of milliseconds on a shared CPU, against a few for a round)
         weighs as one round, not as many: it cannot bury an arm's estimate."""
-        if self.rounds > 0 and self.rates > 0:
-            return self.rates / self.rounds
-        return self.tokens / self.seconds if self.seconds > 0 else 0.0  # a file saved without rates
+        return self.rates / self.rounds if self.rounds > 0 else 0.0
 
 
 @dataclass
@@ -147,6 +145,9 @@ class Policy:
             raise ValueError(f"policy: not an eedecode policy file (format {data.get('format')!r})")
         arms = [Arm(**{**a, "layers": tuple(a["layers"]) if a.get("layers") else None}) for a in data["arms"]]
         stats = {k: ArmStats(**v) for k, v in data["stats"].items()}
+        for st in stats.values():  # a file saved before rates were kept: their mean from the totals
+            if not st.rates and st.rounds > 0 and st.seconds > 0:
+                st.rates = st.rounds * st.tokens / st.seconds
         return cls(arms, stats, data.get("model", ""), data.get("tuned", {}), data.get("learned", {}))
 
     def save(self, path: str | Path) -> None:

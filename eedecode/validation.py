@@ -3,6 +3,8 @@ the argument and what is allowed."""
 
 from __future__ import annotations
 
+import operator
+
 import torch
 
 Tensor = torch.Tensor
@@ -133,27 +135,37 @@ def check_call(
         raise ValueError("pad_token_id: needed to pad batch rows that stop early; pass pad_token_id=")
 
 
-#: Generation-config fields that hold token ids (lists, or lists of lists).
-TOKEN_LIST_FIELDS = ("bad_words_ids", "suppress_tokens", "begin_suppress_tokens", "force_words_ids")
+#: Generation-config fields whose out-of-vocabulary ids make HF's processors raise on the first
+#: step (others, like ``suppress_tokens``, HF ignores when out of range).
+TOKEN_LIST_FIELDS = ("bad_words_ids",)
+
+
+def _token_id(t) -> int | None:
+    try:
+        return operator.index(t)  # ints and NumPy / torch integer scalars, not floats or bools
+    except TypeError:
+        return None
 
 
 def check_token_lists(generation_config, vocab_size: int) -> None:
-    """Token ids in the generation config's lists must lie in the vocabulary (HF finds out only
-    on the first step, after the prompt has been streamed)."""
+    """Token ids in ``bad_words_ids`` and ``sequence_bias`` must lie in the vocabulary (HF finds
+    out only on the first step, after the prompt has been streamed)."""
     for name in TOKEN_LIST_FIELDS:
         value = getattr(generation_config, name, None)
         if not value:
             continue
         flat = [t for item in value for t in (item if isinstance(item, (list, tuple)) else [item])]
-        bad = [t for t in flat if not isinstance(t, int) or isinstance(t, bool) or not 0 <= t < vocab_size]
-        if bad:
-            raise ValueError(f"{name}: token id {bad[0]!r} is outside the vocabulary [0, {vocab_size})")
+        for t in flat:
+            i = _token_id(t)
+            if i is None or isinstance(t, bool) or not 0 <= i < vocab_size:
+                raise ValueError(f"{name}: token id {t!r} is outside the vocabulary [0, {vocab_size})")
     bias = getattr(generation_config, "sequence_bias", None)
     if bias:
         pairs = bias.items() if isinstance(bias, dict) else [(tuple(k), v) for k, v in bias]
         for seq, _ in pairs:
             for t in seq if isinstance(seq, (list, tuple)) else [seq]:
-                if not isinstance(t, int) or not 0 <= t < vocab_size:
+                i = _token_id(t)
+                if i is None or not 0 <= i < vocab_size:
                     raise ValueError(
                         f"sequence_bias: token id {t!r} is outside the vocabulary [0, {vocab_size})"
                     )

@@ -223,6 +223,56 @@ def test_bad_policy_and_translator_files_are_refused_before_anything_streams(tmp
         assert streamer.calls == [], kw
 
 
+def test_a_translator_drafts_at_its_own_layers_and_stays_lossless(tmp_path, monkeypatch):
+    from eedecode.strategies import drafting
+    from eedecode.study import TunedLens
+
+    model = cached_tiny_model("llama", eos_token_id=None)
+    H, L = model.config.hidden_size, model.config.num_hidden_layers
+    lens = TunedLens(H, L, [2, 3])
+    with torch.no_grad():
+        for p in lens.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(3)))
+    path = lens.save(tmp_path / "lens.safetensors")
+    translated = []
+    real = drafting.DraftHead._translate
+    monkeypatch.setattr(
+        drafting.DraftHead, "_translate", lambda self, h: translated.append(self.depth) or real(self, h)
+    )
+    x = repetitive(2)
+    ref = model.generate(x, max_new_tokens=NEW, do_sample=False, pad_token_id=0)
+    out = eedecode.generate(model, x, max_new_tokens=NEW, translator=str(path), return_dict_in_generate=True)
+    assert torch.equal(out.sequences, ref)
+    exits = {k.split(":")[1] for k in out.stats.details["arms"] if k.startswith(("exit", "mixed"))}
+    assert exits <= {"E=2", "E=3", "lookup+E=2", "lookup+E=3"}  # the arms sit at the translated layers
+    assert translated and set(translated) <= {2, 3}
+    with pytest.raises(ValueError, match="exit_layer: .* has no translator for layer 1"):
+        eedecode.generate(model, x, max_new_tokens=3, mode="adaptive", exit_layer=1, translator=str(path))
+
+
+def test_the_adaptive_modes_own_settings_pick_it_and_a_rewritten_policy_file_is_read_again(tmp_path):
+    model = cached_tiny_model("llama", eos_token_id=None)
+    x = repetitive(2)
+    out = eedecode.generate(
+        model, x, max_new_tokens=5, exit_layer=2, lookup=False, return_dict_in_generate=True
+    )
+    assert out.stats.mode == "adaptive"  # lookup= is the adaptive mode's, so exit_layer=2 is its too
+    with pytest.raises(ValueError, match="lookup, exit_drafts: both False"):
+        eedecode.generate(model, x, max_new_tokens=5, lookup=False, exit_drafts=False)
+    path = tmp_path / "p.json"
+    Policy([], tuned={"draft_vocab": list(range(10))}).save(path)
+    eedecode.generate(model, x, max_new_tokens=5, policy_in=str(path))
+    with pytest.raises(ValueError, match="ranks 10 tokens"):
+        eedecode.generate(model, x, max_new_tokens=5, policy_in=str(path), draft_vocab=20)
+    Policy([], tuned={"draft_vocab": list(range(30))}).save(path)  # tuned again, same path
+    eedecode.generate(model, x, max_new_tokens=5, policy_in=str(path), draft_vocab=20)
+    policies = adaptive._POLICIES[model].values()
+    assert any(len(p.tuned.get("draft_vocab", [])) == 30 for p in policies)
+    Policy([], tuned={}).save(path)
+    with pytest.raises(ValueError, match="draft_vocab: .* has no token ranking"):
+        eedecode.generate(model, x, max_new_tokens=5, policy_in=str(path), draft_vocab=5)
+
+
 def test_static_settings_pick_the_static_mode():
     model = cached_tiny_model("llama", eos_token_id=None)
     out = eedecode.generate(

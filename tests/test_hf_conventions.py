@@ -396,3 +396,14 @@ def test_bitsandbytes_models_equal_hf_on_the_same_quantized_model(bits):
     ref = hf(qm, x, max_new_tokens=10, pad_token_id=0)
     for mode, settings in MODES:
         assert torch.equal(ours(qm, x, mode, settings, max_new_tokens=10), ref)
+
+
+def test_token_lists_are_checked_as_hf_checks_them():
+    """HF ignores suppress_tokens outside the vocabulary and takes NumPy ids in bad_words_ids."""
+    import numpy as np
+
+    model = tiny_model("llama", eos_token_id=None)
+    x = ids()
+    for kw in (dict(suppress_tokens=[200]), dict(bad_words_ids=[[np.int64(5)]])):
+        ref = hf(model, x, max_new_tokens=8, pad_token_id=0, **kw)
+        assert torch.equal(eedecode.generate(model, x, max_new_tokens=8, **kw), ref), kw

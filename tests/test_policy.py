@@ -75,3 +75,16 @@ def test_save_and_load_round_trip(tmp_path):
         (tmp_path / "bad.json").write_text(text)
         with pytest.raises(ValueError, match="not an eedecode policy file"):
             Policy.load(tmp_path / "bad.json")
+
+
+def test_a_file_saved_without_rates_keeps_its_estimates():
+    data = Policy([NONE, EXIT]).to_json()
+    data["stats"] = {
+        NONE.key: {"tokens": 900.0, "seconds": 3.0, "rounds": 900.0},
+        EXIT.key: {"tokens": 9000.0, "seconds": 10.0, "rounds": 3000.0},
+    }
+    p = Policy.from_json(data)
+    assert p.stats[EXIT.key].rate == pytest.approx(900.0) and p.stats[NONE.key].rate == pytest.approx(300.0)
+    p.update(EXIT, 3, 0.003)  # one new round at 1000 tokens/s
+    assert 899.0 < p.stats[EXIT.key].rate < 1000.0
+    assert p.choose([NONE, EXIT]) == EXIT

@@ -96,7 +96,15 @@ class AdaptiveOptions:
                 raise ValueError(
                     "draft_vocab: needs policy_in, a policy from `eedecode tune` (it ranks the tokens)"
                 )
+        if not (self.lookup or self.exit_drafts):
+            raise ValueError(
+                "lookup, exit_drafts: both False leaves nothing to draft with; use mode='autoregressive'"
+            )
         ranked = _ranked_tokens(self.policy_in) if self.policy_in is not None else 0
+        if self.draft_vocab is not None and ranked == 0:
+            raise ValueError(
+                f"draft_vocab: {self.policy_in} has no token ranking; write one with `eedecode tune`"
+            )
         if self.draft_vocab is not None and self.draft_vocab > ranked:
             raise ValueError(
                 f"draft_vocab: {self.policy_in} ranks {ranked} tokens; choose draft_vocab <= {ranked} "
@@ -109,7 +117,20 @@ class AdaptiveOptions:
         if self.translator is not None:
             from ..study.tuned_lens import check_lens_file
 
-            check_lens_file(self.translator, "translator", num_layers)
+            depths = check_lens_file(self.translator, "translator", num_layers)
+            if _is_int(E) and E not in depths:
+                raise ValueError(
+                    f"exit_layer: {self.translator} has no translator for layer {E} (it has {depths})"
+                )
+
+
+def _file_stamp(path) -> tuple | None:
+    """``(mtime, size)`` of a file, so that a changed file is read again; None if unreadable."""
+    try:
+        st = Path(path).stat()
+    except (OSError, TypeError):
+        return None
+    return st.st_mtime_ns, st.st_size
 
 
 def _ranked_tokens(path) -> int:
@@ -117,12 +138,7 @@ def _ranked_tokens(path) -> int:
     again only when the file changes."""
     if not isinstance(path, (str, Path)):
         raise ValueError(f"policy_in: must be a path to a policy file (JSON), got {path!r}")
-    try:
-        st = Path(path).stat()
-        key = (str(path), st.st_mtime_ns, st.st_size)
-    except OSError:
-        key = (str(path), None, None)
-    return _ranked_tokens_of(key)
+    return _ranked_tokens_of((str(path), _file_stamp(path)))
 
 
 @functools.lru_cache(maxsize=16)
@@ -140,11 +156,19 @@ def exit_layer_candidates(num_layers: int) -> list[int]:
     return sorted(layers | {1})
 
 
-def make_arms(num_layers: int, options: AdaptiveOptions, tuned: dict | None = None) -> list[Arm]:
+def make_arms(
+    num_layers: int, options: AdaptiveOptions, tuned: dict | None = None, depths: list[int] | None = None
+) -> list[Arm]:
     """The arms of this call: plain decoding, lookup (if enabled), early exit at each candidate
-    layer and threshold, and drafting through a tuned layer set (if ``eedecode tune`` found one)."""
+    layer (with a translator: at each layer it translates, ``depths``) and threshold, and drafting
+    through a tuned layer set (if ``eedecode tune`` found one)."""
     E = options.exit_layer
-    exits = exit_layer_candidates(num_layers) if E in (AUTO, None) else [E]
+    if E not in (AUTO, None):
+        exits = [E]
+    elif depths:
+        exits = sorted(d for d in depths if 1 <= d < num_layers)
+    else:
+        exits = exit_layer_candidates(num_layers)
     k = options.max_drafts
     arms = [Arm("none")]
     if options.lookup:
@@ -174,15 +198,17 @@ def _policy_key(options: AdaptiveOptions) -> tuple:
         o.exit_drafts,
         o.lookup_ngram,
         o.policy_in,
+        _file_stamp(o.policy_in) if o.policy_in is not None else None,  # a rewritten file is read again
         o.draft_vocab,
         o.translator,
+        _file_stamp(o.translator) if o.translator is not None else None,
     )
 
 
 def policy_for(runner, options: AdaptiveOptions) -> Policy:
     """The process's policy for this model and these options, with this call's arms. The first
     call with a ``policy_in`` starts from that file; later calls with the same options continue
-    from what the process has learned since."""
+    from what the process has learned since, until the file changes (then it is read again)."""
     fingerprint = _fingerprint(runner.config)
     key = _policy_key(options)
     cached = _POLICIES.get(runner.model, {}).get(key)
@@ -198,7 +224,12 @@ def policy_for(runner, options: AdaptiveOptions) -> Policy:
     else:
         known = None
     tuned = known.tuned if known else {}
-    arms = make_arms(runner.num_layers, options, tuned)
+    depths = None
+    if options.translator is not None:
+        from ..study.tuned_lens import check_lens_file
+
+        depths = check_lens_file(options.translator, "translator", runner.num_layers)
+    arms = make_arms(runner.num_layers, options, tuned, depths)
     learned = {"seconds": {}, "calibration": {}, **(known.learned if known else {})}
     policy = Policy(arms, dict(known.stats) if known else {}, fingerprint, dict(tuned), learned)
     policy.calibrations = dict(getattr(known, "calibrations", {})) if cached is not None else {}

@@ -98,9 +98,9 @@ class TunedLens(torch.nn.Module):
         return lens.to(device) if device is not None else lens
 
 
-def check_lens_file(path, what: str = "translators", num_layers: int | None = None) -> None:
-    """Raise a ValueError naming ``what`` unless ``path`` is an eedecode tuned-lens file (for a
-    model of ``num_layers`` layers, when given). Reads only the header."""
+def check_lens_file(path, what: str = "translators", num_layers: int | None = None) -> list[int]:
+    """The depths an eedecode tuned-lens file translates; a ValueError naming ``what`` unless
+    ``path`` is one (for a model of ``num_layers`` layers, when given). Reads only the header."""
     from safetensors import safe_open
 
     if not isinstance(path, (str, Path)) or not Path(path).is_file():
@@ -119,6 +119,7 @@ def check_lens_file(path, what: str = "translators", num_layers: int | None = No
         raise ValueError(
             f"{what}: {path} was trained for a model of {meta.get('num_layers')} layers, not {num_layers}"
         )
+    return [int(d) for d in meta.get("depths", "").split(",") if d]
 
 
 @dataclass(frozen=True)
