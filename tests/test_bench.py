@@ -265,7 +265,7 @@ def test_markdown_table_of_a_hand_made_record():
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         "| eedecode self-speculative | 1 | 123.5 | 1.50× | 62.5% | 2.80 | 2.75 | 2.0 | 1.25× | 0.80 | 4/4 |",
         "| HF generate | 4 | 50.0 | 1.00× |  |  |  |  |  |  | 3/4 |",
-        "| eedecode_gone | 1 | 1.0 |  |  |  |  |  |  |  | /4 |",
+        "| eedecode_gone | 1 | 1.0 |  |  |  |  |  |  |  |  |",
         "| eedecode early-exit [kv_strategy=copy] | 1 | 9.0 |  |  |  |  | 3.2 |  |  "
         "| lossy: 1/4, 76% of tokens |",
     ]

@@ -140,13 +140,12 @@ def markdown_table(record: dict) -> str:
 
 
 def _row(r: dict, num_prompts: int) -> str:
-    identical = "" if r.get("identical_to_hf") is None else r["identical_to_hf"]
-    identical = f"{identical}/{num_prompts}"
+    same = r.get("identical_to_hf")
+    identical = "" if same is None else f"{same}/{num_prompts}"  # blank: HF generate was not measured
     if not r.get("lossless", True):
         agreement = r.get("token_agreement_with_hf")
-        identical = "lossy: " + ", ".join(
-            [identical] + ([f"{agreement:.0%} of tokens"] if agreement is not None else [])
-        )
+        parts = [identical] + ([f"{agreement:.0%} of tokens"] if agreement is not None else [])
+        identical = "lossy: " + ", ".join(p for p in parts if p)
     cells = [
         display_name(r["method"]),
         str(r["batch_size"]),
