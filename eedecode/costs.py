@@ -2,7 +2,7 @@
 machine: the table a strategy needs to choose how many drafts to verify at once.
 
 Verifying ``k`` drafts is a pass over ``k + 1`` tokens. While decoding is bandwidth-bound that
-costs about one step whatever ``k`` (DESIGN.md), but on a CPU the products are not free: MKL's
+costs about one step whatever ``k``, but on a CPU the products are not free: MKL's
 kernel for 1 to 3 rows grows with the rows, oneDNN serves 4 rows and more at a fixed cost per call
 (:mod:`eedecode.kernels.cpu_matmul`). Measured at one thread on the demo model, batch 1: ~1.15 for
 2 tokens, ~1.35 for 3, ~1.45 for 4 to 8 (docs/benchmarks.md). At large batches the products

@@ -2,7 +2,7 @@
 machine record that goes with every result.
 
 Beside the measured speed-up the benchmark reports the *ideal* speed-up of drafting from an exit
-layer (DESIGN.md; Leviathan et al. 2023, "Fast Inference from Transformers via Speculative
+layer (Leviathan et al. 2023, "Fast Inference from Transformers via Speculative
 Decoding")::
 
     ideal = mean(n) / (mean(d) * c + v)
