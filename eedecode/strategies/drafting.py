@@ -63,6 +63,58 @@ def _stop_rule(stop):
     return ThresholdStop(stop) if isinstance(stop, (int, float)) else stop
 
 
+@dataclass
+class _Steps:
+    """What the draft loop made: per step the states it drafted from, the drafts ``[B, 1]``, their
+    draft distributions and confidences; per row the drafts it proposed (with a stop rule); the
+    wall time of each step (when the host waited on it); the last draft ``[B, 1]``."""
+
+    last: Tensor
+    states: list
+    drafts: list
+    qs: list
+    confidences: list
+    counts: Tensor | None
+    seconds: list
+
+    def tensors(self, state) -> tuple[Tensor, Tensor | None]:
+        """The drafts ``[B, k']`` and their confidences ``[B, k']`` (None without drafts)."""
+        out = torch.cat(self.drafts, 1) if self.drafts else state.pending.new_zeros(state.pending.shape[0], 0)
+        conf = torch.stack(self.confidences, 1) if self.confidences else None
+        return out, conf
+
+
+def _draft_steps(state, k: int, rule, picker, forward) -> _Steps:
+    """Up to ``k`` draft steps: ``forward`` takes tokens ``[B, 1]`` to the states ``[B, 1, H]`` the
+    ``picker`` drafts from. With a stop ``rule``, a row stops proposing after the draft the rule
+    turns it down at, and drafting ends when no row goes on (one host read per step)."""
+    x = state.pending[:, None]  # [B, 1]
+    steps = _Steps(x, [], [], [], [], None, [])
+    alive = rule.start(state.active) if rule is not None else None
+    steps.counts = torch.zeros_like(state.pending) if rule is not None else None
+    clock = time.perf_counter()
+    for i in range(k):
+        h = forward(x)
+        steps.states.append(h)
+        token, q, confidence = picker.draft(state, h[:, 0], _context(state, steps.drafts), i)
+        x = token[:, None]
+        steps.drafts.append(x)
+        steps.confidences.append(confidence)
+        if q is not None:
+            steps.qs.append(q)
+        if rule is not None:
+            steps.counts += alive
+            alive = rule.keep(alive, confidence, token)
+            going_on = i + 1 < k and bool(alive.any())
+            now = time.perf_counter()
+            steps.seconds.append(now - clock)
+            clock = now
+            if not going_on:
+                break
+    steps.last = x
+    return steps
+
+
 def draft_from_exit(state, exit_layer: int, k: int, stop=None, head=None) -> Proposal:
     """Up to ``k`` drafts from layers ``[0, exit_layer)`` and the exit head (``head``: a different
     head for the draft, e.g. a translator or a smaller vocabulary; see :class:`DraftHead`).
@@ -70,38 +122,18 @@ def draft_from_exit(state, exit_layer: int, k: int, stop=None, head=None) -> Pro
     ``stop``: a threshold or a stop rule (:mod:`eedecode.stopping`). A row stops proposing after
     the draft the rule turns it down at (that draft is kept: it is already paid for, and may still
     be accepted). Drafting ends when no running row goes on (one host read per draft step)."""
-    runner, cache, chooser = state.runner, state.cache, state.chooser
-    rule = _stop_rule(stop)
-    x = state.pending[:, None]  # [B, 1]
-    states, drafts, qs, confidences, seconds = [], [], [], [], []
-    alive = rule.start(state.active) if rule is not None else None
-    counts = torch.zeros_like(state.pending) if rule is not None else None
-    picker = chooser if head is None else head.with_depth(exit_layer)
-    clock = time.perf_counter()
-    for i in range(k):
-        h = runner.run_layers(runner.embed(x), 0, exit_layer, cache)  # [B, 1, H]
-        states.append(h)
-        token, q, confidence = picker.draft(state, h[:, 0], _context(state, drafts), i)
-        x = token[:, None]
-        drafts.append(x)
-        confidences.append(confidence)
-        if q is not None:
-            qs.append(q)
-        if rule is not None:
-            counts += alive
-            alive = rule.keep(alive, confidence, token)
-            going_on = bool(alive.any()) if i + 1 < k else False
-            now = time.perf_counter()
-            seconds.append(now - clock)
-            clock = now
-            if i + 1 < k and not going_on:
-                break
-    states.append(runner.run_layers(runner.embed(x), 0, exit_layer, cache))  # the last draft's exit state
-    block = torch.cat(states, 1)  # [B, k' + 1, H]
-    kept = len(drafts)
-    out = torch.cat(drafts, 1) if drafts else state.pending.new_zeros(state.pending.shape[0], 0)
-    conf = torch.stack(confidences, 1) if confidences else None
-    return Proposal(out, counts, qs, exit_layer, block, block[:, :kept], conf, seconds or None)
+    runner, cache = state.runner, state.cache
+    picker = state.chooser if head is None else head.with_depth(exit_layer)
+    steps = _draft_steps(
+        state, k, _stop_rule(stop), picker, lambda x: runner.run_layers(runner.embed(x), 0, exit_layer, cache)
+    )
+    last = runner.run_layers(runner.embed(steps.last), 0, exit_layer, cache)  # the last draft's exit state
+    block = torch.cat([*steps.states, last], 1)  # [B, k' + 1, H]
+    out, conf = steps.tensors(state)
+    kept = out.shape[1]
+    return Proposal(
+        out, steps.counts, steps.qs, exit_layer, block, block[:, :kept], conf, steps.seconds or None
+    )
 
 
 def draft_mixed(state, lookup: Proposal, exit_layer: int, k: int, stop=None, head=None) -> Proposal:
@@ -149,32 +181,19 @@ def draft_with_skips(state, layers, k: int, stop=None, head=None) -> Proposal:
     final norm and LM head (Draft & Verify; SWIFT). The drafts' keys and values in the layers they
     ran are not the full model's, so every layer is moved back before a verification that runs
     them all (``entry = 0``). ``stop``: as :func:`draft_from_exit`."""
-    runner, chooser = state.runner, state.chooser
-    rule = _stop_rule(stop)
+    runner = state.runner
     runs = segments(layers)
-    x = state.pending[:, None]
-    drafts, qs, confidences = [], [], []
-    alive = rule.start(state.active) if rule is not None else None
-    counts = torch.zeros_like(state.pending) if rule is not None else None
-    for i in range(k):
+
+    def forward(x: Tensor) -> Tensor:
         h = runner.embed(x)
         for a, b in runs:
             h = runner.run_layers(h, a, b, state.cache)
-        token, q, confidence = (head or chooser).draft(state, h[:, 0], _context(state, drafts), i)
-        x = token[:, None]
-        drafts.append(x)
-        confidences.append(confidence)
-        if q is not None:
-            qs.append(q)
-        if rule is not None:
-            counts += alive
-            alive = rule.keep(alive, confidence, token)
-            if i + 1 < k and not bool(alive.any()):
-                break
+        return h
+
+    steps = _draft_steps(state, k, _stop_rule(stop), head or state.chooser, forward)
     state.rewind()  # the layers the drafts ran through hold their (not the full model's) keys
-    out = torch.cat(drafts, 1) if drafts else state.pending.new_zeros(state.pending.shape[0], 0)
-    conf = torch.stack(confidences, 1) if confidences else None
-    return Proposal(out, counts, qs, 0, None, confidences=conf)
+    out, conf = steps.tensors(state)
+    return Proposal(out, steps.counts, steps.qs, 0, None, confidences=conf)
 
 
 class DraftHead:
