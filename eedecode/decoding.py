@@ -211,7 +211,7 @@ class Decoder:
         t0 = time.perf_counter()
         if attention_mask is not None:
             self.cache.set_padding(attention_mask)
-        last = self.runner.prefill(input_ids, self.cache)  # [B, H]
+        last = self.strategy.prefill(self, input_ids)  # [B, H]
         token = self.chooser.choose(self, self.runner.logits(last))  # [B]
         view = self._emit(token[:, None], torch.ones_like(token), want_tokens, first=True)
         self.prefill_time_s = time.perf_counter() - t0

@@ -29,15 +29,17 @@ FORMAT = "eedecode-policy/1"
 @dataclass(frozen=True)
 class Arm:
     """One way to draft a round. ``kind``: ``"none"`` (plain decoding), ``"lookup"``, ``"exit"``
-    (the first ``exit_layer`` layers), ``"mixed"`` (rows with a lookup match take their lookup
-    drafts, the others draft from ``exit_layer``) or ``"skip"`` (the layers in ``layers``, others
-    skipped)."""
+    (the first ``exit_layer`` layers: up to ``max_drafts`` drafts stopped by a rule, or when
+    ``fixed`` as many as the draft-length model chooses for the round), ``"mixed"`` (rows with a
+    lookup match take their lookup drafts, the others draft from ``exit_layer``) or ``"skip"``
+    (the layers in ``layers``, others skipped)."""
 
     kind: str
     exit_layer: int | None = None
     threshold: float | None = None  # stop a row's drafting below this draft probability
     max_drafts: int = 0
     layers: tuple[int, ...] | None = None  # "skip": the layers a draft runs through
+    fixed: bool = False  # "exit": as many drafts as the draft-length model says (no stop rule)
 
     @property
     def drafter(self) -> str:
@@ -50,6 +52,8 @@ class Arm:
 
     @property
     def key(self) -> str:
+        if self.kind == "exit" and self.fixed:
+            return f"{self.drafter}:k<={self.max_drafts}"
         if self.kind in ("exit", "skip"):
             stop = "auto" if self.threshold is None else self.threshold
             return f"{self.drafter}:t={stop}:k={self.max_drafts}"
@@ -93,40 +97,54 @@ class Policy:
     def __post_init__(self):
         for arm in self.arms:
             self.stats.setdefault(arm.key, ArmStats())
+        #: The batch-size bucket rounds are chosen and counted in ("" for one row, "@B4" for 4..7
+        #: rows): an arm's speed depends on the batch size, so each bucket keeps its own estimates.
+        self.bucket = ""
         self.calibrations: dict = {}  # live stop-rule calibrations (saved into `learned`)
+        self.run_lengths: dict = {}  # live draft-length models (saved into `learned`)
 
     def choose(self, available: list[Arm] | None = None) -> Arm:
         """The arm with the highest upper confidence bound among ``available`` (default: all).
         Arms never tried come first, in order."""
         candidates = available if available is not None else self.arms
-        for arm in candidates:
-            if self.stats[arm.key].rounds < PRIOR_ROUNDS * 0.5:
+        stats = [self._stats(a) for a in candidates]
+        for arm, s in zip(candidates, stats, strict=True):
+            if s.rounds < PRIOR_ROUNDS * 0.5:
                 return arm
-        best = max(self.stats[a.key].rate for a in candidates) or 1.0
-        total = sum(self.stats[a.key].rounds for a in candidates)
+        best = max(s.rate for s in stats) or 1.0
+        total = sum(s.rounds for s in stats)
 
         def bound(arm: Arm) -> float:
-            s = self.stats[arm.key]
+            s = self._stats(arm)
             return s.rate + EXPLORATION * best * math.sqrt(math.log(max(total, 1.0)) / max(s.rounds, 1e-9))
 
         return max(candidates, key=bound)
 
     def update(self, arm: Arm, tokens: float, seconds: float) -> None:
         """One round with ``arm`` produced ``tokens`` tokens (all rows) in ``seconds``."""
-        for s in self.stats.values():
-            s.tokens *= DISCOUNT
-            s.seconds *= DISCOUNT
-            s.rounds *= DISCOUNT
-            s.rates *= DISCOUNT
-        s = self.stats[arm.key]
+        s = self._stats(arm)
+        for key, other in self.stats.items():  # the memory of this batch-size bucket fades
+            if key.endswith(self.bucket) and ("@B" in key) == bool(self.bucket):
+                other.tokens *= DISCOUNT
+                other.seconds *= DISCOUNT
+                other.rounds *= DISCOUNT
+                other.rates *= DISCOUNT
         s.tokens += tokens
         s.seconds += seconds
         s.rounds += 1.0
         s.rates += tokens / seconds if seconds > 0 else 0.0
 
+    def _stats(self, arm: Arm) -> ArmStats:
+        return self.stats.setdefault(arm.key + self.bucket, ArmStats())
+
+    @staticmethod
+    def bucket_of(batch_size: int) -> str:
+        """``""`` for one row, else ``"@B<n>"`` with ``n`` the power of two at or below the batch size."""
+        return "" if batch_size <= 1 else f"@B{1 << (batch_size.bit_length() - 1)}"
+
     def best(self) -> Arm:
         """The arm with the best estimated rate (no exploration)."""
-        return max(self.arms, key=lambda a: self.stats[a.key].rate)
+        return max(self.arms, key=lambda a: self._stats(a).rate)
 
     # -- persistence ---------------------------------------------------------------------------
     def to_json(self) -> dict:

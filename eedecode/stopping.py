@@ -22,6 +22,7 @@ Tensor = torch.Tensor
 BINS = 10  # confidence bins of the calibration histogram
 PRIOR = 2.0  # pseudo-counts per bin before any data: P(accept | confidence c) = c
 DISCOUNT = 0.995  # per-update forgetting of the histogram
+RUN_PRIOR = 1.0  # pseudo-drafts per position before any data: P(accept | drafts before it) = 1/2
 
 
 class ThresholdStop:
@@ -73,6 +74,12 @@ class Calibration:
         self.accepted.mul_(DISCOUNT).scatter_add_(0, b[hit], torch.ones_like(b[hit], dtype=torch.float64))
         self.judged.mul_(DISCOUNT).scatter_add_(0, b[judged], torch.ones_like(b[judged], dtype=torch.float64))
 
+    def observe(self, confidence: Tensor, agreed: Tensor) -> None:
+        """Add judged drafts (or probes) one by one: ``confidence`` ``[N]``, ``agreed`` ``[N]`` bool."""
+        b = self.bins(confidence)
+        self.accepted.scatter_add_(0, b[agreed], torch.ones_like(b[agreed], dtype=torch.float64))
+        self.judged.scatter_add_(0, b, torch.ones_like(b, dtype=torch.float64))
+
     def state(self) -> dict:
         return {"accepted": self.accepted.tolist(), "judged": self.judged.tolist()}
 
@@ -92,3 +99,67 @@ class CalibratedStop:
     def keep(self, alive: Tensor, confidence: Tensor, token: Tensor | None = None) -> Tensor:
         self.survive = self.survive * self.calibration.probability(confidence)
         return alive & (self.survive * self.calibration.mean() >= self.cost)
+
+
+class RunLengths:
+    """How far a drafter's drafts run: per draft position ``j = 1 .. K``, the probability that
+    draft ``j`` is accepted given that the drafts before it were (discounted counts, on the
+    device; updated after every verification without a host read). With the costs of a draft
+    step and of verifying ``T`` tokens it gives the draft length with the most expected tokens
+    per unit of cost (:meth:`best_length`), DEL's choice of draft length (Zarch et al. 2025)."""
+
+    def __init__(self, device, K: int, saved: dict | None = None):
+        self.K = K
+        judged = torch.full((K,), RUN_PRIOR, dtype=torch.float64)
+        accepted = judged / 2
+        saved = saved or {}
+        n = min(K, len(saved.get("judged", [])))  # a state saved with another maximum: the prior beyond
+        if n:
+            judged[:n] = torch.tensor(saved["judged"][:n], dtype=torch.float64)
+            accepted[:n] = torch.tensor(saved["accepted"][:n], dtype=torch.float64)
+        self.judged, self.accepted = judged.to(device), accepted.to(device)
+
+    def update(self, num_drafts: Tensor, accepted: Tensor) -> None:
+        """After verification: row ``b`` proposed ``num_drafts[b]`` drafts and ``accepted[b]`` of
+        them were accepted (``[B]``; rows that did not run propose none)."""
+        j = torch.arange(self.K, device=num_drafts.device)[None, :]
+        judged = (j <= accepted[:, None]) & (j < num_drafts[:, None])
+        hit = j < accepted[:, None]
+        self.judged.mul_(DISCOUNT).add_(judged.sum(0))
+        self.accepted.mul_(DISCOUNT).add_((hit & judged).sum(0))
+
+    def observe_runs(self, agreed: Tensor, real: Tensor) -> None:
+        """Teacher-forced runs: ``agreed`` ``[B, W]`` says where a draft would have been accepted
+        along a text (the drafter's top-1 is the model's), ``real`` which positions count. Draft
+        ``j`` from position ``t`` is judged when drafts ``1 .. j - 1`` from ``t`` agreed."""
+        W = agreed.shape[1]
+        alive = real
+        for j in range(min(self.K, W)):
+            n = W - j
+            judged = alive[:, :n]
+            hit = judged & agreed[:, j : j + n]
+            self.judged[j] += judged.sum()
+            self.accepted[j] += hit.sum()
+            alive = hit[:, : n - 1]
+
+    def survival(self) -> list[float]:
+        """``s[j - 1]`` = P(draft ``j`` accepted | drafts before it accepted) (one host read)."""
+        return (self.accepted / self.judged).tolist()
+
+    def best_length(self, draft_cost: float, block_costs: list[float], survival=None) -> tuple[int, float]:
+        """The draft length ``k`` in ``1 .. min(K, len(block_costs) - 1)`` with the most expected
+        tokens per unit of cost, ``(1 + S_1 + .. + S_k) / (k c + v(k + 1))`` (``S_j``: the chance
+        that drafts ``1 .. j`` are all accepted; ``c``: a draft step and ``v(T) = block_costs[T -
+        1]``: a verification of ``T`` tokens, in plain decoding steps), and that speed-up."""
+        s = survival if survival is not None else self.survival()
+        best, tokens, run = (1, 0.0), 1.0, 1.0
+        for k in range(1, min(self.K, len(block_costs) - 1) + 1):
+            run *= s[k - 1]
+            tokens += run
+            speedup = tokens / (k * draft_cost + block_costs[k])
+            if speedup > best[1]:
+                best = (k, speedup)
+        return best
+
+    def state(self) -> dict:
+        return {"accepted": self.accepted.tolist(), "judged": self.judged.tolist()}

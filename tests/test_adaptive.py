@@ -8,7 +8,7 @@ from conftest import ARCHS, cached_tiny_model
 
 import eedecode
 from eedecode.policy import Arm, Policy
-from eedecode.strategies import adaptive
+from eedecode.strategies import adaptive, probe
 
 NEW = 40
 
@@ -25,10 +25,12 @@ def repetitive(batch=2):
 
 @pytest.fixture
 def only_arms(monkeypatch):
-    """Force the policy's arms (one kind of round at a time)."""
+    """Force the policy's arms (one kind of round at a time), offered whatever the prompt's probe
+    predicts of them (a tiny random model's exit layers never pay)."""
 
     def force(*arms):
         monkeypatch.setattr(adaptive, "make_arms", lambda *a: list(arms))
+        monkeypatch.setattr(probe, "PAYS", 0.0)
 
     return force
 
@@ -149,7 +151,7 @@ def test_policy_carries_over_and_saves_and_loads(tmp_path):
 
 
 def test_each_set_of_options_learns_its_own_policy_and_keeps_it_in_process():
-    from eedecode.strategies import adaptive
+    from eedecode.strategies import adaptive, probe
 
     model = cached_tiny_model("llama", eos_token_id=None, num_hidden_layers=5)
     adaptive._POLICIES.pop(model, None)

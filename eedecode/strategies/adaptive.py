@@ -27,19 +27,25 @@ DEL (Zarch et al. 2025) and the survey's bandit thresholds (UCBEE, CeeBERT) moti
 
 from __future__ import annotations
 
-import functools
 import time
 import weakref
-from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
-from ..policy import Arm, ArmStats, Policy
-from ..stopping import CalibratedStop, Calibration
-from .base import Round, Strategy, option, register
+from ..policy import Arm, Policy
+from ..stopping import CalibratedStop, Calibration, RunLengths
+from . import probe
+from .adaptive_options import (  # noqa: F401 (re-exported)
+    AUTO,
+    AdaptiveOptions,
+    _file_stamp,
+    _is_int,
+    draft_head,
+    exit_layer_candidates,
+    make_arms,
+)
+from .base import Round, Strategy, register
 from .drafting import (
-    DraftHead,
     draft_from_exit,
     draft_from_lookup,
     draft_mixed,
@@ -48,139 +54,14 @@ from .drafting import (
     verify,
 )
 
-AUTO = "auto"
 #: Smoothing of the measured step costs (exponential moving average weight of a new round).
 COST_EMA = 0.1
-#: Exit layers tried when none is given, as fractions of the depth.
-EXIT_FRACTIONS = (0.0, 0.125, 0.25, 0.375, 0.5)
+#: A round without a stop rule drafts one more than its best length once in this many rounds.
+EXPLORE_LONGER = 8
 
 #: model -> {drafting options -> Policy}: what this process has learned, per model and per set of
 #: options that change the arms or their drafts (so variants never share estimates).
 _POLICIES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
-@dataclass(frozen=True)
-class AdaptiveOptions:
-    exit_layer: int | str | None = option(
-        AUTO, "'auto' (chosen at run time), or a fixed exit layer 1..L-1", hf_name="assistant_early_exit"
-    )
-    max_drafts: int = option(6, "the most drafts a row proposes per round (>= 1)")
-    lookup: bool = option(True, "also draft by prompt lookup (n-gram continuation from the context)")
-    exit_drafts: bool = option(True, "also draft from exit layers (the model's first layers and its head)")
-    lookup_ngram: int = option(3, "longest n-gram prompt lookup matches (>= 1)")
-    policy_in: str | None = option(None, "start from a saved drafting policy (JSON, e.g. from eedecode tune)")
-    policy_out: str | None = option(None, "save the learned drafting policy here (JSON)")
-    draft_vocab: int | None = option(
-        None, "score drafts over the N tokens most frequent in the tuned corpus (needs policy_in)"
-    )
-    translator: str | None = option(
-        None, "draft through a tuned lens (tuned_lens.safetensors from eedecode agreement --lens tuned)"
-    )
-
-    def validate(self, num_layers: int) -> None:
-        E = self.exit_layer
-        if not (E in (AUTO, None) or (_is_int(E) and 1 <= E <= num_layers - 1)):
-            raise ValueError(f"exit_layer: must be 'auto' or an int in 1..{num_layers - 1}, got {E!r}")
-        if not _is_int(self.max_drafts) or self.max_drafts < 1:
-            raise ValueError(f"max_drafts: must be an int >= 1, got {self.max_drafts!r}")
-        if not isinstance(self.lookup, bool):
-            raise ValueError(f"lookup: must be True or False, got {self.lookup!r}")
-        if not isinstance(self.exit_drafts, bool):
-            raise ValueError(f"exit_drafts: must be True or False, got {self.exit_drafts!r}")
-        if not _is_int(self.lookup_ngram) or self.lookup_ngram < 1:
-            raise ValueError(f"lookup_ngram: must be an int >= 1, got {self.lookup_ngram!r}")
-        if self.draft_vocab is not None:
-            if not _is_int(self.draft_vocab) or self.draft_vocab < 1:
-                raise ValueError(f"draft_vocab: must be an int >= 1, got {self.draft_vocab!r}")
-            if self.policy_in is None:
-                raise ValueError(
-                    "draft_vocab: needs policy_in, a policy from `eedecode tune` (it ranks the tokens)"
-                )
-        if not (self.lookup or self.exit_drafts):
-            raise ValueError(
-                "lookup, exit_drafts: both False leaves nothing to draft with; use mode='autoregressive'"
-            )
-        ranked = _ranked_tokens(self.policy_in) if self.policy_in is not None else 0
-        if self.draft_vocab is not None and ranked == 0:
-            raise ValueError(
-                f"draft_vocab: {self.policy_in} has no token ranking; write one with `eedecode tune`"
-            )
-        if self.draft_vocab is not None and self.draft_vocab > ranked:
-            raise ValueError(
-                f"draft_vocab: {self.policy_in} ranks {ranked} tokens; choose draft_vocab <= {ranked} "
-                "(or tune on more text)"
-            )
-        if self.policy_out is not None:
-            out = self.policy_out
-            if not isinstance(out, (str, Path)) or Path(out).is_dir() or not Path(out).parent.is_dir():
-                raise ValueError(f"policy_out: must be a file path in an existing folder, got {out!r}")
-        if self.translator is not None:
-            from ..study.tuned_lens import check_lens_file
-
-            depths = check_lens_file(self.translator, "translator", num_layers)
-            if _is_int(E) and E not in depths:
-                raise ValueError(
-                    f"exit_layer: {self.translator} has no translator for layer {E} (it has {depths})"
-                )
-
-
-def _file_stamp(path) -> tuple | None:
-    """``(mtime, size)`` of a file, so that a changed file is read again; None if unreadable."""
-    try:
-        st = Path(path).stat()
-    except (OSError, TypeError):
-        return None
-    return st.st_mtime_ns, st.st_size
-
-
-def _ranked_tokens(path) -> int:
-    """How many tokens the policy file ranks; raises naming ``policy_in`` if it is not one. Read
-    again only when the file changes."""
-    if not isinstance(path, (str, Path)):
-        raise ValueError(f"policy_in: must be a path to a policy file (JSON), got {path!r}")
-    return _ranked_tokens_of((str(path), _file_stamp(path)))
-
-
-@functools.lru_cache(maxsize=16)
-def _ranked_tokens_of(key: tuple) -> int:
-    return len(Policy.load(key[0], "policy_in").tuned.get("draft_vocab") or [])
-
-
-def _is_int(x) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool)
-
-
-def exit_layer_candidates(num_layers: int) -> list[int]:
-    """Exit layers the policy tries on a model of ``num_layers`` layers: 1, then L/8 .. L/2."""
-    layers = {max(1, min(num_layers - 1, round(f * num_layers))) for f in EXIT_FRACTIONS}
-    return sorted(layers | {1})
-
-
-def make_arms(
-    num_layers: int, options: AdaptiveOptions, tuned: dict | None = None, depths: list[int] | None = None
-) -> list[Arm]:
-    """The arms of this call: plain decoding, lookup (if enabled), early exit at each candidate
-    layer (with a translator: at each layer it translates, ``depths``) and threshold, and drafting
-    through a tuned layer set (if ``eedecode tune`` found one)."""
-    E = options.exit_layer
-    if E not in (AUTO, None):
-        exits = [E]
-    elif depths:
-        exits = sorted(d for d in depths if 1 <= d < num_layers)
-    else:
-        exits = exit_layer_candidates(num_layers)
-    k = options.max_drafts
-    arms = [Arm("none")]
-    if options.lookup:
-        arms.append(Arm("lookup", max_drafts=k))
-    if options.exit_drafts:
-        arms += [Arm("exit", exit_layer=e, max_drafts=k) for e in exits]
-        if options.lookup:  # offered only in batch rounds where some rows found a match and some did not
-            arms += [Arm("mixed", exit_layer=e, max_drafts=k) for e in exits]
-    skip = (tuned or {}).get("skip_layers")
-    if skip:
-        arms.append(Arm("skip", max_drafts=k, layers=tuple(skip)))
-    return arms
 
 
 def _fingerprint(config) -> str:
@@ -233,27 +114,9 @@ def policy_for(runner, options: AdaptiveOptions) -> Policy:
     learned = {"seconds": {}, "calibration": {}, **(known.learned if known else {})}
     policy = Policy(arms, dict(known.stats) if known else {}, fingerprint, dict(tuned), learned)
     policy.calibrations = dict(getattr(known, "calibrations", {})) if cached is not None else {}
+    policy.run_lengths = dict(getattr(known, "run_lengths", {})) if cached is not None else {}
     _POLICIES.setdefault(runner.model, {})[key] = policy
     return policy
-
-
-def draft_head(runner, options: AdaptiveOptions, policy: Policy) -> DraftHead | None:
-    """The drafts' head when a translator or a draft vocabulary is asked for, else None."""
-    vocab = translator = None
-    if options.draft_vocab is not None:
-        ranked = policy.tuned.get("draft_vocab")
-        if not ranked:
-            raise ValueError(
-                f"draft_vocab: {options.policy_in} has no token ranking; run `eedecode tune` on it"
-            )
-        vocab = torch.tensor(ranked[: options.draft_vocab])
-    if options.translator is not None:
-        from ..study.tuned_lens import TunedLens
-
-        translator = TunedLens.load(options.translator, device=runner.head_device)
-    if vocab is None and translator is None:
-        return None
-    return DraftHead(runner, vocab, translator)
 
 
 @register
@@ -268,12 +131,98 @@ class Adaptive(Strategy):
         super().__init__(options, runner)
         self.policy = policy_for(runner, options)
         self.head = draft_head(runner, options, self.policy)
-        self.policy.stats.setdefault(Arm("none").key, ArmStats())
         self.arm: Arm | None = None
         self.proposal = None
         self.started = 0.0
         self.pulls: dict[str, int] = {}
         self.exit_layers: list[int] = []
+        self.paying: set[str] | None = None  # exit drafters predicted to pay at this batch size
+        self.predicted: dict[str, float] = {}  # each drafter's predicted speed-up this call
+        self.lengths: dict[str, int] = {}  # each drafter's best draft length this call
+        self.on_cpu = torch.device(runner.device).type == "cpu"
+        self.timed = 0.0  # seconds of this round's drafting and verification, when timed
+        self.rounds = 0
+
+    # -- the prompt's probe and the draft-length model -----------------------------------------
+    def prefill(self, state, input_ids):
+        probed = self.policy.learned.setdefault("probed", {})  # drafter -> positions probed
+        exits = sorted({a.exit_layer for a in self.policy.arms if a.kind in ("exit", "mixed")})
+        layers = [E for E in exits if probed.get(f"exit:E={E}", 0) < probe.ENOUGH]
+        if not layers:
+            return super().prefill(state, input_ids)
+        translate = None
+        if self.head is not None and self.head.translator is not None:
+            translate = lambda E, h: self.head.with_depth(E)._translate(h)  # noqa: E731
+        last, probes, real = probe.probed_prefill(state, input_ids, layers, translate)
+        seen = int(real.sum())
+        for E, (confidence, agreed) in probes.items():
+            arm = Arm("exit", exit_layer=E)
+            self.calibration(arm).observe(confidence[real], agreed[real])
+            self.runs(arm.drafter).observe_runs(agreed, real)
+            probed[arm.drafter] = probed.get(arm.drafter, 0) + seen
+        return last
+
+    def runs(self, drafter: str) -> RunLengths:
+        """How far ``drafter``'s drafts run (:class:`eedecode.stopping.RunLengths`)."""
+        runs = self.policy.run_lengths
+        if drafter not in runs:
+            saved = self.policy.learned.setdefault("runs", {}).get(drafter)
+            runs[drafter] = RunLengths(self.runner.head_device, self.options.max_drafts, saved)
+        return runs[drafter]
+
+    def plan(self, batch_size: int) -> None:
+        """Once per call, from what the draft-length model knows and the measured costs at this
+        batch size: each drafter's best draft length and the exit layer to offer, the one with the
+        best predicted speed-up if that reaches ``PAYS`` (none otherwise). Every exit layer is
+        judged with the same cost model, so they compare fairly. (DEL's choice of exit layer and
+        draft length, from statistics rather than trial.)"""
+        self.policy.bucket = Policy.bucket_of(batch_size)
+        costs = probe.prior_costs(self.options.max_drafts)
+        exits = {a.drafter: a.exit_layer for a in self.policy.arms if a.kind in ("exit", "mixed")}
+        probed = self.policy.learned.get("probed", {})
+        drafters = [d for d in exits if probed.get(d, 0) > 0]
+        if any(a.kind == "lookup" for a in self.policy.arms):
+            drafters.append("lookup")
+        runs = [self.runs(d) for d in drafters]
+        survival = torch.stack([r.accepted / r.judged for r in runs]).tolist() if runs else []  # 1 read
+        self.predicted, speedups = {}, {}
+        for d, r, s in zip(drafters, runs, survival, strict=True):
+            entry = exits.get(d, 0)
+            prior = probe.layer_cost(self.runner, entry) if d in exits else 0.0  # lookup drafts: free
+            # the exit layer to offer: every layer judged by the same (prior) cost model
+            if d in exits:
+                speedups[d] = r.best_length(prior, costs, s)[1]
+            # its draft length: measured costs where there are some
+            measured = self.measured_costs(entry, costs)
+            cost = self.draft_cost(Arm("exit", exit_layer=entry)) if d in exits else 0.0
+            self.lengths[d], self.predicted[d] = r.best_length(cost, measured, s)
+        best = max(speedups, key=speedups.get, default=None)
+        self.paying = {best} if best is not None and self.predicted[best] >= probe.PAYS else set()
+
+    @property
+    def seconds(self) -> dict:
+        """Measured times (moving averages) in this call's batch-size bucket."""
+        return self.policy.learned.setdefault("seconds" + self.policy.bucket, {})
+
+    def measured_costs(self, entry: int, costs: list[float]) -> list[float]:
+        """A verification of ``T`` tokens entering at layer ``entry`` and the round's bookkeeping,
+        in plain decoding rounds: as measured in this mode's rounds where it has been (on a CPU),
+        else the block cost table's."""
+        seconds = self.seconds
+        full, overhead = seconds.get("none"), seconds.get("overhead", 0.0)
+        overhead += seconds.get(f"exit:E={entry}", 0.0) if entry else 0.0  # the last draft's exit state
+        out = []
+        for T, prior in enumerate(costs, start=1):
+            v = seconds.get(f"verify:{entry}:{T}")
+            out.append((v + overhead) / full if v and full else prior)
+        return out
+
+    def length(self, drafter: str, k: int) -> int:
+        """The draft length of a round without a stop rule: the model's best, one more every
+        ``EXPLORE_LONGER`` rounds (so that the next position keeps being judged), at most ``k``."""
+        self.rounds += 1
+        best = self.lengths.get(drafter, 1)
+        return min(k, best + (self.rounds % EXPLORE_LONGER == 0))
 
     # -- what the policy learned besides rates -------------------------------------------------
     def calibration(self, arm: Arm) -> Calibration:
@@ -287,76 +236,128 @@ class Adaptive(Strategy):
 
     def draft_cost(self, arm: Arm) -> float:
         """One draft step of ``arm`` in full decoding steps: measured when both are known, else
-        the share of the layers it runs (plus one layer's worth for the head)."""
-        seconds = self.policy.learned["seconds"]
+        the share of the weights it reads (its layers and the LM head)."""
+        seconds = self.seconds
         step, full = seconds.get(arm.drafter), seconds.get("none")
         if step and full:
             return step / full
         layers = arm.exit_layer if arm.kind in ("exit", "mixed") else len(arm.layers)
-        return (layers + 1) / (self.runner.num_layers + 1)
+        return probe.layer_cost(self.runner, layers)
 
     def _remember(self, key: str, value: float) -> None:
-        seconds = self.policy.learned["seconds"]
-        seconds[key] = value if key not in seconds else (1 - COST_EMA) * seconds[key] + COST_EMA * value
+        seconds = self.seconds
+        if key in seconds:  # a round the machine preempted counts as at most twice the estimate
+            value = (1 - COST_EMA) * seconds[key] + COST_EMA * min(value, 2 * seconds[key])
+        seconds[key] = value
 
     @property
     def max_drafts(self) -> int:
         return self.options.max_drafts
 
     def round(self, state, max_tokens: int) -> Round:
+        if self.paying is None:  # the first round of a call plans it
+            self.plan(state.active.shape[0])
         self.started = time.perf_counter()
         k = min(self.options.max_drafts, max_tokens - 1)
-        lookup, some, every = None, False, False
-        if self.options.lookup and k > 0:
-            lookup = draft_from_lookup(state, k, self.options.lookup_ngram)
-            matched = (lookup.counts > 0) & state.active
-            # one host read: did some active row find a match, and did every one?
-            some, every = torch.stack([matched.any(), (matched | ~state.active).all()]).tolist()
-        mixed_ok = some and not every and not state.chooser.do_sample
         available = [
             a
             for a in self.policy.arms
-            if (a.kind == "lookup" and some)
-            or (a.kind == "mixed" and mixed_ok)
-            or a.kind not in ("lookup", "mixed")
+            if a.kind in ("none", "skip", "lookup")
+            or (a.kind in ("exit", "mixed") and a.drafter in self.paying)
         ]
-        if k == 0 or not available:  # the last token of a row, or only lookup and nothing to look up
+        if k == 0:  # the last token of a row
             available = [Arm("none")]
-        arm = self.arm = self.policy.choose(available)
+        lookup = None
+        arm = self.policy.choose(available)
+        if arm.kind in ("lookup", "mixed"):
+            # Look up only when the choice falls on lookup drafts. They are offered in rounds where
+            # some row found a match (mixed: some but not every row, greedy); a choice that turns
+            # out unavailable is made again without it, which picks what choosing among the
+            # available arms would have.
+            lookup = draft_from_lookup(state, self.length("lookup", k), self.options.lookup_ngram)
+            matched = (lookup.counts > 0) & state.active
+            # one host read: did some active row find a match, and did every one?
+            some, every = torch.stack([matched.any(), (matched | ~state.active).all()]).tolist()
+            mixed_ok = some and not every and not state.chooser.do_sample
+            available = [
+                a
+                for a in available
+                if (a.kind == "lookup" and some)
+                or (a.kind == "mixed" and mixed_ok)
+                or a.kind not in ("lookup", "mixed")
+            ] or [Arm("none")]  # only lookup, and nothing to look up
+            arm = self.policy.choose(available)
+        self.arm = arm
         self.pulls[arm.key] = self.pulls.get(arm.key, 0) + 1
+        if arm.kind == "none":
+            return plain_step(state)
         if arm.kind == "lookup":
-            return verify(state, lookup)
-        if arm.kind in ("exit", "skip", "mixed"):
-            stop = arm.threshold if arm.threshold is not None else None
-            if stop is None:
-                stop = CalibratedStop(self.calibration(arm), self.draft_cost(arm))
-            if arm.kind == "mixed":
-                self.exit_layers.append(arm.exit_layer)
-                self.proposal = draft_mixed(state, lookup, arm.exit_layer, k, stop, self.head)
-                return verify(state, self.proposal)
-            if arm.kind == "exit":
-                self.exit_layers.append(arm.exit_layer)
-                proposal = draft_from_exit(state, arm.exit_layer, k, stop, self.head)
-            else:
-                proposal = draft_with_skips(state, arm.layers, k, stop, self.head)
-            rnd = verify(state, proposal)
-            if proposal.confidences is not None:  # on the device: no synchronisation
-                judged = (
-                    proposal.counts
-                    if proposal.counts is not None
-                    else torch.full_like(rnd.counts, proposal.k)
-                )
-                self.calibration(arm).update(proposal.confidences, judged * state.active, rnd.counts - 1)
-            self.proposal = proposal
+            rnd = self._verify(state, lookup)
+            self._judge("lookup", lookup, rnd, state.active)
             return rnd
-        return plain_step(state)
+        stop = arm.threshold
+        if arm.fixed:  # the length model's draft length, no stop rule
+            k = self.length(arm.drafter, k)
+        elif stop is None:
+            # a draft costs its step and what it adds to the verification (the mean increment)
+            stop = CalibratedStop(self.calibration(arm), self.draft_cost(arm) + probe.VERIFY_SLOPE)
+        if arm.kind == "mixed":
+            self.exit_layers.append(arm.exit_layer)
+            self.proposal = draft_mixed(state, lookup, arm.exit_layer, k, stop, self.head)
+            return verify(state, self.proposal)
+        if arm.kind == "exit":
+            self.exit_layers.append(arm.exit_layer)
+            t0 = time.perf_counter()
+            proposal = draft_from_exit(state, arm.exit_layer, k, stop, self.head)
+            if arm.fixed and self.on_cpu and proposal.k:  # the host waited: a draft step's time
+                drafting = time.perf_counter() - t0  # k draft steps and the last draft's exit state
+                self._remember(arm.drafter, drafting / (proposal.k + 1))
+                self.timed += drafting
+        else:
+            proposal = draft_with_skips(state, arm.layers, k, stop, self.head)
+        rnd = self._verify(state, proposal)
+        if proposal.confidences is not None:  # on the device: no synchronisation
+            judged = self._drafts(proposal, state.active)
+            self.calibration(arm).update(proposal.confidences, judged, rnd.counts - 1)
+        if arm.fixed:  # a stop rule's drafts would tell how far confident drafts run, not all
+            self._judge(arm.drafter, proposal, rnd, state.active)
+        self.proposal = proposal
+        return rnd
+
+    def _verify(self, state, proposal) -> Round:
+        """:func:`verify`, timed on a CPU (where the host waits for the work) for the cost model."""
+        if not self.on_cpu:
+            return verify(state, proposal)
+        t0 = time.perf_counter()
+        rnd = verify(state, proposal)
+        verifying = time.perf_counter() - t0
+        self._remember(f"verify:{proposal.entry}:{proposal.k + 1}", verifying)
+        self.timed += verifying
+        return rnd
+
+    @staticmethod
+    def _drafts(proposal, active):
+        per_row = (
+            proposal.counts
+            if proposal.counts is not None
+            else torch.full_like(active, proposal.k, dtype=torch.long)
+        )
+        return per_row * active
+
+    def _judge(self, drafter: str, proposal, rnd: Round, active) -> None:
+        """Tell the draft-length model how far each running row's drafts were accepted."""
+        drafted = self._drafts(proposal, active)
+        self.runs(drafter).update(drafted, torch.minimum(rnd.counts - 1, drafted))
 
     def observe(self, rnd: Round, view) -> None:
         seconds = time.perf_counter() - self.started
         tokens = sum(view.counts) if view.counts is not None else 0
         arm = self.arm
-        if arm is not None and arm.key in self.policy.stats:
+        if arm is not None:
             self.policy.update(arm, tokens, seconds)
+        if self.timed and arm is not None and (arm.kind == "lookup" or arm.fixed):
+            self._remember("overhead", seconds - self.timed)  # the round's bookkeeping
+        self.timed = 0.0
         if arm is not None and arm.kind == "none":
             self._remember("none", seconds)
         elif self.proposal is not None and self.proposal.step_seconds:
@@ -366,8 +367,9 @@ class Adaptive(Strategy):
 
     def finish(self) -> None:
         if self.options.policy_out is not None:
-            cals = self.policy.calibrations
+            cals, runs = self.policy.calibrations, self.policy.run_lengths
             self.policy.learned["calibration"] = {key: cal.state() for key, cal in cals.items()}
+            self.policy.learned["runs"] = {key: r.state() for key, r in runs.items()}
             self.policy.save(self.options.policy_out)
 
     def report(self) -> dict:

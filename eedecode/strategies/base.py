@@ -87,6 +87,11 @@ class Strategy(ABC):
         """The most tokens a round may emit, minus one (sizes the cache and output buffer)."""
         return 0
 
+    def prefill(self, state: Decoder, input_ids: Tensor) -> Tensor:
+        """Write the prompt ``[B, P]`` to every layer of ``state.cache``; return the last state
+        ``[B, H]`` (a mode may look at the layers on the way, as the adaptive one does)."""
+        return self.runner.prefill(input_ids, state.cache)
+
     @abstractmethod
     def round(self, state: Decoder, max_tokens: int) -> Round:
         """Run one round for the rows of ``state``; emit at most ``max_tokens`` tokens per row

@@ -96,10 +96,14 @@ def _draft_steps(state, k: int, rule, picker, forward) -> _Steps:
     for i in range(k):
         h = forward(x)
         steps.states.append(h)
-        token, q, confidence = picker.draft(state, h[:, 0], _context(state, steps.drafts), i)
+        # without a stop rule nothing reads a greedy draft's confidence: not computed
+        token, q, confidence = picker.draft(
+            state, h[:, 0], _context(state, steps.drafts), i, rule is not None
+        )
         x = token[:, None]
         steps.drafts.append(x)
-        steps.confidences.append(confidence)
+        if confidence is not None:
+            steps.confidences.append(confidence)
         if q is not None:
             steps.qs.append(q)
         if rule is not None:
@@ -219,11 +223,11 @@ class DraftHead:
             return h
         return self.translator(self.depth, h.float()).to(h.dtype)
 
-    def draft(self, state, h: Tensor, context=None, i: int = 0):
+    def draft(self, state, h: Tensor, context=None, i: int = 0, confidence: bool = True):
         h = self._translate(h)
         runner, chooser = self.runner, state.chooser
         if self.vocab is None and not chooser.do_sample:
-            return chooser.draft(state, h, context, i)
+            return chooser.draft(state, h, context, i, confidence)
         # sampling keeps q explicitly: a Gumbel draft's q is rebuilt from untranslated states
         if self.weight is not None and not chooser.do_sample and chooser.pipeline.empty:
             from ..kernels import DRAFT_STATS, exit_head
