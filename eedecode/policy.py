@@ -21,8 +21,9 @@ from pathlib import Path
 EXPLORATION = 0.1
 #: Per-round discount of past observations (an effective memory of about 1 / (1 - DISCOUNT) rounds).
 DISCOUNT = 0.995
-#: Rounds with an arm before its estimate is trusted more than the optimistic prior.
-PRIOR_ROUNDS = 1.0
+#: Rounds an arm is tried, in turn with the other untried ones, before the bound decides: one
+#: round is too noisy a first estimate (a lookup round that missed would bury the arm).
+MIN_PULLS = 3
 FORMAT = "eedecode-policy/1"
 
 
@@ -71,6 +72,7 @@ class ArmStats:
     seconds: float = 0.0  # discounted seconds spent
     rounds: float = 0.0  # discounted rounds
     rates: float = 0.0  # discounted sum of each round's tokens / seconds
+    pulls: int = 0  # rounds ever played (not discounted)
 
     @property
     def rate(self) -> float:
@@ -108,9 +110,9 @@ class Policy:
         Arms never tried come first, in order."""
         candidates = available if available is not None else self.arms
         stats = [self._stats(a) for a in candidates]
-        for arm, s in zip(candidates, stats, strict=True):
-            if s.rounds < PRIOR_ROUNDS * 0.5:
-                return arm
+        fewest = min(candidates, key=lambda a: self._stats(a).pulls)
+        if self._stats(fewest).pulls < MIN_PULLS:
+            return fewest
         best = max(s.rate for s in stats) or 1.0
         total = sum(s.rounds for s in stats)
 
@@ -132,6 +134,7 @@ class Policy:
         s.tokens += tokens
         s.seconds += seconds
         s.rounds += 1.0
+        s.pulls += 1
         s.rates += tokens / seconds if seconds > 0 else 0.0
 
     def _stats(self, arm: Arm) -> ArmStats:
@@ -166,6 +169,8 @@ class Policy:
         for st in stats.values():  # a file saved before rates were kept: their mean from the totals
             if not st.rates and st.rounds > 0 and st.seconds > 0:
                 st.rates = st.rounds * st.tokens / st.seconds
+            if not st.pulls and st.rounds > 0:  # ... or before pulls were: at least its rounds
+                st.pulls = math.ceil(st.rounds)
         return cls(arms, stats, data.get("model", ""), data.get("tuned", {}), data.get("learned", {}))
 
     def save(self, path: str | Path) -> None:

@@ -128,18 +128,19 @@ class RunLengths:
         self.judged.mul_(DISCOUNT).add_(judged.sum(0))
         self.accepted.mul_(DISCOUNT).add_((hit & judged).sum(0))
 
-    def observe_runs(self, agreed: Tensor, real: Tensor) -> None:
+    def observe_runs(self, agreed: Tensor, real: Tensor, weight: float = 1.0) -> None:
         """Teacher-forced runs: ``agreed`` ``[B, W]`` says where a draft would have been accepted
         along a text (the drafter's top-1 is the model's), ``real`` which positions count. Draft
-        ``j`` from position ``t`` is judged when drafts ``1 .. j - 1`` from ``t`` agreed."""
+        ``j`` from position ``t`` is judged when drafts ``1 .. j - 1`` from ``t`` agreed. Each
+        position counts ``weight`` drafts."""
         W = agreed.shape[1]
         alive = real
         for j in range(min(self.K, W)):
             n = W - j
             judged = alive[:, :n]
             hit = judged & agreed[:, j : j + n]
-            self.judged[j] += judged.sum()
-            self.accepted[j] += hit.sum()
+            self.judged[j] += weight * judged.sum()
+            self.accepted[j] += weight * hit.sum()
             alive = hit[:, : n - 1]
 
     def survival(self) -> list[float]:

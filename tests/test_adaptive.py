@@ -43,6 +43,7 @@ ARMS = {
     "exit1": Arm("exit", exit_layer=1, threshold=0.0137, max_drafts=6),
     "exit3": Arm("exit", exit_layer=3, threshold=0.0137, max_drafts=6),
     "exit_no_stop": Arm("exit", exit_layer=2, threshold=0.0, max_drafts=6),
+    "exit_length_model": Arm("exit", exit_layer=2, max_drafts=6, fixed=True),
     "mixed": Arm("mixed", exit_layer=2, threshold=0.0137, max_drafts=6),
 }
 
@@ -151,7 +152,7 @@ def test_policy_carries_over_and_saves_and_loads(tmp_path):
 
 
 def test_each_set_of_options_learns_its_own_policy_and_keeps_it_in_process():
-    from eedecode.strategies import adaptive, probe
+    from eedecode.strategies import adaptive
 
     model = cached_tiny_model("llama", eos_token_id=None, num_hidden_layers=5)
     adaptive._POLICIES.pop(model, None)
@@ -289,3 +290,79 @@ def test_exit_layer_candidates():
     assert adaptive.exit_layer_candidates(8) == [1, 2, 3, 4]
     assert adaptive.exit_layer_candidates(30) == [1, 4, 8, 11, 15]
     assert adaptive.exit_layer_candidates(2) == [1]
+
+
+def test_the_prompt_probe_is_the_prefill_plus_each_layers_agreement():
+    """The probed prefill leaves the cache and the last state as the plain prefill does, and its
+    agreement is the exit head's top-1 against the model's on every real position of the window."""
+    from types import SimpleNamespace
+
+    from eedecode.runner import ModelRunner
+
+    model = cached_tiny_model("llama", eos_token_id=None)
+    runner = ModelRunner(model)
+    x = ids(2, 12, seed=3)
+    mask = torch.ones_like(x)
+    mask[1, :3] = 0  # left padding in row 1
+    plain, probed = runner.new_cache(2, 20), runner.new_cache(2, 20)
+    plain.set_padding(mask)
+    probed.set_padding(mask)
+    last = runner.prefill(x, plain)
+    got, probes, real = probe.probed_prefill(SimpleNamespace(runner=runner, cache=probed), x, [1, 3])
+    torch.testing.assert_close(got, last)
+    for i in range(runner.num_layers):
+        torch.testing.assert_close(probed.keys[i][..., :12, :], plain.keys[i][..., :12, :])
+    W = min(12, probe.WINDOW)
+    assert real.tolist() == [[True] * W, [False] * 3 + [True] * (W - 3)]
+    with torch.no_grad():  # the same test, by hand, through the model's own modules
+        out = model(x, attention_mask=mask, output_hidden_states=True)
+        final = out.logits[:, -W:].argmax(-1)
+        for E in (1, 3):
+            h = out.hidden_states[E][:, -W:]
+            top = model.lm_head(model.model.norm(h)).float().softmax(-1).max(-1)
+            confidence, agreed = probes[E]
+            assert torch.equal(agreed[real], (top.indices == final)[real])
+            torch.testing.assert_close(confidence[real], top.values[real], atol=1e-4, rtol=1e-4)
+
+
+def test_only_the_best_predicted_exit_layer_is_offered_and_only_if_it_pays(monkeypatch):
+    """The plan offers the exit layer with the best predicted speed-up when that reaches the bar,
+    and none below it: then the call decodes with plain and lookup rounds only."""
+    model = cached_tiny_model("llama", eos_token_id=None, num_hidden_layers=6)
+    adaptive._POLICIES.pop(model, None)
+    plans = []
+    real_plan = adaptive.Adaptive.plan
+
+    def spy(self, batch_size):
+        real_plan(self, batch_size)
+        plans.append((set(self.paying), dict(self.predicted)))
+
+    monkeypatch.setattr(adaptive.Adaptive, "plan", spy)
+    monkeypatch.setattr(probe, "PAYS", 0.0)
+    out = eedecode.generate(model, repetitive(1), max_new_tokens=NEW, return_dict_in_generate=True)
+    paying, predicted = plans[-1]
+    exits = {d: v for d, v in predicted.items() if d.startswith("exit")}
+    assert len(exits) == len(adaptive.exit_layer_candidates(6)) and paying == {max(exits, key=exits.get)}
+    used = {key for key in out.stats.details["arms"] if key.startswith("exit")}
+    assert used and all(key.startswith(f"{next(iter(paying))}:") for key in used)
+    monkeypatch.setattr(probe, "PAYS", max(exits.values()) + 1.0)  # nothing reaches it
+    out = eedecode.generate(model, repetitive(1), max_new_tokens=NEW, return_dict_in_generate=True)
+    assert plans[-1][0] == set()
+    assert not any(key.startswith(("exit", "mixed")) for key in out.stats.details["arms"])
+
+
+def test_each_batch_size_bucket_keeps_its_own_estimates(tmp_path):
+    model = cached_tiny_model("llama", eos_token_id=None, num_hidden_layers=5)
+    adaptive._POLICIES.pop(model, None)
+    path = tmp_path / "p.json"
+    eedecode.generate(model, repetitive(1), max_new_tokens=NEW, policy_out=str(path))
+    one = {k: v.rounds for k, v in Policy.load(path).stats.items() if v.rounds > 0}
+    assert one and not any("@B" in k for k in one)
+    eedecode.generate(model, repetitive(3), max_new_tokens=NEW, policy_out=str(path))
+    saved = Policy.load(path)
+    both = {k: v.rounds for k, v in saved.stats.items() if v.rounds > 0}
+    assert any(k.endswith("@B2") for k in both)  # batch 3 counts in the bucket of 2..3 rows
+    assert {k: v for k, v in both.items() if "@B" not in k} == one  # batch 1's estimates untouched
+    assert saved.learned["seconds@B2"] and saved.learned["seconds"]
+    assert saved.learned["probed"] and saved.learned["runs"]  # the probe and draft-length model
+    assert Policy.bucket_of(1) == "" and Policy.bucket_of(5) == "@B4" and Policy.bucket_of(16) == "@B16"

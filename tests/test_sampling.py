@@ -22,7 +22,7 @@ import eedecode
 from eedecode import decoding
 from eedecode.policy import Arm
 from eedecode.sampling import always_accept, greedy_accept, sample, speculative_accept
-from eedecode.strategies import adaptive
+from eedecode.strategies import adaptive, probe
 
 V = 8  # a vocabulary small enough to enumerate every 4-token continuation
 N_NEW = 4  # the prefill's token, then one round: 2 drafts and the correction or bonus token
@@ -219,16 +219,31 @@ def test_autoregressive_sampling_reproduces_the_target_distribution(small_vocab_
 
 @pytest.mark.parametrize(
     "arm",
-    [Arm("exit", exit_layer=1, threshold=0.35, max_drafts=3), Arm("lookup", max_drafts=3)],
-    ids=["exit-with-confidence-stops", "lookup"],
+    [
+        Arm("exit", exit_layer=1, threshold=0.35, max_drafts=3),
+        Arm("exit", exit_layer=1, max_drafts=3, fixed=True),
+        Arm("lookup", max_drafts=3),
+    ],
+    ids=["exit-with-confidence-stops", "exit-draft-length-model", "lookup"],
 )
 def test_adaptive_sampling_reproduces_the_target_distribution(small_vocab_model, monkeypatch, arm):
-    """Rows that stop drafting at different lengths (a confidence threshold) and point-mass
-    drafts (lookup) still sample exactly from the target, after the processors."""
+    """Rows that stop drafting at different lengths (a confidence threshold), drafts as long as
+    the draft-length model says, and point-mass drafts (lookup) still sample exactly from the
+    target, after the processors."""
     monkeypatch.setattr(adaptive, "make_arms", lambda *a: [arm])
+    monkeypatch.setattr(probe, "PAYS", 0.0)  # offered whatever the prompt's probe predicts
+    drafted = []
+    real_verify = adaptive.verify
+
+    def spy(state, proposal):
+        drafted.append(proposal.k)
+        return real_verify(state, proposal)
+
+    monkeypatch.setattr(adaptive, "verify", spy)
     params = PARAMS["context"]
     exact = round_joint(exact_joint(small_vocab_model, PROMPT, params))
     counts = sampled_round(small_vocab_model, PROMPT, params, "adaptive", seed=4)
+    assert drafted and max(drafted) > 0  # the round drafted (and verified) with this arm
     p_value = chi_square_p_value(counts, exact)
     assert p_value > 1e-3, f"{arm.key}: adaptive samples do not follow the target (p={p_value:.2g})"
 

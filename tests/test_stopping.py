@@ -1,11 +1,13 @@
-"""Stop rules for confidence-stopped drafts, and the oracle bound, on known answers."""
+"""Stop rules for confidence-stopped drafts, the draft-length model, and the oracle bound, on
+known answers."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from eedecode import stopping
-from eedecode.stopping import BINS, PRIOR, CalibratedStop, Calibration, ThresholdStop
+from eedecode.stopping import BINS, PRIOR, CalibratedStop, Calibration, RunLengths, ThresholdStop
 
 
 def test_threshold_stop():
@@ -49,3 +51,54 @@ def test_calibrated_stop_weighs_survival_against_cost():
     assert alive.tolist() == [True, True]
     alive = rule.keep(alive, torch.tensor([0.95, 0.55]))  # 0.9025 x 0.5 = 0.45; 0.3025 x 0.5 = 0.15 < 0.2
     assert alive.tolist() == [True, False]
+
+
+def test_run_lengths_count_judged_and_accepted_positions(monkeypatch):
+    monkeypatch.setattr(stopping, "DISCOUNT", 1.0)
+    runs = RunLengths("cpu", 4)
+    before_acc, before_judged = runs.accepted.clone(), runs.judged.clone()
+    # row 0 drafted 3, 1 accepted: positions 1 (accepted) and 2 (rejected) judged, 3 not
+    # row 1 drafted 2, both accepted; row 2 (not running) drafted none
+    runs.update(torch.tensor([3, 2, 0]), torch.tensor([1, 2, 0]))
+    assert (runs.accepted - before_acc).tolist() == [2, 1, 0, 0]
+    assert (runs.judged - before_judged).tolist() == [2, 2, 0, 0]
+
+
+def test_run_lengths_from_teacher_forced_runs(monkeypatch):
+    monkeypatch.setattr(stopping, "RUN_PRIOR", 1e-9)  # no prior: the counts alone
+    runs = RunLengths("cpu", 3)
+    agreed = torch.tensor([[True, True, False, True, True, True]])
+    real = torch.tensor([[False, True, True, True, True, True]])  # the first position is padding
+    runs.observe_runs(agreed, real)
+    # draft 1 from each real start t=1..5: agreed at t = 1, 3, 4, 5 -> 4 of 5
+    # draft 2 from t=1,3,4 (draft 1 agreed, t+1 < 6): agreed at t+1 for t = 3, 4 (t=1: position 2 no)
+    # draft 3 from t=3 (t=4 would need position 6): position 5 agreed
+    torch.testing.assert_close(
+        runs.judged, torch.tensor([5.0, 3.0, 1.0], dtype=torch.float64), atol=1e-6, rtol=0
+    )
+    torch.testing.assert_close(
+        runs.accepted, torch.tensor([4.0, 2.0, 1.0], dtype=torch.float64), atol=1e-6, rtol=0
+    )
+
+
+def test_best_length_weighs_tokens_against_cost():
+    runs = RunLengths("cpu", 6)
+    flat = [1.0] * 7  # a verification costs one step whatever its size
+    # drafts always accepted and free: the longest draft wins, k + 1 tokens per step
+    assert runs.best_length(0.0, flat, survival=[1.0] * 6) == (6, 7.0)
+    # never accepted: one draft, one token for (c + 1)
+    assert runs.best_length(0.5, flat, survival=[0.0] * 6) == (1, pytest.approx(1 / 1.5))
+    # half accepted, drafts at 0.2 of a step, v(T) = 1 + 0.2 (T - 1): k=1 1.5/1.4, k=2 1.75/1.8
+    costs = [1.0 + 0.2 * t for t in range(7)]
+    k, speedup = runs.best_length(0.2, costs, survival=[0.5] * 6)
+    assert k == 1 and speedup == pytest.approx(1.5 / 1.4)
+    # k is bounded by the cost table's length
+    assert runs.best_length(0.0, [1.0, 1.0, 1.0], survival=[1.0] * 6)[0] == 2
+
+
+def test_run_lengths_state_round_trip_and_other_maximum():
+    runs = RunLengths("cpu", 3)
+    runs.update(torch.tensor([3]), torch.tensor([2]))
+    again = RunLengths("cpu", 5, runs.state())
+    assert again.judged[:3].tolist() == runs.judged.tolist()
+    assert again.judged[3:].tolist() == [stopping.RUN_PRIOR] * 2  # beyond the saved maximum: the prior

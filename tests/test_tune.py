@@ -15,7 +15,7 @@ import eedecode
 from eedecode import demo
 from eedecode.policy import Arm, Policy
 from eedecode.runner import ModelRunner
-from eedecode.strategies import adaptive
+from eedecode.strategies import adaptive, probe
 from eedecode.tune import predicted_speedup, search_skip_layers, token_ranking
 
 
@@ -57,6 +57,7 @@ def test_skip_arm_and_draft_vocab_are_lossless(tmp_path, monkeypatch):
     Policy([], tuned={"skip_layers": [0, 2, 5], "draft_vocab": list(range(96, 0, -1))}).save(path)
     skip = Arm("skip", threshold=0.0, max_drafts=4, layers=(0, 2, 5))
     exit_ = Arm("exit", exit_layer=2, threshold=0.0, max_drafts=4)
+    monkeypatch.setattr(probe, "PAYS", 0.0)  # offered whatever the prompt's probe predicts
     for arm in (skip, exit_):
         monkeypatch.setattr(adaptive, "make_arms", lambda *a, arm=arm: [arm])
         for kw in ({}, {"draft_vocab": 40}):

@@ -158,7 +158,7 @@ class Adaptive(Strategy):
         for E, (confidence, agreed) in probes.items():
             arm = Arm("exit", exit_layer=E)
             self.calibration(arm).observe(confidence[real], agreed[real])
-            self.runs(arm.drafter).observe_runs(agreed, real)
+            self.runs(arm.drafter).observe_runs(agreed, real, probe.RUN_WEIGHT)
             probed[arm.drafter] = probed.get(arm.drafter, 0) + seen
         return last
 
@@ -265,7 +265,7 @@ class Adaptive(Strategy):
             if a.kind in ("none", "skip", "lookup")
             or (a.kind in ("exit", "mixed") and a.drafter in self.paying)
         ]
-        if k == 0:  # the last token of a row
+        if k == 0 or not available:  # the last token of a row, or nothing else to choose
             available = [Arm("none")]
         lookup = None
         arm = self.policy.choose(available)

@@ -31,6 +31,10 @@ Tensor = torch.Tensor
 WINDOW = 32
 #: Probed positions per exit layer after which probing that layer stops.
 ENOUGH = 64
+#: What a probed position weighs in the draft-length model against a draft judged in a round:
+#: prompt text agrees with the model less than the model's own continuations, so rounds soon
+#: outweigh the probe.
+RUN_WEIGHT = 0.25
 #: Offer an exit layer when its predicted speed-up over plain decoding is at least this.
 PAYS = 0.85
 #: Before it is measured: what each token beyond the first adds to a verification, in plain
