@@ -4,7 +4,8 @@ Each arm is one way to run a round: plain decoding, lookup drafts, or early-exit
 exit layer ``E`` stopped by a confidence threshold. After each round the policy is told how many
 tokens the round produced and how long it took. It keeps a discounted mean of the rounds'
 tokens/second per arm, and picks the arm with the best upper confidence bound (UCB1, Auer et al. 2002, with
-discounting for a changing context, Garivier and Moulines 2011). Nothing is trained: the policy
+discounting for a changing context, Garivier and Moulines 2011), once each arm has been tried a
+few times in turn. Each batch-size bucket keeps its own estimates. Nothing is trained: the policy
 adapts within one generation and across the rows of a batch. It carries over to the next call on
 the same model, and its state can be saved to a JSON file and loaded, so a second run starts warm.
 The survey's UCBEE and CeeBERT tune early-exit thresholds with bandits the same way.
@@ -12,6 +13,7 @@ The survey's UCBEE and CeeBERT tune early-exit thresholds with bandits the same 
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from dataclasses import asdict, dataclass, field
@@ -42,7 +44,7 @@ class Arm:
     layers: tuple[int, ...] | None = None  # "skip": the layers a draft runs through
     fixed: bool = False  # "exit": as many drafts as the draft-length model says (no stop rule)
 
-    @property
+    @functools.cached_property
     def drafter(self) -> str:
         """What the arm drafts with (arms that differ only in their stop rule share it)."""
         if self.kind in ("exit", "mixed"):
@@ -51,7 +53,7 @@ class Arm:
             return f"skip:{','.join(map(str, self.layers))}"
         return self.kind
 
-    @property
+    @functools.cached_property
     def key(self) -> str:
         if self.kind == "exit" and self.fixed:
             return f"{self.drafter}:k<={self.max_drafts}"

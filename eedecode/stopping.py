@@ -11,6 +11,9 @@ measured in full steps. This is the same reasoning as DEL's dynamic draft length
 2025), fitted online with no training. Both rules are batched: every row stops on its own.
 A rule is any object with ``start(active) -> alive`` and ``keep(alive, confidence, token) ->
 alive`` (``[B]`` tensors).
+
+:class:`RunLengths` answers the question for a whole round instead: how far a drafter's drafts
+run, and so how many drafts per round give the most tokens per unit of cost.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ BINS = 10  # confidence bins of the calibration histogram
 PRIOR = 2.0  # pseudo-counts per bin before any data: P(accept | confidence c) = c
 DISCOUNT = 0.995  # per-update forgetting of the histogram
 RUN_PRIOR = 1.0  # pseudo-drafts per position before any data: P(accept | drafts before it) = 1/2
+FLUSH_EVERY = 64  # rounds the draft-length model collects before it counts them
 
 
 class ThresholdStop:
@@ -118,15 +122,32 @@ class RunLengths:
             judged[:n] = torch.tensor(saved["judged"][:n], dtype=torch.float64)
             accepted[:n] = torch.tensor(saved["accepted"][:n], dtype=torch.float64)
         self.judged, self.accepted = judged.to(device), accepted.to(device)
+        self.pending: list[tuple[Tensor, Tensor]] = []  # rounds not yet counted (see update)
 
-    def update(self, num_drafts: Tensor, accepted: Tensor) -> None:
-        """After verification: row ``b`` proposed ``num_drafts[b]`` drafts and ``accepted[b]`` of
-        them were accepted (``[B]``; rows that did not run propose none)."""
-        j = torch.arange(self.K, device=num_drafts.device)[None, :]
-        judged = (j <= accepted[:, None]) & (j < num_drafts[:, None])
-        hit = j < accepted[:, None]
-        self.judged.mul_(DISCOUNT).add_(judged.sum(0))
-        self.accepted.mul_(DISCOUNT).add_((hit & judged).sum(0))
+    def update(self, num_drafts: Tensor, counts: Tensor) -> None:
+        """After verification: row ``b`` proposed ``num_drafts[b]`` drafts (none if it did not
+        run) and the round gave it ``counts[b]`` tokens, its accepted drafts and one more
+        (``[B]``). Kept on the device and counted in batches (:meth:`flush`), so that a round
+        pays for no more than a list append."""
+        self.pending.append((num_drafts, counts))
+        if len(self.pending) >= FLUSH_EVERY:
+            self.flush()
+
+    def flush(self) -> None:
+        """Count the rounds not yet counted, each discounted as if counted in its turn."""
+        if not self.pending:
+            return
+        drafted = torch.stack([d for d, _ in self.pending])  # [n, B]
+        accepted = torch.minimum(torch.stack([c for _, c in self.pending]) - 1, drafted)
+        n = drafted.shape[0]
+        j = torch.arange(self.K, device=drafted.device)
+        judged = (j <= accepted[..., None]) & (j < drafted[..., None])  # [n, B, K]
+        hit = judged & (j < accepted[..., None])
+        age = torch.arange(n - 1, -1, -1, device=drafted.device, dtype=torch.float64)
+        weight = (DISCOUNT**age)[:, None, None]  # the latest round counts fully
+        self.judged.mul_(DISCOUNT**n).add_((judged * weight).sum((0, 1)))
+        self.accepted.mul_(DISCOUNT**n).add_((hit * weight).sum((0, 1)))
+        self.pending.clear()
 
     def observe_runs(self, agreed: Tensor, real: Tensor, weight: float = 1.0) -> None:
         """Teacher-forced runs: ``agreed`` ``[B, W]`` says where a draft would have been accepted
@@ -143,9 +164,14 @@ class RunLengths:
             self.accepted[j] += weight * hit.sum()
             alive = hit[:, : n - 1]
 
+    def rates(self) -> Tensor:
+        """``s[j - 1]`` = P(draft ``j`` accepted | drafts before it accepted), on the device."""
+        self.flush()
+        return self.accepted / self.judged
+
     def survival(self) -> list[float]:
-        """``s[j - 1]`` = P(draft ``j`` accepted | drafts before it accepted) (one host read)."""
-        return (self.accepted / self.judged).tolist()
+        """:meth:`rates` on the host (one read)."""
+        return self.rates().tolist()
 
     def best_length(self, draft_cost: float, block_costs: list[float], survival=None) -> tuple[int, float]:
         """The draft length ``k`` in ``1 .. min(K, len(block_costs) - 1)`` with the most expected
@@ -163,4 +189,5 @@ class RunLengths:
         return best
 
     def state(self) -> dict:
+        self.flush()
         return {"accepted": self.accepted.tolist(), "judged": self.judged.tolist()}

@@ -58,8 +58,11 @@ def test_run_lengths_count_judged_and_accepted_positions(monkeypatch):
     runs = RunLengths("cpu", 4)
     before_acc, before_judged = runs.accepted.clone(), runs.judged.clone()
     # row 0 drafted 3, 1 accepted: positions 1 (accepted) and 2 (rejected) judged, 3 not
-    # row 1 drafted 2, both accepted; row 2 (not running) drafted none
-    runs.update(torch.tensor([3, 2, 0]), torch.tensor([1, 2, 0]))
+    # row 1 drafted 2, both accepted; row 2 (not running) drafted none. The round's tokens are
+    # the accepted drafts and one more.
+    runs.update(torch.tensor([3, 2, 0]), torch.tensor([2, 3, 1]))
+    assert runs.pending and torch.equal(runs.judged, before_judged)  # counted in batches
+    runs.flush()
     assert (runs.accepted - before_acc).tolist() == [2, 1, 0, 0]
     assert (runs.judged - before_judged).tolist() == [2, 2, 0, 0]
 
@@ -98,7 +101,21 @@ def test_best_length_weighs_tokens_against_cost():
 
 def test_run_lengths_state_round_trip_and_other_maximum():
     runs = RunLengths("cpu", 3)
-    runs.update(torch.tensor([3]), torch.tensor([2]))
-    again = RunLengths("cpu", 5, runs.state())
+    runs.update(torch.tensor([3]), torch.tensor([3]))
+    again = RunLengths("cpu", 5, runs.state())  # the state counts what was pending
     assert again.judged[:3].tolist() == runs.judged.tolist()
     assert again.judged[3:].tolist() == [stopping.RUN_PRIOR] * 2  # beyond the saved maximum: the prior
+
+
+def test_run_lengths_batched_counting_equals_counting_each_round(monkeypatch):
+    monkeypatch.setattr(stopping, "FLUSH_EVERY", 1000)
+    g = torch.Generator().manual_seed(0)
+    rounds = [
+        (torch.randint(0, 5, (3,), generator=g), torch.randint(1, 6, (3,), generator=g)) for _ in range(40)
+    ]
+    batched, each = RunLengths("cpu", 4), RunLengths("cpu", 4)
+    for drafted, counts in rounds:
+        batched.update(drafted, counts)
+        each.update(drafted, counts)
+        each.flush()
+    torch.testing.assert_close(batched.rates(), each.rates())

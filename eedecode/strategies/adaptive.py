@@ -1,28 +1,37 @@
-"""Adaptive self-speculation: how to draft is chosen at run time, round by round.
+"""Adaptive self-speculation: how to draft is chosen at run time, per call and per round.
 
-Each round, a bandit (:class:`eedecode.policy.Policy`) picks one arm:
+Once per call, a **plan** (:meth:`Adaptive.plan`) reads what the draft-length model
+(:class:`eedecode.stopping.RunLengths`) knows of each drafter: how likely draft ``j`` is accepted
+once the drafts before it were, seeded by the prompt's probe (:mod:`eedecode.strategies.probe`)
+and updated by every round since. With the costs of a draft step and of a verification, in plain
+decoding steps (a prior, then measured in this mode's own rounds), it gives each drafter the
+draft length with the most expected tokens per unit of cost, and picks the one exit layer worth
+offering: the best predicted, if it is predicted to pay. (DEL's reasoning, Zarch et al. 2025.)
+
+Each round, a bandit (:class:`eedecode.policy.Policy`) then picks one arm among those offered:
 
 * ``none``: plain decoding (one token, every layer). This is the fallback when no draft pays,
   on a model whose shallow layers agree badly with its last;
 * ``lookup``: drafts copied from the latest earlier occurrence of the current n-gram
-  (:mod:`eedecode.lookup`). They cost no layers, and on code they are often long and right.
-  The arm is offered only in rounds where some row found a match;
+  (:mod:`eedecode.lookup`), as many as the plan says. They cost no layers, and on code they are
+  often long and right. The arm is offered only in rounds where some row found a match;
 * ``exit`` at layer ``E``: LayerSkip drafts from the model's first ``E`` layers, verified over
-  the exit query cache. Each row stops proposing when its next draft is no longer worth a draft
-  step. That is when the probability that all its drafts so far are accepted, learned online per
-  exit layer as a function of the drafts' confidence (:mod:`eedecode.stopping`), falls below the
-  measured cost of a draft step. So rows draft different lengths;
+  the exit query cache: as many as the plan says (``fixed``), or, with a stop rule, each row
+  stops proposing when its next draft is no longer worth a draft step. That is when the
+  probability that all its drafts so far are accepted, learned online per exit layer as a
+  function of the drafts' confidence (:mod:`eedecode.stopping`), falls below the draft's cost.
+  So rows draft different lengths;
 * ``mixed`` at layer ``E``: in a batch where some rows found a lookup match and some did not,
   the former take their lookup drafts and the latter draft from layer ``E``; verification then
   runs every layer (greedy decoding only);
 * ``skip``: drafts through a layer set found by ``eedecode tune``, when a tuned policy is given.
 
-The arm's reward is the tokens the round produced, per second of wall time. The policy
-therefore learns what pays on this model, this machine and this text. It needs no training,
-and it is kept per model for the life of the process, so later calls start warm. It can also be
-saved and loaded (``policy_out`` / ``policy_in``). Every arm is verified by the full model, so
-the output is lossless: greedy output equals plain decoding, and sampling is exact.
-DEL (Zarch et al. 2025) and the survey's bandit thresholds (UCBEE, CeeBERT) motivate the design.
+The arm's reward is the tokens the round produced, per second of wall time, kept per batch-size
+bucket. The policy therefore learns what pays on this model, this machine and this text. It
+needs no training, and it is kept per model for the life of the process, so later calls start
+warm. It can also be saved and loaded (``policy_out`` / ``policy_in``). Every arm is verified by
+the full model, so the output is lossless: greedy output equals plain decoding, and sampling is
+exact. DEL and the survey's bandit thresholds (UCBEE, CeeBERT) motivate the design.
 """
 
 from __future__ import annotations
@@ -184,7 +193,7 @@ class Adaptive(Strategy):
         if any(a.kind == "lookup" for a in self.policy.arms):
             drafters.append("lookup")
         runs = [self.runs(d) for d in drafters]
-        survival = torch.stack([r.accepted / r.judged for r in runs]).tolist() if runs else []  # 1 read
+        survival = torch.stack([r.rates() for r in runs]).tolist() if runs else []  # one host read
         self.predicted, speedups = {}, {}
         for d, r, s in zip(drafters, runs, survival, strict=True):
             entry = exits.get(d, 0)
@@ -207,7 +216,7 @@ class Adaptive(Strategy):
     def measured_costs(self, entry: int, costs: list[float]) -> list[float]:
         """A verification of ``T`` tokens entering at layer ``entry`` and the round's bookkeeping,
         in plain decoding rounds: as measured in this mode's rounds where it has been (on a CPU),
-        else the block cost table's."""
+        else ``costs`` (the prior)."""
         seconds = self.seconds
         full, overhead = seconds.get("none"), seconds.get("overhead", 0.0)
         overhead += seconds.get(f"exit:E={entry}", 0.0) if entry else 0.0  # the last draft's exit state
@@ -346,8 +355,7 @@ class Adaptive(Strategy):
 
     def _judge(self, drafter: str, proposal, rnd: Round, active) -> None:
         """Tell the draft-length model how far each running row's drafts were accepted."""
-        drafted = self._drafts(proposal, active)
-        self.runs(drafter).update(drafted, torch.minimum(rnd.counts - 1, drafted))
+        self.runs(drafter).update(self._drafts(proposal, active), rnd.counts)
 
     def observe(self, rnd: Round, view) -> None:
         seconds = time.perf_counter() - self.started
