@@ -109,7 +109,8 @@ class Policy:
 
     def choose(self, available: list[Arm] | None = None) -> Arm:
         """The arm with the highest upper confidence bound among ``available`` (default: all).
-        Arms never tried come first, in order."""
+        First, while some arm has been played fewer than ``MIN_PULLS`` rounds, the least played
+        (the first of them, in order)."""
         candidates = available if available is not None else self.arms
         stats = [self._stats(a) for a in candidates]
         fewest = min(candidates, key=lambda a: self._stats(a).pulls)

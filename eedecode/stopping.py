@@ -184,7 +184,7 @@ class RunLengths:
             run *= s[k - 1]
             tokens += run
             speedup = tokens / (k * draft_cost + block_costs[k])
-            if speedup > best[1]:
+            if speedup >= best[1]:  # a tie goes to the longer draft (it keeps learning further)
                 best = (k, speedup)
         return best
 

@@ -49,13 +49,19 @@ ARMS = {
 
 
 @pytest.mark.parametrize("arch", ARCHS)
-def test_default_call_needs_no_settings_and_equals_hf(arch):
+def test_default_call_needs_no_settings_and_equals_hf(arch, monkeypatch):
     model = cached_tiny_model(arch, eos_token_id=None)
-    for x in (ids(), repetitive()):
-        ref = model.generate(x, max_new_tokens=NEW, do_sample=False, pad_token_id=0)
-        out = eedecode.generate(model, x, max_new_tokens=NEW, return_dict_in_generate=True)
-        assert out.stats.mode == "adaptive"
-        assert torch.equal(out.sequences, ref)
+    for pays in (probe.PAYS, 0.0):  # as it comes; and with every arm offered (exit drafts run)
+        monkeypatch.setattr(probe, "PAYS", pays)
+        adaptive._POLICIES.pop(model, None)
+        drafted = 0
+        for x in (ids(), repetitive()):
+            ref = model.generate(x, max_new_tokens=NEW, do_sample=False, pad_token_id=0)
+            out = eedecode.generate(model, x, max_new_tokens=NEW, return_dict_in_generate=True)
+            assert out.stats.mode == "adaptive"
+            assert torch.equal(out.sequences, ref)
+            drafted += sum(n for k, n in out.stats.details["arms"].items() if k.startswith("exit"))
+        assert pays > 0 or drafted > 0
 
 
 @pytest.mark.parametrize("arm", list(ARMS))
@@ -179,7 +185,8 @@ def test_fixed_exit_layer_and_bad_settings():
     out = eedecode.generate(
         model, ids(), mode="adaptive", exit_layer=2, max_new_tokens=NEW, return_dict_in_generate=True
     )
-    assert all(":E=2:" in k for k in out.stats.details["arms"] if k.startswith("exit"))
+    used = [k for k in out.stats.details["arms"] if k.startswith("exit")]
+    assert used and all(":E=2:" in k for k in used)  # the layer asked for is offered, whatever it pays
     for kw, words in [
         (dict(exit_layer=9), "exit_layer: must be 'auto' or an int in 1..5"),
         (dict(exit_layer="deep"), "exit_layer: must be 'auto'"),
@@ -242,13 +249,14 @@ def test_a_translator_drafts_at_its_own_layers_and_stays_lossless(tmp_path, monk
     monkeypatch.setattr(
         drafting.DraftHead, "_translate", lambda self, h: translated.append(self.depth) or real(self, h)
     )
+    monkeypatch.setattr(probe, "PAYS", 0.0)  # a tiny random model's layers never pay: offer them
     x = repetitive(2)
     ref = model.generate(x, max_new_tokens=NEW, do_sample=False, pad_token_id=0)
     out = eedecode.generate(model, x, max_new_tokens=NEW, translator=str(path), return_dict_in_generate=True)
     assert torch.equal(out.sequences, ref)
     exits = {k.split(":")[1] for k in out.stats.details["arms"] if k.startswith(("exit", "mixed"))}
-    assert exits <= {"E=2", "E=3", "lookup+E=2", "lookup+E=3"}  # the arms sit at the translated layers
-    assert translated and set(translated) <= {2, 3}
+    assert exits and exits <= {"E=2", "E=3", "lookup+E=2", "lookup+E=3"}  # at the translated layers
+    assert out.stats.drafted_tokens > 0 and translated and set(translated) <= {2, 3}
     with pytest.raises(ValueError, match="exit_layer: .* has no translator for layer 1"):
         eedecode.generate(model, x, max_new_tokens=3, mode="adaptive", exit_layer=1, translator=str(path))
 
@@ -366,3 +374,35 @@ def test_each_batch_size_bucket_keeps_its_own_estimates(tmp_path):
     assert saved.learned["seconds@B2"] and saved.learned["seconds"]
     assert saved.learned["probed"] and saved.learned["runs"]  # the probe and draft-length model
     assert Policy.bucket_of(1) == "" and Policy.bucket_of(5) == "@B4" and Policy.bucket_of(16) == "@B16"
+
+
+def test_lookup_is_computed_only_when_the_choice_falls_on_it(monkeypatch):
+    """Batch 1: a mixed arm can never be played, so it is not even considered; rounds whose choice
+    is plain decoding or exit drafts look nothing up."""
+    model = cached_tiny_model("llama", eos_token_id=None)
+    monkeypatch.setattr(probe, "PAYS", 0.0)
+    adaptive._POLICIES.pop(model, None)
+    looked = []
+    real = adaptive.draft_from_lookup
+    monkeypatch.setattr(adaptive, "draft_from_lookup", lambda *a, **kw: looked.append(1) or real(*a, **kw))
+    x = repetitive(1)
+    out = eedecode.generate(model, x, max_new_tokens=NEW, return_dict_in_generate=True)
+    arms = out.stats.details["arms"]
+    assert not any(k.startswith("mixed") for k in arms)
+    assert 0 < len(looked) < out.stats.rounds  # some rounds looked up, not all
+    assert len(looked) >= arms.get("lookup:k=6", 0)
+
+
+def test_saving_keeps_what_the_file_learned_for_drafters_not_used(tmp_path):
+    model = cached_tiny_model("llama", eos_token_id=None, num_hidden_layers=5)
+    adaptive._POLICIES.pop(model, None)
+    path = tmp_path / "p.json"
+    eedecode.generate(model, repetitive(1), max_new_tokens=NEW, policy_out=str(path))
+    before = Policy.load(path).learned
+    assert before["runs"] and before["calibration"]
+    adaptive._POLICIES.pop(model, None)  # a new process: starts from the file
+    eedecode.generate(model, repetitive(1), max_new_tokens=1, policy_in=str(path), policy_out=str(path))
+    after = Policy.load(path).learned
+    assert set(after["runs"]) >= set(before["runs"]) and set(after["calibration"]) >= set(
+        before["calibration"]
+    )

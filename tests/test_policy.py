@@ -87,6 +87,7 @@ def test_a_file_saved_without_rates_keeps_its_estimates():
     }
     p = Policy.from_json(data)
     assert p.stats[EXIT.key].rate == pytest.approx(900.0) and p.stats[NONE.key].rate == pytest.approx(300.0)
+    assert p.stats[NONE.key].pulls == 900  # saved before pulls were kept: at least its rounds
     p.update(EXIT, 3, 0.003)  # one new round at 1000 tokens/s
     assert 899.0 < p.stats[EXIT.key].rate < 1000.0
     assert p.choose([NONE, EXIT]) == EXIT

@@ -67,6 +67,11 @@ from .drafting import (
 COST_EMA = 0.1
 #: A round without a stop rule drafts one more than its best length once in this many rounds.
 EXPLORE_LONGER = 8
+#: Rounds after which a call plans again, with what its rounds have measured since.
+PLAN_EVERY = 32
+#: A layer whose probe has seen enough is probed again once in this many calls, so that a layer
+#: not offered can come back.
+REPROBE_EVERY = 16
 
 #: model -> {drafting options -> Policy}: what this process has learned, per model and per set of
 #: options that change the arms or their drafts (so variants never share estimates).
@@ -150,13 +155,16 @@ class Adaptive(Strategy):
         self.lengths: dict[str, int] = {}  # each drafter's best draft length this call
         self.on_cpu = torch.device(runner.device).type == "cpu"
         self.timed = 0.0  # seconds of this round's drafting and verification, when timed
-        self.rounds = 0
+        self.planned = 0  # rounds since the last plan
+        self.explored: dict[str, int] = {}  # rounds per drafter without a stop rule (see length)
 
     # -- the prompt's probe and the draft-length model -----------------------------------------
     def prefill(self, state, input_ids):
         probed = self.policy.learned.setdefault("probed", {})  # drafter -> positions probed
+        calls = self.policy.learned["calls"] = self.policy.learned.get("calls", 0) + 1
+        again = calls % REPROBE_EVERY == 0
         exits = sorted({a.exit_layer for a in self.policy.arms if a.kind in ("exit", "mixed")})
-        layers = [E for E in exits if probed.get(f"exit:E={E}", 0) < probe.ENOUGH]
+        layers = [E for E in exits if again or probed.get(f"exit:E={E}", 0) < probe.ENOUGH]
         if not layers:
             return super().prefill(state, input_ids)
         translate = None
@@ -185,8 +193,12 @@ class Adaptive(Strategy):
         best predicted speed-up if that reaches ``PAYS`` (none otherwise). Every exit layer is
         judged with the same cost model, so they compare fairly. (DEL's choice of exit layer and
         draft length, from statistics rather than trial.)"""
+        self.planned = 0
         self.policy.bucket = Policy.bucket_of(batch_size)
-        costs = probe.prior_costs(self.options.max_drafts)
+        K = self.options.max_drafts
+        # the prior of a verification's cost: a slope on a CPU (measured in rounds later); the
+        # block cost table, measured once per model and batch size, elsewhere
+        costs = probe.prior_costs(K) if self.on_cpu else self.runner.block_costs(batch_size, K + 1)
         exits = {a.drafter: a.exit_layer for a in self.policy.arms if a.kind in ("exit", "mixed")}
         probed = self.policy.learned.get("probed", {})
         drafters = [d for d in exits if probed.get(d, 0) > 0]
@@ -202,36 +214,25 @@ class Adaptive(Strategy):
             if d in exits:
                 speedups[d] = r.best_length(prior, costs, s)[1]
             # its draft length: measured costs where there are some
-            measured = self.measured_costs(entry, costs)
+            measured = probe.measured_costs(self.seconds, entry, costs)
             cost = self.draft_cost(Arm("exit", exit_layer=entry)) if d in exits else 0.0
             self.lengths[d], self.predicted[d] = r.best_length(cost, measured, s)
         best = max(speedups, key=speedups.get, default=None)
         self.paying = {best} if best is not None and self.predicted[best] >= probe.PAYS else set()
+        if _is_int(self.options.exit_layer):  # the layer asked for is offered; the bandit decides
+            self.paying = {f"exit:E={self.options.exit_layer}"}
 
     @property
     def seconds(self) -> dict:
         """Measured times (moving averages) in this call's batch-size bucket."""
         return self.policy.learned.setdefault("seconds" + self.policy.bucket, {})
 
-    def measured_costs(self, entry: int, costs: list[float]) -> list[float]:
-        """A verification of ``T`` tokens entering at layer ``entry`` and the round's bookkeeping,
-        in plain decoding rounds: as measured in this mode's rounds where it has been (on a CPU),
-        else ``costs`` (the prior)."""
-        seconds = self.seconds
-        full, overhead = seconds.get("none"), seconds.get("overhead", 0.0)
-        overhead += seconds.get(f"exit:E={entry}", 0.0) if entry else 0.0  # the last draft's exit state
-        out = []
-        for T, prior in enumerate(costs, start=1):
-            v = seconds.get(f"verify:{entry}:{T}")
-            out.append((v + overhead) / full if v and full else prior)
-        return out
-
     def length(self, drafter: str, k: int) -> int:
         """The draft length of a round without a stop rule: the model's best, one more every
         ``EXPLORE_LONGER`` rounds (so that the next position keeps being judged), at most ``k``."""
-        self.rounds += 1
+        n = self.explored[drafter] = self.explored.get(drafter, 0) + 1
         best = self.lengths.get(drafter, 1)
-        return min(k, best + (self.rounds % EXPLORE_LONGER == 0))
+        return min(k, best + (n % EXPLORE_LONGER == 0))
 
     # -- what the policy learned besides rates -------------------------------------------------
     def calibration(self, arm: Arm) -> Calibration:
@@ -264,15 +265,18 @@ class Adaptive(Strategy):
         return self.options.max_drafts
 
     def round(self, state, max_tokens: int) -> Round:
-        if self.paying is None:  # the first round of a call plans it
+        if self.paying is None or self.planned >= PLAN_EVERY:  # plan the call, and again later
             self.plan(state.active.shape[0])
+        self.planned += 1
         self.started = time.perf_counter()
         k = min(self.options.max_drafts, max_tokens - 1)
+        can_mix = state.active.shape[0] > 1 and not state.chooser.do_sample
         available = [
             a
             for a in self.policy.arms
             if a.kind in ("none", "skip", "lookup")
-            or (a.kind in ("exit", "mixed") and a.drafter in self.paying)
+            or (a.kind == "exit" and a.drafter in self.paying)
+            or (a.kind == "mixed" and can_mix and a.drafter in self.paying)
         ]
         if k == 0 or not available:  # the last token of a row, or nothing else to choose
             available = [Arm("none")]
@@ -281,8 +285,7 @@ class Adaptive(Strategy):
         if arm.kind in ("lookup", "mixed"):
             # Look up only when the choice falls on lookup drafts. They are offered in rounds where
             # some row found a match (mixed: some but not every row, greedy); a choice that turns
-            # out unavailable is made again without it, which picks what choosing among the
-            # available arms would have.
+            # out unavailable is made again among the arms that are.
             lookup = draft_from_lookup(state, self.length("lookup", k), self.options.lookup_ngram)
             matched = (lookup.counts > 0) & state.active
             # one host read: did some active row find a match, and did every one?
@@ -326,7 +329,7 @@ class Adaptive(Strategy):
             proposal = draft_with_skips(state, arm.layers, k, stop, self.head)
         rnd = self._verify(state, proposal)
         if proposal.confidences is not None:  # on the device: no synchronisation
-            judged = self._drafts(proposal, state.active)
+            judged = proposal.per_row(state.active)
             self.calibration(arm).update(proposal.confidences, judged, rnd.counts - 1)
         if arm.fixed:  # a stop rule's drafts would tell how far confident drafts run, not all
             self._judge(arm.drafter, proposal, rnd, state.active)
@@ -344,18 +347,10 @@ class Adaptive(Strategy):
         self.timed += verifying
         return rnd
 
-    @staticmethod
-    def _drafts(proposal, active):
-        per_row = (
-            proposal.counts
-            if proposal.counts is not None
-            else torch.full_like(active, proposal.k, dtype=torch.long)
-        )
-        return per_row * active
-
     def _judge(self, drafter: str, proposal, rnd: Round, active) -> None:
         """Tell the draft-length model how far each running row's drafts were accepted."""
-        self.runs(drafter).update(self._drafts(proposal, active), rnd.counts)
+        device = self.runner.head_device
+        self.runs(drafter).update(proposal.per_row(active).to(device), rnd.counts.to(device))
 
     def observe(self, rnd: Round, view) -> None:
         seconds = time.perf_counter() - self.started
@@ -375,9 +370,10 @@ class Adaptive(Strategy):
 
     def finish(self) -> None:
         if self.options.policy_out is not None:
-            cals, runs = self.policy.calibrations, self.policy.run_lengths
-            self.policy.learned["calibration"] = {key: cal.state() for key, cal in cals.items()}
-            self.policy.learned["runs"] = {key: r.state() for key, r in runs.items()}
+            learned, cals, runs = self.policy.learned, self.policy.calibrations, self.policy.run_lengths
+            # what this process learned, over what the file held (a drafter not used here keeps it)
+            learned["calibration"] = {**learned["calibration"], **{k: c.state() for k, c in cals.items()}}
+            learned["runs"] = {**learned.get("runs", {}), **{k: r.state() for k, r in runs.items()}}
             self.policy.save(self.options.policy_out)
 
     def report(self) -> dict:

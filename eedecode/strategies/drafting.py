@@ -44,12 +44,16 @@ class Proposal:
     def k(self) -> int:
         return self.drafts.shape[1]
 
-    def drafted(self, active: Tensor) -> Tensor:
-        """Drafts proposed by running rows (a statistic)."""
+    def per_row(self, active: Tensor) -> Tensor:
+        """Drafts proposed by each row, ``[B]`` (none by rows that do not run)."""
         per_row = (
             self.counts if self.counts is not None else torch.full_like(active, self.k, dtype=torch.long)
         )
-        return (per_row * active).sum()
+        return per_row * active
+
+    def drafted(self, active: Tensor) -> Tensor:
+        """Drafts proposed by running rows (a statistic)."""
+        return self.per_row(active).sum()
 
 
 def _context(state, drafts: list[Tensor]) -> Tensor | None:

@@ -1,24 +1,28 @@
-"""What the prompt already says about each exit layer, before any draft is made from it.
+"""What the prompt already says about each exit layer, before any draft is made from it; and
+the adaptive mode's cost model.
 
 The prefill runs every layer over the prompt anyway. While the adaptive policy knows little
 about an exit layer, the prefill stops there on its way up, and on the prompt's last
 :data:`WINDOW` positions compares that layer's exit-head top-1 with the full model's. That is
 the test a greedy draft at that position would face (teacher forcing): a draft from layer ``E``
-is accepted exactly when the two agree. Two things come of it, both before the first round:
+is accepted exactly when the two agree. (The probe reads the plain top-1: it ignores logits
+processors, sampling and a restricted draft vocabulary, which only its statistics would see.)
+Two things come of it, both before the first round:
 
 * **The stop rule's calibration** (:class:`eedecode.stopping.Calibration`) is seeded with each
   probed position's confidence and agreement, so drafts from a layer never tried do not run to
   the maximum length on an uninformed prior.
-* **A predicted speed-up per exit layer** (:func:`predicted_speedup`), DEL's expected accepted
-  tokens per unit of cost (Zarch et al. 2025), from the layer's acceptance and the measured costs
-  of a draft step and a verification. Exit layers predicted not to pay are not offered to the
-  bandit: on a model whose shallow layers agree badly it explores no hopeless arm, and the
-  prediction uses the costs of the batch size at hand, where a larger block costs more.
+* **The draft-length model** (:class:`eedecode.stopping.RunLengths`) is seeded with the runs of
+  agreement along the window. From it and the costs (:func:`layer_cost`, :func:`prior_costs`,
+  :func:`measured_costs`) the adaptive mode predicts each exit layer's speed-up, DEL's expected
+  accepted tokens per unit of cost (Zarch et al. 2025), and offers only the best layer, and
+  only if it is predicted to pay: on a model whose shallow layers agree badly it explores no
+  hopeless arm.
 
-Probing stops for a layer once it has seen :data:`ENOUGH` positions (a few prompts); after that
-the prefill runs as usual, and the prediction follows the layer's calibration, which the real
-drafts keep updating. Prompt text agrees less with the model than the model's own continuations
-do, so the prediction leans pessimistic; :data:`PAYS` leaves room for that.
+Probing stops for a layer once it has seen :data:`ENOUGH` positions (a couple of prompts) and
+resumes now and then, so that a layer not offered can come back. Prompt text agrees less with
+the model than the model's own continuations do, so the probe leans pessimistic: its positions
+weigh :data:`RUN_WEIGHT` of a drafted token, and :data:`PAYS` leaves room.
 """
 
 from __future__ import annotations
@@ -56,11 +60,11 @@ def probed_prefill(state, input_ids: Tensor, layers: list[int], translate=None) 
     h, start, window = runner.embed(input_ids), 0, {}
     for E in sorted(layers):
         h = runner.run_layers(h, start, E, cache)
-        window[E], start = h[:, P - W :], E
+        window[E], start = h[:, P - W :].clone(), E  # a copy: the whole block is not kept alive
     h = runner.run_layers(h, start, runner.num_layers, cache)
     positions = torch.arange(P - W, P, device=h.device)
-    real = positions[None, :] >= cache.pad.to(h.device)[:, None]  # [B, W]
-    final = runner.logits(h[:, P - W :]).argmax(-1)  # [B, W]
+    final = runner.logits(h[:, P - W :]).argmax(-1)  # [B, W], on the head's device
+    real = (positions[None, :] >= cache.pad.to(h.device)[:, None]).to(final.device)  # [B, W]
     probes = {}
     for E, s in window.items():  # one layer at a time: [B, W, V] logits
         logits = runner.logits(translate(E, s) if translate is not None else s)
@@ -82,3 +86,17 @@ def prior_costs(max_drafts: int) -> list[float]:
     """``v(T)`` for ``T = 1 .. max_drafts + 1`` before anything is measured: a verification of
     ``T`` tokens as one plain step plus :data:`VERIFY_SLOPE` per extra token."""
     return [1.0 + VERIFY_SLOPE * (T - 1) for T in range(1, max_drafts + 2)]
+
+
+def measured_costs(seconds: dict, entry: int, costs: list[float]) -> list[float]:
+    """A verification of ``T`` tokens entering at layer ``entry`` and its round's bookkeeping, in
+    plain decoding rounds, from ``seconds`` (the adaptive mode's measured times: ``none``,
+    ``overhead``, ``verify:<entry>:<T>`` and, for an exit layer, ``exit:E=<entry>``, the pass
+    that makes the last draft's exit state); ``costs[T - 1]`` (the prior) where not measured."""
+    full, overhead = seconds.get("none"), seconds.get("overhead", 0.0)
+    overhead += seconds.get(f"exit:E={entry}", 0.0) if entry else 0.0
+    out = []
+    for T, prior in enumerate(costs, start=1):
+        v = seconds.get(f"verify:{entry}:{T}")
+        out.append((v + overhead) / full if v and full else prior)
+    return out
