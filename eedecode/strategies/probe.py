@@ -63,14 +63,12 @@ def probed_prefill(state, input_ids: Tensor, layers: list[int], translate=None) 
         window[E], start = h[:, P - W :].clone(), E  # a copy: the whole block is not kept alive
     h = runner.run_layers(h, start, runner.num_layers, cache)
     positions = torch.arange(P - W, P, device=h.device)
-    final = runner.logits(h[:, P - W :]).argmax(-1)  # [B, W], on the head's device
+    final = runner.exit_head(h[:, P - W :], stats=("argmax",)).argmax  # [B, W], on the head's device
     real = (positions[None, :] >= cache.pad.to(h.device)[:, None]).to(final.device)  # [B, W]
     probes = {}
-    for E, s in window.items():  # one layer at a time: [B, W, V] logits
-        logits = runner.logits(translate(E, s) if translate is not None else s)
-        top = logits.max(-1)
-        confidence = (top.values - logits.logsumexp(-1)).exp()  # the top-1 probability
-        probes[E] = (confidence, top.indices == final)
+    for E, s in window.items():  # the exit head's statistics, chunked over the vocabulary
+        st = runner.exit_head(translate(E, s) if translate is not None else s, stats=("argmax", "max_prob"))
+        probes[E] = (st.max_prob, st.argmax == final)
     return h[:, -1], probes, real
 
 
