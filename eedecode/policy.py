@@ -20,12 +20,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 #: The exploration weight of UCB1 (relative to the best arm's rate).
-EXPLORATION = 0.1
+EXPLORATION = 0.3
 #: Per-round discount of past observations (an effective memory of about 1 / (1 - DISCOUNT) rounds).
 DISCOUNT = 0.995
 #: Rounds an arm is tried, in turn with the other untried ones, before the bound decides: one
 #: round is too noisy a first estimate (a lookup round that missed would bury the arm).
 MIN_PULLS = 3
+#: The weight, in rounds, of a predicted rate given to :meth:`Policy.choose`.
+PRIOR_ROUNDS = 4
 FORMAT = "eedecode-policy/1"
 
 
@@ -104,24 +106,37 @@ class Policy:
         #: The batch-size bucket rounds are chosen and counted in ("" for one row, "@B4" for 4..7
         #: rows): an arm's speed depends on the batch size, so each bucket keeps its own estimates.
         self.bucket = ""
+        #: The round's context (``""``, or ``"+match"`` when some row found a lookup match):
+        #: each context keeps its own estimates within the bucket.
+        self.context = ""
         self.calibrations: dict = {}  # live stop-rule calibrations (saved into `learned`)
         self.run_lengths: dict = {}  # live draft-length models (saved into `learned`)
 
-    def choose(self, available: list[Arm] | None = None) -> Arm:
+    def choose(self, available: list[Arm] | None = None, priors: dict[str, float] | None = None) -> Arm:
         """The arm with the highest upper confidence bound among ``available`` (default: all).
         First, while some arm has been played fewer than ``MIN_PULLS`` rounds, the least played
-        (the first of them, in order)."""
+        (the first of them, in order). ``priors``: a predicted rate per arm key (tokens/s), which
+        counts as ``PRIOR_ROUNDS`` rounds of that rate in the arm's estimate, so that a few
+        unlucky rounds do not shut out an arm that the draft-length model says pays."""
         candidates = available if available is not None else self.arms
-        stats = [self._stats(a) for a in candidates]
         fewest = min(candidates, key=lambda a: self._stats(a).pulls)
         if self._stats(fewest).pulls < MIN_PULLS:
             return fewest
-        best = max(s.rate for s in stats) or 1.0
-        total = sum(s.rounds for s in stats)
+        priors = priors or {}
+        estimates = {}
+        for arm in candidates:
+            s, prior = self._stats(arm), priors.get(arm.key)
+            if prior is None:
+                estimates[arm.key] = (s.rate, s.rounds)
+            else:
+                n = s.rounds + PRIOR_ROUNDS
+                estimates[arm.key] = ((s.rates + PRIOR_ROUNDS * prior) / n, n)
+        best = max(rate for rate, _ in estimates.values()) or 1.0
+        total = sum(n for _, n in estimates.values())
 
         def bound(arm: Arm) -> float:
-            s = self._stats(arm)
-            return s.rate + EXPLORATION * best * math.sqrt(math.log(max(total, 1.0)) / max(s.rounds, 1e-9))
+            rate, n = estimates[arm.key]
+            return rate + EXPLORATION * best * math.sqrt(math.log(max(total, 1.0)) / max(n, 1e-9))
 
         return max(candidates, key=bound)
 
@@ -140,8 +155,12 @@ class Policy:
         s.pulls += 1
         s.rates += tokens / seconds if seconds > 0 else 0.0
 
+    def rate(self, arm: Arm) -> float:
+        """``arm``'s estimated rate (tokens/s) in the current bucket and context (0: not played)."""
+        return self._stats(arm).rate
+
     def _stats(self, arm: Arm) -> ArmStats:
-        return self.stats.setdefault(arm.key + self.bucket, ArmStats())
+        return self.stats.setdefault(arm.key + self.context + self.bucket, ArmStats())
 
     @staticmethod
     def bucket_of(batch_size: int) -> str:

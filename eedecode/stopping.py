@@ -25,7 +25,10 @@ Tensor = torch.Tensor
 BINS = 10  # confidence bins of the calibration histogram
 PRIOR = 2.0  # pseudo-counts per bin before any data: P(accept | confidence c) = c
 DISCOUNT = 0.995  # per-update forgetting of the histogram
-RUN_PRIOR = 1.0  # pseudo-drafts per position before any data: P(accept | drafts before it) = 1/2
+#: Pseudo-drafts per position of the draft-length model's prior: position 1 starts at 1/2, and a
+#: later position at the estimate of the one before it (what little is known of position j + 1
+#: is most like position j: a draft length the rounds never reached is not judged at 1/2).
+RUN_PRIOR = 1.0
 FLUSH_EVERY = 64  # rounds the draft-length model collects before it counts them
 
 
@@ -114,8 +117,8 @@ class RunLengths:
 
     def __init__(self, device, K: int, saved: dict | None = None):
         self.K = K
-        judged = torch.full((K,), RUN_PRIOR, dtype=torch.float64)
-        accepted = judged / 2
+        judged = torch.zeros(K, dtype=torch.float64)  # the data alone (the prior: see rates)
+        accepted = torch.zeros(K, dtype=torch.float64)
         saved = saved or {}
         n = min(K, len(saved.get("judged", [])))  # a state saved with another maximum: the prior beyond
         if n:
@@ -129,9 +132,27 @@ class RunLengths:
         run) and the round gave it ``counts[b]`` tokens, its accepted drafts and one more
         (``[B]``). Kept on the device and counted in batches (:meth:`flush`), so that a round
         pays for no more than a list append."""
+        if self.pending and self.pending[0][0].shape != num_drafts.shape:  # another batch size
+            self.flush()
         self.pending.append((num_drafts, counts))
         if len(self.pending) >= FLUSH_EVERY:
             self.flush()
+
+    def judge(self, drafts: Tensor, num_drafts: Tensor, tokens: Tensor, counts: Tensor, device) -> None:
+        """Judge drafts that were not necessarily played: row ``b`` had ``drafts[b, :num_drafts[b]]``
+        ``[B, k]`` ready, and the round emitted ``tokens[b, :counts[b]]`` ``[B, m]``, which is what
+        the model emits there whoever drafted. A draft would have been accepted exactly when it
+        and the drafts before it equal those tokens (in distribution, when sampling: a
+        point-mass draft is accepted with the probability that the model emits it). Past the
+        round's tokens nothing is known, so drafts are judged up to there. For drafts that were
+        played this is :meth:`update`. On the device, no host read."""
+        n = min(drafts.shape[1], tokens.shape[1])
+        agree = (drafts[:, :n] == tokens[:, :n]).cumprod(1).sum(1)  # [B]
+        known = torch.minimum(num_drafts, counts)  # drafts that can be judged
+        agree = torch.minimum(agree, known)
+        rejected = agree < known  # the draft after the agreeing ones was judged, and differs
+        drafted = torch.where(rejected, agree + 1, known)
+        self.update(drafted.to(device), torch.where(rejected, agree, known).add(1).to(device))
 
     def flush(self) -> None:
         """Count the rounds not yet counted, each discounted as if counted in its turn."""
@@ -165,9 +186,15 @@ class RunLengths:
             alive = hit[:, : n - 1]
 
     def rates(self) -> Tensor:
-        """``s[j - 1]`` = P(draft ``j`` accepted | drafts before it accepted), on the device."""
+        """``s[j - 1]`` = P(draft ``j`` accepted | drafts before it accepted), on the device:
+        each position's counts with ``RUN_PRIOR`` pseudo-drafts at the estimate of the position
+        before it (1/2 for the first)."""
         self.flush()
-        return self.accepted / self.judged
+        out, before = [], 0.5
+        for j in range(self.K):
+            before = (self.accepted[j] + RUN_PRIOR * before) / (self.judged[j] + RUN_PRIOR)
+            out.append(before)
+        return torch.stack(out)
 
     def survival(self) -> list[float]:
         """:meth:`rates` on the host (one read)."""

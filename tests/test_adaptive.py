@@ -8,7 +8,7 @@ from conftest import ARCHS, cached_tiny_model
 
 import eedecode
 from eedecode.policy import Arm, Policy
-from eedecode.strategies import adaptive, probe
+from eedecode.strategies import adaptive, adaptive_options, probe
 
 NEW = 40
 
@@ -29,7 +29,7 @@ def only_arms(monkeypatch):
     predicts of them (a tiny random model's exit layers never pay)."""
 
     def force(*arms):
-        monkeypatch.setattr(adaptive, "make_arms", lambda *a: list(arms))
+        monkeypatch.setattr(adaptive_options, "make_arms", lambda *a: list(arms))
         monkeypatch.setattr(probe, "PAYS", 0.0)
 
     return force
@@ -334,8 +334,10 @@ def test_the_prompt_probe_is_the_prefill_plus_each_layers_agreement():
 
 
 def test_only_the_best_predicted_exit_layer_is_offered_and_only_if_it_pays(monkeypatch):
-    """The plan offers the exit layer with the best predicted speed-up when that reaches the bar,
-    and none below it: then the call decodes with plain and lookup rounds only."""
+    """The plan offers the exit layer with the best speed-up predicted from the probe alone when
+    that reaches the bar, and none below it: then the call decodes with plain and lookup rounds
+    only. The layer in use is judged on the probe too, not on its own rounds: what its rounds
+    measure changes its draft length, never whether it is offered."""
     model = cached_tiny_model("llama", eos_token_id=None, num_hidden_layers=6)
     adaptive._POLICIES.pop(model, None)
     plans = []
@@ -343,17 +345,25 @@ def test_only_the_best_predicted_exit_layer_is_offered_and_only_if_it_pays(monke
 
     def spy(self, batch_size):
         real_plan(self, batch_size)
-        plans.append((set(self.paying), dict(self.predicted)))
+        plans.append((set(self.paying), dict(self.speedups), self))
 
     monkeypatch.setattr(adaptive.Adaptive, "plan", spy)
     monkeypatch.setattr(probe, "PAYS", 0.0)
     out = eedecode.generate(model, repetitive(1), max_new_tokens=NEW, return_dict_in_generate=True)
-    paying, predicted = plans[-1]
-    exits = {d: v for d, v in predicted.items() if d.startswith("exit")}
-    assert len(exits) == len(adaptive.exit_layer_candidates(6)) and paying == {max(exits, key=exits.get)}
+    paying, speedups, strategy = plans[-1]
+    assert set(speedups) == {f"exit:E={E}" for E in adaptive.exit_layer_candidates(6)}
+    assert paying == {max(speedups, key=speedups.get)}
     used = {key for key in out.stats.details["arms"] if key.startswith("exit")}
     assert used and all(key.startswith(f"{next(iter(paying))}:") for key in used)
-    monkeypatch.setattr(probe, "PAYS", max(exits.values()) + 1.0)  # nothing reaches it
+    # the offered layer's rounds say its drafts are never accepted: it stays offered (the bandit
+    # judges it), while its draft length follows its rounds
+    offered = next(iter(paying))
+    runs = strategy.runs(offered)
+    runs.judged.add_(1e6)
+    strategy.plan(1)
+    assert strategy.paying == {offered} and strategy.speedups == speedups
+    assert strategy.predicted[offered] < min(speedups.values())
+    monkeypatch.setattr(probe, "PAYS", max(speedups.values()) + 1.0)  # nothing reaches it
     out = eedecode.generate(model, repetitive(1), max_new_tokens=NEW, return_dict_in_generate=True)
     assert plans[-1][0] == set()
     assert not any(key.startswith(("exit", "mixed")) for key in out.stats.details["arms"])
@@ -376,21 +386,45 @@ def test_each_batch_size_bucket_keeps_its_own_estimates(tmp_path):
     assert Policy.bucket_of(1) == "" and Policy.bucket_of(5) == "@B4" and Policy.bucket_of(16) == "@B16"
 
 
-def test_lookup_is_computed_only_when_the_choice_falls_on_it(monkeypatch):
-    """Batch 1: a mixed arm can never be played, so it is not even considered; rounds whose choice
-    is plain decoding or exit drafts look nothing up."""
+def test_rounds_with_and_without_a_lookup_match_keep_their_own_estimates(only_arms):
+    """Whether some row found a lookup match is the round's context: the arms' estimates are kept
+    per context, and lookup is played only in rounds with a match."""
     model = cached_tiny_model("llama", eos_token_id=None)
-    monkeypatch.setattr(probe, "PAYS", 0.0)
     adaptive._POLICIES.pop(model, None)
-    looked = []
-    real = adaptive.draft_from_lookup
-    monkeypatch.setattr(adaptive, "draft_from_lookup", lambda *a, **kw: looked.append(1) or real(*a, **kw))
+    only_arms(ARMS["none"], ARMS["lookup"])
+    eedecode.generate(model, repetitive(1), max_new_tokens=NEW)
+    eedecode.generate(model, ids(1, 9, seed=8), max_new_tokens=NEW)
+    stats = {k: v.pulls for k, v in next(iter(adaptive._POLICIES[model].values())).stats.items() if v.pulls}
+    assert stats.get("none", 0) > 0 and stats.get("lookup:k=6" + adaptive.MATCHED, 0) > 0
+    assert "lookup:k=6" not in stats  # never played without a match
+    assert all(k in ("none", "none+match", "lookup:k=6+match") for k in stats)
+
+
+def test_lookup_drafts_are_judged_in_every_round_with_a_match(only_arms, monkeypatch):
+    """The lookup drafts' length model learns from rounds that played other arms: a lookup draft
+    is judged against the tokens the round emitted (here every round is plain decoding, so the
+    first draft of each match is judged, accepted when it equals the next token)."""
+    from eedecode import stopping
+    from eedecode.lookup import lookup_drafts
+
+    monkeypatch.setattr(stopping, "DISCOUNT", 1.0)  # plain counts
+    model = cached_tiny_model("llama", eos_token_id=None)
+    adaptive._POLICIES.pop(model, None)
+    only_arms(ARMS["none"], ARMS["lookup"])
+    monkeypatch.setattr(Policy, "choose", lambda self, available, priors=None: Arm("none"))
     x = repetitive(1)
-    out = eedecode.generate(model, x, max_new_tokens=NEW, return_dict_in_generate=True)
-    arms = out.stats.details["arms"]
-    assert not any(k.startswith("mixed") for k in arms)
-    assert 0 < len(looked) < out.stats.rounds  # some rounds looked up, not all
-    assert len(looked) >= arms.get("lookup:k=6", 0)
+    seq = eedecode.generate(model, x, max_new_tokens=NEW)[0]
+    runs = next(iter(adaptive._POLICIES[model].values())).run_lengths["lookup"]
+    runs.flush()
+    judged = accepted = 0
+    P = x.shape[1]  # round i emits seq[P + i] (the prefill emits seq[P]); the last drafts nothing
+    for end in range(P + 1, P + NEW - 1):
+        drafts, counts = lookup_drafts(seq[None, :end], torch.tensor([0]), torch.tensor([end]), 6)
+        if counts[0] > 0:
+            judged += 1
+            accepted += int(drafts[0, 0] == seq[end])
+    assert judged > 0
+    assert runs.judged.tolist()[:2] == [judged, 0] and runs.accepted.tolist()[0] == accepted
 
 
 def test_saving_keeps_what_the_file_learned_for_drafters_not_used(tmp_path):

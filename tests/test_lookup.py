@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
-from eedecode.lookup import lookup_drafts
+from eedecode.lookup import _lookup_batched, _lookup_host, lookup_drafts
 
 
 def run(rows, k=3, ngram_max=3, starts=None, width=None):
@@ -58,7 +59,8 @@ def _reference(tokens: list[int], k: int, ngram_max: int, ngram_min: int) -> lis
     return []
 
 
-def test_matches_a_plain_python_search_on_random_contexts():
+@pytest.mark.parametrize("search", [_lookup_host, _lookup_batched], ids=["host", "batched"])
+def test_matches_a_plain_python_search_on_random_contexts(search):
     g = torch.Generator().manual_seed(0)
     for _ in range(500):
         B, T, V = (int(torch.randint(lo, hi, (1,), generator=g)) for lo, hi in ((1, 4), (1, 30), (2, 5)))
@@ -67,7 +69,24 @@ def test_matches_a_plain_python_search_on_random_contexts():
         end = torch.minimum(start + torch.randint(0, T + 1, (B,), generator=g), torch.tensor(T))
         k, nmax = int(torch.randint(1, 7, (1,), generator=g)), int(torch.randint(1, 5, (1,), generator=g))
         nmin = int(torch.randint(1, nmax + 1, (1,), generator=g))
-        drafts, counts = lookup_drafts(ctx, start, end, k, nmax, nmin)
+        drafts, counts = search(ctx, start, end, k, nmax, nmin)
         for b in range(B):
             want = _reference(ctx[b, start[b] : end[b]].tolist(), k, nmax, nmin)
             assert drafts[b, : counts[b]].tolist() == want
+
+
+def test_the_host_search_and_the_batched_one_give_the_same_tensors():
+    """On a CPU the rows are searched on the host: the same drafts, padding slots included."""
+    g = torch.Generator().manual_seed(1)
+    for _ in range(500):
+        B, T, V = (int(torch.randint(lo, hi, (1,), generator=g)) for lo, hi in ((1, 5), (1, 40), (2, 6)))
+        ctx = torch.randint(0, V, (B, T), generator=g)
+        start = torch.randint(0, T, (B,), generator=g)
+        end = torch.minimum(start + torch.randint(0, T + 1, (B,), generator=g), torch.tensor(T))
+        k, nmax = int(torch.randint(0, 7, (1,), generator=g)), int(torch.randint(1, 5, (1,), generator=g))
+        nmin = int(torch.randint(1, nmax + 1, (1,), generator=g))
+        host, batched = (
+            _lookup_host(ctx, start, end, k, nmax, nmin),
+            _lookup_batched(ctx, start, end, k, nmax, nmin),
+        )
+        assert torch.equal(host[0], batched[0]) and torch.equal(host[1], batched[1])

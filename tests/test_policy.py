@@ -91,3 +91,32 @@ def test_a_file_saved_without_rates_keeps_its_estimates():
     p.update(EXIT, 3, 0.003)  # one new round at 1000 tokens/s
     assert 899.0 < p.stats[EXIT.key].rate < 1000.0
     assert p.choose([NONE, EXIT]) == EXIT
+
+
+def test_a_predicted_rate_counts_as_a_few_rounds(monkeypatch):
+    """A prior (the plan's predicted rate) weighs PRIOR_ROUNDS rounds: a few unlucky rounds do not
+    shut out an arm predicted to pay, while many measured rounds outweigh the prediction."""
+    monkeypatch.setattr(pol, "EXPLORATION", 0.0)  # the estimates alone
+    p = Policy([NONE, EXIT])
+    for _ in range(pol.MIN_PULLS):
+        p.update(NONE, 1, 1 / 100)  # 100 tokens/s
+        p.update(EXIT, 1, 1 / 80)  # unlucky rounds: 80 tokens/s
+    assert p.choose() == NONE
+    prior = {EXIT.key: 150.0}
+    expected = (pol.MIN_PULLS * 80 + pol.PRIOR_ROUNDS * 150) / (pol.MIN_PULLS + pol.PRIOR_ROUNDS)
+    assert expected > 100 and p.choose(priors=prior) == EXIT
+    for _ in range(40):
+        p.update(EXIT, 1, 1 / 80)
+    assert p.choose(priors=prior) == NONE  # the rounds now say otherwise
+
+
+def test_each_context_keeps_its_own_estimates():
+    p = Policy([NONE, LOOKUP])
+    p.context = "+match"
+    for _ in range(pol.MIN_PULLS):
+        p.update(LOOKUP, 3, 1 / 100)
+        p.update(NONE, 1, 1 / 100)
+    assert p.choose() == LOOKUP and p.rate(LOOKUP) == pytest.approx(300)
+    p.context = ""
+    assert p.rate(LOOKUP) == 0 and p.rate(NONE) == 0  # nothing known without a match
+    assert set(p.stats) >= {"none+match", "lookup:k=8+match"}

@@ -22,7 +22,7 @@ import eedecode
 from eedecode import decoding
 from eedecode.policy import Arm
 from eedecode.sampling import always_accept, greedy_accept, sample, speculative_accept
-from eedecode.strategies import adaptive, probe
+from eedecode.strategies import adaptive, adaptive_options, probe
 
 V = 8  # a vocabulary small enough to enumerate every 4-token continuation
 N_NEW = 4  # the prefill's token, then one round: 2 drafts and the correction or bonus token
@@ -230,7 +230,7 @@ def test_adaptive_sampling_reproduces_the_target_distribution(small_vocab_model,
     """Rows that stop drafting at different lengths (a confidence threshold), drafts as long as
     the draft-length model says, and point-mass drafts (lookup) still sample exactly from the
     target, after the processors."""
-    monkeypatch.setattr(adaptive, "make_arms", lambda *a: [arm])
+    monkeypatch.setattr(adaptive_options, "make_arms", lambda *a: [arm])
     monkeypatch.setattr(probe, "PAYS", 0.0)  # offered whatever the prompt's probe predicts
     drafted = []
     real_verify = adaptive.verify

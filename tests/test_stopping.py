@@ -104,7 +104,7 @@ def test_run_lengths_state_round_trip_and_other_maximum():
     runs.update(torch.tensor([3]), torch.tensor([3]))
     again = RunLengths("cpu", 5, runs.state())  # the state counts what was pending
     assert again.judged[:3].tolist() == runs.judged.tolist()
-    assert again.judged[3:].tolist() == [stopping.RUN_PRIOR] * 2  # beyond the saved maximum: the prior
+    assert again.judged[3:].tolist() == [0.0] * 2  # beyond the saved maximum: no data
 
 
 def test_run_lengths_batched_counting_equals_counting_each_round(monkeypatch):
@@ -119,3 +119,28 @@ def test_run_lengths_batched_counting_equals_counting_each_round(monkeypatch):
         each.update(drafted, counts)
         each.flush()
     torch.testing.assert_close(batched.rates(), each.rates())
+
+
+def test_run_lengths_prior_carries_each_position_to_the_next():
+    runs = RunLengths("cpu", 3)
+    assert runs.rates().tolist() == [0.5, 0.5, 0.5]  # nothing known: one half
+    # 9 of 9 first drafts accepted, nothing judged further: position 1 near (9 + 0.5) / 10, and the
+    # positions never reached at that estimate too, not at one half
+    runs.update(torch.tensor([1]), torch.tensor([2]))
+    for _ in range(8):
+        runs.update(torch.tensor([1]), torch.tensor([2]))
+    s = runs.rates().tolist()
+    first = (stopping.DISCOUNT ** torch.arange(9.0, dtype=torch.float64)).sum().item()  # discounted
+    assert s[0] == pytest.approx((first + stopping.RUN_PRIOR * 0.5) / (first + stopping.RUN_PRIOR))
+    assert s[1] == pytest.approx(s[0]) and s[2] == pytest.approx(s[0])
+
+
+def test_run_lengths_count_rounds_of_another_batch_size():
+    runs = RunLengths("cpu", 3)
+    runs.update(torch.tensor([2, 2]), torch.tensor([3, 1]))  # two rows, then one
+    runs.update(torch.tensor([1]), torch.tensor([2]))
+    runs.flush()
+    # first round discounted once: row 0 judged 1, 2 (both hit), row 1 judged 1 (missed); then 1 hit
+    d = stopping.DISCOUNT
+    torch.testing.assert_close(runs.judged, torch.tensor([2 * d + 1, d, 0.0], dtype=torch.float64))
+    torch.testing.assert_close(runs.accepted, torch.tensor([d + 1, d, 0.0], dtype=torch.float64))

@@ -15,7 +15,7 @@ import eedecode
 from eedecode import demo
 from eedecode.policy import Arm, Policy
 from eedecode.runner import ModelRunner
-from eedecode.strategies import adaptive, probe
+from eedecode.strategies import adaptive_options, probe
 from eedecode.tune import predicted_speedup, search_skip_layers, token_ranking
 
 
@@ -59,7 +59,7 @@ def test_skip_arm_and_draft_vocab_are_lossless(tmp_path, monkeypatch):
     exit_ = Arm("exit", exit_layer=2, threshold=0.0, max_drafts=4)
     monkeypatch.setattr(probe, "PAYS", 0.0)  # offered whatever the prompt's probe predicts
     for arm in (skip, exit_):
-        monkeypatch.setattr(adaptive, "make_arms", lambda *a, arm=arm: [arm])
+        monkeypatch.setattr(adaptive_options, "make_arms", lambda *a, arm=arm: [arm])
         for kw in ({}, {"draft_vocab": 40}):
             out = eedecode.generate(
                 model, x, max_new_tokens=30, policy_in=str(path), return_dict_in_generate=True, **kw

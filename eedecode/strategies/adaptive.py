@@ -1,12 +1,14 @@
 """Adaptive self-speculation: how to draft is chosen at run time, per call and per round.
 
-Once per call, a **plan** (:meth:`Adaptive.plan`) reads what the draft-length model
-(:class:`eedecode.stopping.RunLengths`) knows of each drafter: how likely draft ``j`` is accepted
-once the drafts before it were, seeded by the prompt's probe (:mod:`eedecode.strategies.probe`)
-and updated by every round since. With the costs of a draft step and of a verification, in plain
-decoding steps (a prior, then measured in this mode's own rounds), it gives each drafter the
-draft length with the most expected tokens per unit of cost, and picks the one exit layer worth
-offering: the best predicted, if it is predicted to pay. (DEL's reasoning, Zarch et al. 2025.)
+At the start of a call and every ``PLAN_EVERY`` rounds, a **plan** (:meth:`Adaptive.plan`)
+reads what the draft-length model (:class:`eedecode.stopping.RunLengths`) knows of each drafter:
+how likely draft ``j`` is accepted once the drafts before it were, seeded by the prompt's probe
+(:mod:`eedecode.strategies.probe`) and updated by every round since (lookup drafts are judged in
+every round with a match, whichever arm played it). With the costs of a draft step and of a
+verification, in plain decoding steps (a prior, then measured in this mode's own rounds), it
+gives each drafter the draft length with the most expected tokens per unit of cost, and picks
+the one exit layer worth offering: the best predicted by the probe, if it is predicted to pay.
+(DEL's reasoning, Zarch et al. 2025.)
 
 Each round, a bandit (:class:`eedecode.policy.Policy`) then picks one arm among those offered:
 
@@ -27,7 +29,10 @@ Each round, a bandit (:class:`eedecode.policy.Policy`) then picks one arm among 
 * ``skip``: drafts through a layer set found by ``eedecode tune``, when a tuned policy is given.
 
 The arm's reward is the tokens the round produced, per second of wall time, kept per batch-size
-bucket. The policy therefore learns what pays on this model, this machine and this text. It
+bucket and per context (whether some row found a lookup match: repeating text is easier for every
+arm). The plan's predicted rate of an arm counts as a few rounds of its estimate, so a few
+unlucky rounds on a shared machine do not shut out an arm predicted to pay. The policy
+therefore learns what pays on this model, this machine and this text. It
 needs no training, and it is kept per model for the life of the process, so later calls start
 warm. It can also be saved and loaded (``policy_out`` / ``policy_in``). Every arm is verified by
 the full model, so the output is lossless: greedy output equals plain decoding, and sampling is
@@ -37,7 +42,6 @@ exact. DEL and the survey's bandit thresholds (UCBEE, CeeBERT) motivate the desi
 from __future__ import annotations
 
 import time
-import weakref
 
 import torch
 
@@ -45,13 +49,15 @@ from ..policy import Arm, Policy
 from ..stopping import CalibratedStop, Calibration, RunLengths
 from . import probe
 from .adaptive_options import (  # noqa: F401 (re-exported)
+    _POLICIES,
     AUTO,
     AdaptiveOptions,
-    _file_stamp,
     _is_int,
+    _policy_key,
     draft_head,
     exit_layer_candidates,
     make_arms,
+    policy_for,
 )
 from .base import Round, Strategy, register
 from .drafting import (
@@ -73,64 +79,11 @@ PLAN_EVERY = 32
 #: not offered can come back.
 REPROBE_EVERY = 16
 
-#: model -> {drafting options -> Policy}: what this process has learned, per model and per set of
-#: options that change the arms or their drafts (so variants never share estimates).
-_POLICIES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
-def _fingerprint(config) -> str:
-    keys = ("model_type", "num_hidden_layers", "hidden_size", "vocab_size", "intermediate_size")
-    return "-".join(str(getattr(config, key, "")) for key in keys)
-
-
-def _policy_key(options: AdaptiveOptions) -> tuple:
-    """The options a policy's estimates depend on (all but ``policy_out``)."""
-    o = options
-    return (
-        o.exit_layer,
-        o.max_drafts,
-        o.lookup,
-        o.exit_drafts,
-        o.lookup_ngram,
-        o.policy_in,
-        _file_stamp(o.policy_in) if o.policy_in is not None else None,  # a rewritten file is read again
-        o.draft_vocab,
-        o.translator,
-        _file_stamp(o.translator) if o.translator is not None else None,
-    )
-
-
-def policy_for(runner, options: AdaptiveOptions) -> Policy:
-    """The process's policy for this model and these options, with this call's arms. The first
-    call with a ``policy_in`` starts from that file; later calls with the same options continue
-    from what the process has learned since, until the file changes (then it is read again)."""
-    fingerprint = _fingerprint(runner.config)
-    key = _policy_key(options)
-    cached = _POLICIES.get(runner.model, {}).get(key)
-    if cached is not None:
-        known = cached
-    elif options.policy_in is not None:
-        known = Policy.load(options.policy_in, "policy_in")
-        if known.model and known.model != fingerprint:
-            raise ValueError(
-                f"policy_in: {options.policy_in} was learned on another model ({known.model}), "
-                f"not this one ({fingerprint})"
-            )
-    else:
-        known = None
-    tuned = known.tuned if known else {}
-    depths = None
-    if options.translator is not None:
-        from ..study.tuned_lens import check_lens_file
-
-        depths = check_lens_file(options.translator, "translator", runner.num_layers)
-    arms = make_arms(runner.num_layers, options, tuned, depths)
-    learned = {"seconds": {}, "calibration": {}, **(known.learned if known else {})}
-    policy = Policy(arms, dict(known.stats) if known else {}, fingerprint, dict(tuned), learned)
-    policy.calibrations = dict(getattr(known, "calibrations", {})) if cached is not None else {}
-    policy.run_lengths = dict(getattr(known, "run_lengths", {})) if cached is not None else {}
-    _POLICIES.setdefault(runner.model, {})[key] = policy
-    return policy
+#: The context of a round in which some row found a lookup match (see :attr:`Policy.context`).
+MATCHED = "+match"
+PLAIN = Arm("none")
+#: The prefix of a draft-length model fed by the probe alone (see :meth:`Adaptive.plan`).
+PROBED = "probe:"
 
 
 @register
@@ -152,11 +105,13 @@ class Adaptive(Strategy):
         self.exit_layers: list[int] = []
         self.paying: set[str] | None = None  # exit drafters predicted to pay at this batch size
         self.predicted: dict[str, float] = {}  # each drafter's predicted speed-up this call
+        self.speedups: dict[str, float] = {}  # each exit layer's, by the probe and the prior costs
         self.lengths: dict[str, int] = {}  # each drafter's best draft length this call
         self.on_cpu = torch.device(runner.device).type == "cpu"
         self.timed = 0.0  # seconds of this round's drafting and verification, when timed
         self.planned = 0  # rounds since the last plan
         self.explored: dict[str, int] = {}  # rounds per drafter without a stop rule (see length)
+        self.looked = None  # this round's lookup drafts and running rows, when looked for
 
     # -- the prompt's probe and the draft-length model -----------------------------------------
     def prefill(self, state, input_ids):
@@ -164,7 +119,14 @@ class Adaptive(Strategy):
         calls = self.policy.learned["calls"] = self.policy.learned.get("calls", 0) + 1
         again = calls % REPROBE_EVERY == 0
         exits = sorted({a.exit_layer for a in self.policy.arms if a.kind in ("exit", "mixed")})
-        layers = [E for E in exits if again or probed.get(f"exit:E={E}", 0) < probe.ENOUGH]
+        saved = self.policy.learned.get("runs", {})
+        layers = [
+            E
+            for E in exits
+            if again
+            or probed.get(f"exit:E={E}", 0) < probe.ENOUGH
+            or not any(PROBED + f"exit:E={E}" in runs for runs in (saved, self.policy.run_lengths))
+        ]
         if not layers:
             return super().prefill(state, input_ids)
         translate = None
@@ -176,6 +138,7 @@ class Adaptive(Strategy):
             arm = Arm("exit", exit_layer=E)
             self.calibration(arm).observe(confidence[real], agreed[real])
             self.runs(arm.drafter).observe_runs(agreed, real, probe.RUN_WEIGHT)
+            self.runs(PROBED + arm.drafter).observe_runs(agreed, real)  # the probe's alone
             probed[arm.drafter] = probed.get(arm.drafter, 0) + seen
         return last
 
@@ -188,11 +151,15 @@ class Adaptive(Strategy):
         return runs[drafter]
 
     def plan(self, batch_size: int) -> None:
-        """Once per call, from what the draft-length model knows and the measured costs at this
-        batch size: each drafter's best draft length and the exit layer to offer, the one with the
-        best predicted speed-up if that reaches ``PAYS`` (none otherwise). Every exit layer is
-        judged with the same cost model, so they compare fairly. (DEL's choice of exit layer and
-        draft length, from statistics rather than trial.)"""
+        """At the start of a call and every ``PLAN_EVERY`` rounds: the exit layer to offer and
+        each drafter's draft length. (DEL's choice of exit layer and draft length, from
+        statistics rather than trial.)
+
+        The layer offered is the one with the best predicted speed-up, if that reaches ``PAYS``
+        (none otherwise). Every layer is judged on the probe's statistics alone and the prior
+        costs: the same evidence and the same cost model for all, so they compare fairly and
+        the choice does not flip with the noise of the rounds. A draft length is the best by the
+        draft-length model (probe and rounds) and the costs measured at this batch size."""
         self.planned = 0
         self.policy.bucket = Policy.bucket_of(batch_size)
         K = self.options.max_drafts
@@ -204,23 +171,47 @@ class Adaptive(Strategy):
         drafters = [d for d in exits if probed.get(d, 0) > 0]
         if any(a.kind == "lookup" for a in self.policy.arms):
             drafters.append("lookup")
-        runs = [self.runs(d) for d in drafters]
-        survival = torch.stack([r.rates() for r in runs]).tolist() if runs else []  # one host read
-        self.predicted, speedups = {}, {}
+        # per drafter, the draft-length model of every round, then (exit layers) the probe's alone
+        keys = drafters + [PROBED + d for d in drafters if d in exits]
+        models = [self.runs(key) for key in keys]
+        rates = (
+            dict(zip(keys, torch.stack([m.rates() for m in models]).tolist(), strict=True)) if keys else {}
+        )
+        runs = models[: len(drafters)]
+        survival = [rates[d] for d in drafters]  # (one host read above)
+        self.predicted, self.speedups = {}, {}
         for d, r, s in zip(drafters, runs, survival, strict=True):
             entry = exits.get(d, 0)
-            prior = probe.layer_cost(self.runner, entry) if d in exits else 0.0  # lookup drafts: free
-            # the exit layer to offer: every layer judged by the same (prior) cost model
             if d in exits:
-                speedups[d] = r.best_length(prior, costs, s)[1]
-            # its draft length: measured costs where there are some
+                # Which exit layer to offer, and whether it pays: each layer judged on the same
+                # evidence (the probe's positions, the same for every layer) and the same prior
+                # cost model, so that the layer in use, whose statistics also count its own
+                # rounds, is not compared with layers only the probe has seen. The bandit then
+                # judges the offered layer's arms on their measured wall time against plain
+                # decoding: a layer is never kept out by a noisy measurement it cannot repeat.
+                prior = probe.layer_cost(self.runner, entry)
+                self.speedups[d] = r.best_length(prior, costs, rates[PROBED + d])[1]
+            # its draft length: from every round so far, with measured costs where there are some
             measured = probe.measured_costs(self.seconds, entry, costs)
             cost = self.draft_cost(Arm("exit", exit_layer=entry)) if d in exits else 0.0
             self.lengths[d], self.predicted[d] = r.best_length(cost, measured, s)
-        best = max(speedups, key=speedups.get, default=None)
-        self.paying = {best} if best is not None and self.predicted[best] >= probe.PAYS else set()
+        best = max(self.speedups, key=self.speedups.get, default=None)
+        self.paying = {best} if best is not None and self.speedups[best] >= probe.PAYS else set()
         if _is_int(self.options.exit_layer):  # the layer asked for is offered; the bandit decides
             self.paying = {f"exit:E={self.options.exit_layer}"}
+
+    def priors(self, available: list[Arm]) -> dict[str, float]:
+        """The plan's predicted rate (its predicted speed-up times plain decoding's measured
+        rate) of each arm it predicts, for the bandit (:meth:`Policy.choose`): lookup drafts and
+        exit drafts of the plan's length."""
+        plain = self.policy.rate(PLAIN)
+        out = {}
+        for arm in available:
+            if arm.kind == "lookup" or (arm.kind == "exit" and arm.fixed):
+                predicted = self.predicted.get(arm.drafter)
+                if predicted is not None and plain > 0:
+                    out[arm.key] = predicted * plain
+        return out
 
     @property
     def seconds(self) -> dict:
@@ -280,12 +271,12 @@ class Adaptive(Strategy):
         ]
         if k == 0 or not available:  # the last token of a row, or nothing else to choose
             available = [Arm("none")]
-        lookup = None
-        arm = self.policy.choose(available)
-        if arm.kind in ("lookup", "mixed"):
-            # Look up only when the choice falls on lookup drafts. They are offered in rounds where
-            # some row found a match (mixed: some but not every row, greedy); a choice that turns
-            # out unavailable is made again among the arms that are.
+        lookup, context = None, ""
+        if any(a.kind in ("lookup", "mixed") for a in available):
+            # Lookup drafts are looked for every round (a few microseconds on a CPU), and whether
+            # some row found one is the round's context: the arms' estimates are kept apart for
+            # rounds with and without a match, since text that repeats is easier for every arm.
+            # Lookup is offered where some row found a match (mixed: some but not every row).
             lookup = draft_from_lookup(state, self.length("lookup", k), self.options.lookup_ngram)
             matched = (lookup.counts > 0) & state.active
             # one host read: did some active row find a match, and did every one?
@@ -298,15 +289,16 @@ class Adaptive(Strategy):
                 or (a.kind == "mixed" and mixed_ok)
                 or a.kind not in ("lookup", "mixed")
             ] or [Arm("none")]  # only lookup, and nothing to look up
-            arm = self.policy.choose(available)
+            context = MATCHED if some else ""
+            self.looked = (lookup, state.active)  # judged against the round's tokens (observe)
+        self.policy.context = context
+        arm = self.policy.choose(available, self.priors(available))
         self.arm = arm
         self.pulls[arm.key] = self.pulls.get(arm.key, 0) + 1
         if arm.kind == "none":
             return plain_step(state)
         if arm.kind == "lookup":
-            rnd = self._verify(state, lookup)
-            self._judge("lookup", lookup, rnd, state.active)
-            return rnd
+            return self._verify(state, lookup)
         stop = arm.threshold
         if arm.fixed:  # the length model's draft length, no stop rule
             k = self.length(arm.drafter, k)
@@ -353,6 +345,10 @@ class Adaptive(Strategy):
         self.runs(drafter).update(proposal.per_row(active).to(device), rnd.counts.to(device))
 
     def observe(self, rnd: Round, view) -> None:
+        if self.looked is not None:  # the lookup drafts of this round, whichever arm played
+            (lookup, active), self.looked = self.looked, None
+            device = self.runner.head_device
+            self.runs("lookup").judge(lookup.drafts, lookup.per_row(active), rnd.tokens, rnd.counts, device)
         seconds = time.perf_counter() - self.started
         tokens = sum(view.counts) if view.counts is not None else 0
         arm = self.arm

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import functools
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -161,3 +162,63 @@ def draft_head(runner, options: AdaptiveOptions, policy: Policy) -> DraftHead | 
     if vocab is None and translator is None:
         return None
     return DraftHead(runner, vocab, translator)
+
+
+#: model -> {drafting options -> Policy}: what this process has learned, per model and per set of
+#: options that change the arms or their drafts (so variants never share estimates).
+_POLICIES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _fingerprint(config) -> str:
+    keys = ("model_type", "num_hidden_layers", "hidden_size", "vocab_size", "intermediate_size")
+    return "-".join(str(getattr(config, key, "")) for key in keys)
+
+
+def _policy_key(options: AdaptiveOptions) -> tuple:
+    """The options a policy's estimates depend on (all but ``policy_out``)."""
+    o = options
+    return (
+        o.exit_layer,
+        o.max_drafts,
+        o.lookup,
+        o.exit_drafts,
+        o.lookup_ngram,
+        o.policy_in,
+        _file_stamp(o.policy_in) if o.policy_in is not None else None,  # a rewritten file is read again
+        o.draft_vocab,
+        o.translator,
+        _file_stamp(o.translator) if o.translator is not None else None,
+    )
+
+
+def policy_for(runner, options: AdaptiveOptions) -> Policy:
+    """The process's policy for this model and these options, with this call's arms. The first
+    call with a ``policy_in`` starts from that file; later calls with the same options continue
+    from what the process has learned since, until the file changes (then it is read again)."""
+    fingerprint = _fingerprint(runner.config)
+    key = _policy_key(options)
+    cached = _POLICIES.get(runner.model, {}).get(key)
+    if cached is not None:
+        known = cached
+    elif options.policy_in is not None:
+        known = Policy.load(options.policy_in, "policy_in")
+        if known.model and known.model != fingerprint:
+            raise ValueError(
+                f"policy_in: {options.policy_in} was learned on another model ({known.model}), "
+                f"not this one ({fingerprint})"
+            )
+    else:
+        known = None
+    tuned = known.tuned if known else {}
+    depths = None
+    if options.translator is not None:
+        from ..study.tuned_lens import check_lens_file
+
+        depths = check_lens_file(options.translator, "translator", runner.num_layers)
+    arms = make_arms(runner.num_layers, options, tuned, depths)
+    learned = {"seconds": {}, "calibration": {}, **(known.learned if known else {})}
+    policy = Policy(arms, dict(known.stats) if known else {}, fingerprint, dict(tuned), learned)
+    policy.calibrations = dict(getattr(known, "calibrations", {})) if cached is not None else {}
+    policy.run_lengths = dict(getattr(known, "run_lengths", {})) if cached is not None else {}
+    _POLICIES.setdefault(runner.model, {})[key] = policy
+    return policy
