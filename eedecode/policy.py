@@ -26,6 +26,8 @@ DISCOUNT = 0.995
 #: Rounds an arm is tried, in turn with the other untried ones, before the bound decides: one
 #: round is too noisy a first estimate (a lookup round that missed would bury the arm).
 MIN_PULLS = 3
+#: A round's seconds count at most this many times its arm's mean round (see ArmStats.add).
+ROUND_CAP = 2.0
 #: The weight, in rounds, of a predicted rate given to :meth:`Policy.choose`.
 PRIOR_ROUNDS = 4
 FORMAT = "eedecode-policy/1"
@@ -75,15 +77,27 @@ class ArmStats:
     tokens: float = 0.0  # discounted tokens produced
     seconds: float = 0.0  # discounted seconds spent
     rounds: float = 0.0  # discounted rounds
-    rates: float = 0.0  # discounted sum of each round's tokens / seconds
+    rates: float = 0.0  # discounted sum of each round's tokens / seconds (kept for old readers)
     pulls: int = 0  # rounds ever played (not discounted)
 
     @property
     def rate(self) -> float:
-        """The mean of the rounds' own rates. Unlike total tokens over total seconds, one round
+        """Tokens per second: the tokens over the seconds of the arm's rounds, each round's
+        seconds counted at most ``ROUND_CAP`` times the arm's mean round (see :meth:`add`)."""
+        return self.tokens / self.seconds if self.seconds > 0 else 0.0
+
+    def add(self, tokens: float, seconds: float) -> None:
+        """One round. Its seconds count at most ``ROUND_CAP`` times the mean round so far: a round
         the machine preempted (tens of milliseconds on a shared CPU, against a few for a round)
-        weighs as one round, not as many: it cannot bury an arm's estimate."""
-        return self.rates / self.rounds if self.rounds > 0 else 0.0
+        cannot bury the estimate. Otherwise the estimate is total tokens over total time, the
+        throughput, which a mean of the rounds' own rates is not (it favours short rounds)."""
+        if self.rounds >= 1 and self.seconds > 0:
+            seconds = min(seconds, ROUND_CAP * self.seconds / self.rounds)
+        self.tokens += tokens
+        self.seconds += seconds
+        self.rounds += 1.0
+        self.pulls += 1
+        self.rates += tokens / seconds if seconds > 0 else 0.0
 
 
 @dataclass
@@ -130,7 +144,7 @@ class Policy:
                 estimates[arm.key] = (s.rate, s.rounds)
             else:
                 n = s.rounds + PRIOR_ROUNDS
-                estimates[arm.key] = ((s.rates + PRIOR_ROUNDS * prior) / n, n)
+                estimates[arm.key] = ((s.rounds * s.rate + PRIOR_ROUNDS * prior) / n, n)
         best = max(rate for rate, _ in estimates.values()) or 1.0
         total = sum(n for _, n in estimates.values())
 
@@ -149,11 +163,7 @@ class Policy:
                 other.seconds *= DISCOUNT
                 other.rounds *= DISCOUNT
                 other.rates *= DISCOUNT
-        s.tokens += tokens
-        s.seconds += seconds
-        s.rounds += 1.0
-        s.pulls += 1
-        s.rates += tokens / seconds if seconds > 0 else 0.0
+        s.add(tokens, seconds)
 
     def rate(self, arm: Arm) -> float:
         """``arm``'s estimated rate (tokens/s) in the current bucket and context (0: not played)."""
@@ -215,3 +225,38 @@ class Policy:
             return cls.from_json(data)
         except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError) as e:
             raise ValueError(f"{what}: {path} is not an eedecode policy file ({e})") from None
+
+
+class Pace:
+    """A batch's progress, for the reward of its rounds. A batch runs until its last row is done,
+    so a round that lets some rows race ahead while the **laggard** (the running row furthest
+    behind) gains one token brings the end no closer than a plain step. The reward of a round
+    in a batch is therefore the running rows times what the laggard gained; at batch size 1,
+    the tokens the round produced."""
+
+    def __init__(self, batch_size: int, max_new_tokens: int):
+        self.progress = [0] * batch_size  # tokens each row emitted in rounds
+        self.done = [False] * batch_size
+        self.max_new = max_new_tokens
+        self.behind = 0
+
+    def laggard(self) -> int:
+        """The running row with the fewest tokens (the first of them), for this round."""
+        going = [b for b, done in enumerate(self.done) if not done]
+        self.behind = min(going, key=self.progress.__getitem__) if going else 0
+        return self.behind
+
+    def reward(self, counts: list[int]) -> int:
+        """The round's reward in tokens, from the tokens each row's round produced (0: a row
+        that did not run); then each row's progress (a row that emitted nothing, or all it may,
+        is done)."""
+        running = [c for c in counts if c > 0]
+        if len(counts) == 1 or not running:
+            tokens = sum(running)
+        else:
+            gained = counts[self.behind] if self.behind < len(counts) else 0
+            tokens = len(running) * (gained if gained > 0 else min(running))
+        for b, c in enumerate(counts[: len(self.progress)]):
+            self.progress[b] += c
+            self.done[b] = self.done[b] or c == 0 or self.progress[b] >= self.max_new - 1
+        return tokens

@@ -440,3 +440,38 @@ def test_saving_keeps_what_the_file_learned_for_drafters_not_used(tmp_path):
     assert set(after["runs"]) >= set(before["runs"]) and set(after["calibration"]) >= set(
         before["calibration"]
     )
+
+
+def test_in_a_batch_lookup_is_offered_where_the_laggard_found_a_match(only_arms, monkeypatch):
+    """A batch waits for its laggard: lookup rounds, which give rows without a match one token, are
+    offered only when the running row furthest behind found a match."""
+    model = cached_tiny_model("llama", eos_token_id=None)
+    adaptive._POLICIES.pop(model, None)
+    only_arms(ARMS["none"], ARMS["lookup"])
+    seen, real_lookup, real_choose = [], adaptive.draft_from_lookup, Policy.choose
+
+    def lookup(state, *a, **kw):
+        proposal = real_lookup(state, *a, **kw)
+        seen.append({"matched": ((proposal.counts > 0) & state.active).tolist()})
+        return proposal
+
+    def choose(self, available, priors=None):
+        arm = real_choose(self, available, priors)
+        if seen and "offered" not in seen[-1]:
+            seen[-1].update(offered=any(a.kind == "lookup" for a in available), context=self.context)
+            seen[-1].update(laggard=strategy[0].pace.behind)
+        return arm
+
+    strategy = []
+    real_init = adaptive.Adaptive.__init__
+    monkeypatch.setattr(adaptive.Adaptive, "__init__", lambda s, *a: real_init(s, *a) or strategy.append(s))
+    monkeypatch.setattr(adaptive, "draft_from_lookup", lookup)
+    monkeypatch.setattr(Policy, "choose", choose)
+    x = torch.cat([repetitive(1), ids(1, 15, seed=9)])  # row 0 repeats itself, row 1 hardly
+    out = eedecode.generate(model, x, max_new_tokens=NEW, return_dict_in_generate=True)
+    assert torch.equal(out.sequences, model.generate(x, max_new_tokens=NEW, do_sample=False, pad_token_id=0))
+    for r in seen:
+        assert r["offered"] == r["matched"][r["laggard"]]
+        assert r["context"] == (adaptive.MATCHED if r["matched"][r["laggard"]] else "")
+    assert any(r["offered"] for r in seen)
+    assert any(any(r["matched"]) and not r["offered"] for r in seen)  # a row matched, not the laggard

@@ -120,3 +120,18 @@ def test_each_context_keeps_its_own_estimates():
     p.context = ""
     assert p.rate(LOOKUP) == 0 and p.rate(NONE) == 0  # nothing known without a match
     assert set(p.stats) >= {"none+match", "lookup:k=8+match"}
+
+
+def test_a_batch_round_is_worth_what_its_laggard_gained():
+    from eedecode.policy import Pace
+
+    assert Pace(1, 10).reward([3]) == 3  # one row: the tokens it produced
+    pace = Pace(3, 10)
+    assert pace.laggard() == 0
+    assert pace.reward([5, 1, 4]) == 3 * 5  # row 0 was (tied) furthest behind: it gained 5
+    assert pace.laggard() == 1  # now row 1 is furthest behind (1 token)
+    assert pace.reward([1, 1, 7]) == 3 * 1  # rows 0 and 2 raced ahead, the batch's end did not move
+    assert pace.progress == [6, 2, 11] and pace.done == [False, False, True]  # row 2 emitted all
+    assert pace.laggard() == 1
+    assert pace.reward([2, 0, 0]) == 1 * 2  # row 1 stopped (EOS): the laggard ran not; the rest
+    assert pace.done == [False, True, True] and pace.laggard() == 0

@@ -45,7 +45,7 @@ import time
 
 import torch
 
-from ..policy import Arm, Policy
+from ..policy import Arm, Pace, Policy
 from ..stopping import CalibratedStop, Calibration, RunLengths
 from . import probe
 from .adaptive_options import (  # noqa: F401 (re-exported)
@@ -112,9 +112,11 @@ class Adaptive(Strategy):
         self.planned = 0  # rounds since the last plan
         self.explored: dict[str, int] = {}  # rounds per drafter without a stop rule (see length)
         self.looked = None  # this round's lookup drafts and running rows, when looked for
+        self.pace = Pace(1, 0)  # the batch's progress, row by row (set by prefill)
 
     # -- the prompt's probe and the draft-length model -----------------------------------------
     def prefill(self, state, input_ids):
+        self.pace = Pace(input_ids.shape[0], state.max_new)
         probed = self.policy.learned.setdefault("probed", {})  # drafter -> positions probed
         calls = self.policy.learned["calls"] = self.policy.learned.get("calls", 0) + 1
         again = calls % REPROBE_EVERY == 0
@@ -258,6 +260,7 @@ class Adaptive(Strategy):
     def round(self, state, max_tokens: int) -> Round:
         if self.paying is None or self.planned >= PLAN_EVERY:  # plan the call, and again later
             self.plan(state.active.shape[0])
+        laggard = self.pace.laggard()
         self.planned += 1
         self.started = time.perf_counter()
         k = min(self.options.max_drafts, max_tokens - 1)
@@ -276,20 +279,23 @@ class Adaptive(Strategy):
             # Lookup drafts are looked for every round (a few microseconds on a CPU), and whether
             # some row found one is the round's context: the arms' estimates are kept apart for
             # rounds with and without a match, since text that repeats is easier for every arm.
-            # Lookup is offered where some row found a match (mixed: some but not every row).
+            # Lookup is offered where the laggard (the running row furthest behind, the one the
+            # batch waits for) found a match; mixed, where some but not every row did.
             lookup = draft_from_lookup(state, self.length("lookup", k), self.options.lookup_ngram)
             matched = (lookup.counts > 0) & state.active
-            # one host read: did some active row find a match, and did every one?
-            some, every = torch.stack([matched.any(), (matched | ~state.active).all()]).tolist()
+            # one host read: did some active row find a match, did every one, did the laggard?
+            some, every, behind = torch.stack(
+                [matched.any(), (matched | ~state.active).all(), matched[laggard]]
+            ).tolist()
             mixed_ok = some and not every and not state.chooser.do_sample
             available = [
                 a
                 for a in available
-                if (a.kind == "lookup" and some)
+                if (a.kind == "lookup" and behind)  # else the laggard gains no more than plainly
                 or (a.kind == "mixed" and mixed_ok)
                 or a.kind not in ("lookup", "mixed")
             ] or [Arm("none")]  # only lookup, and nothing to look up
-            context = MATCHED if some else ""
+            context = MATCHED if behind else ""  # the row the batch waits for found a match
             self.looked = (lookup, state.active)  # judged against the round's tokens (observe)
         self.policy.context = context
         arm = self.policy.choose(available, self.priors(available))
@@ -350,7 +356,7 @@ class Adaptive(Strategy):
             device = self.runner.head_device
             self.runs("lookup").judge(lookup.drafts, lookup.per_row(active), rnd.tokens, rnd.counts, device)
         seconds = time.perf_counter() - self.started
-        tokens = sum(view.counts) if view.counts is not None else 0
+        tokens = self.pace.reward(view.counts) if view.counts is not None else 0
         arm = self.arm
         if arm is not None:
             self.policy.update(arm, tokens, seconds)
