@@ -2,12 +2,14 @@
 
 Each arm is one way to run a round: plain decoding, lookup drafts, or early-exit drafts from
 exit layer ``E`` stopped by a confidence threshold. After each round the policy is told how many
-tokens the round produced and how long it took. It keeps a discounted mean of the rounds'
-tokens/second per arm, and picks the arm with the best upper confidence bound (UCB1, Auer et al. 2002, with
-discounting for a changing context, Garivier and Moulines 2011), once each arm has been tried a
-few times in turn. Each batch-size bucket keeps its own estimates. Nothing is trained: the policy
-adapts within one generation and across the rows of a batch. It carries over to the next call on
-the same model, and its state can be saved to a JSON file and loaded, so a second run starts warm.
+tokens the round produced and how long it took. It keeps each arm's discounted throughput
+(tokens over seconds), and picks the arm with the best upper confidence bound (UCB1, Auer et al.
+2002, with discounting for a changing context, Garivier and Moulines 2011), once each arm has been
+tried a few times in turn. Each batch-size bucket, and each context within it (whether the
+round's text repeats), keeps its own estimates; a predicted rate can count as a few rounds.
+Nothing is trained: the policy adapts within one generation and across the rows of a batch. It
+carries over to the next call on the same model, and its state can be saved to a JSON file and
+loaded, so a second run starts warm.
 The survey's UCBEE and CeeBERT tune early-exit thresholds with bandits the same way.
 """
 
@@ -31,6 +33,15 @@ ROUND_CAP = 2.0
 #: The weight, in rounds, of a predicted rate given to :meth:`Policy.choose`.
 PRIOR_ROUNDS = 4
 FORMAT = "eedecode-policy/1"
+#: The contexts a round can be in: its text does not repeat, or the laggard found a lookup match.
+MATCHED = "+match"
+CONTEXTS = ("", MATCHED)
+
+
+def _in_context(key: str, context: str) -> str:
+    """A stats key (``arm.key`` + context + bucket) with ``context`` in place of none."""
+    arm, at, bucket = key.partition("@B")
+    return arm + context + at + bucket
 
 
 @dataclass(frozen=True)
@@ -75,7 +86,7 @@ class Arm:
 @dataclass
 class ArmStats:
     tokens: float = 0.0  # discounted tokens produced
-    seconds: float = 0.0  # discounted seconds spent
+    seconds: float = 0.0  # discounted seconds spent (each round's capped, see add)
     rounds: float = 0.0  # discounted rounds
     rates: float = 0.0  # discounted sum of each round's tokens / seconds (kept for old readers)
     pulls: int = 0  # rounds ever played (not discounted)
@@ -91,7 +102,7 @@ class ArmStats:
         the machine preempted (tens of milliseconds on a shared CPU, against a few for a round)
         cannot bury the estimate. Otherwise the estimate is total tokens over total time, the
         throughput, which a mean of the rounds' own rates is not (it favours short rounds)."""
-        if self.rounds >= 1 and self.seconds > 0:
+        if self.pulls >= 1 and self.rounds > 0:  # the mean round (discounting keeps the ratio)
             seconds = min(seconds, ROUND_CAP * self.seconds / self.rounds)
         self.tokens += tokens
         self.seconds += seconds
@@ -120,7 +131,7 @@ class Policy:
         #: The batch-size bucket rounds are chosen and counted in ("" for one row, "@B4" for 4..7
         #: rows): an arm's speed depends on the batch size, so each bucket keeps its own estimates.
         self.bucket = ""
-        #: The round's context (``""``, or ``"+match"`` when some row found a lookup match):
+        #: The round's context (``""``, or ``"+match"`` when the laggard found a lookup match):
         #: each context keeps its own estimates within the bucket.
         self.context = ""
         self.calibrations: dict = {}  # live stop-rule calibrations (saved into `learned`)
@@ -155,7 +166,8 @@ class Policy:
         return max(candidates, key=bound)
 
     def update(self, arm: Arm, tokens: float, seconds: float) -> None:
-        """One round with ``arm`` produced ``tokens`` tokens (all rows) in ``seconds``."""
+        """One round with ``arm`` was worth ``tokens`` tokens (at batch size 1 the tokens it
+        produced, in a batch :meth:`Pace.reward`) in ``seconds``."""
         s = self._stats(arm)
         for key, other in self.stats.items():  # the memory of this batch-size bucket fades
             if key.endswith(self.bucket) and ("@B" in key) == bool(self.bucket):
@@ -178,8 +190,17 @@ class Policy:
         return "" if batch_size <= 1 else f"@B{1 << (batch_size.bit_length() - 1)}"
 
     def best(self) -> Arm:
-        """The arm with the best estimated rate (no exploration)."""
-        return max(self.arms, key=lambda a: self._stats(a).rate)
+        """The arm with the best estimated rate in any context of the current bucket (no
+        exploration)."""
+        context = self.context
+        try:
+            rates = {}
+            for self.context in CONTEXTS:
+                for arm in self.arms:
+                    rates[arm] = max(rates.get(arm, 0.0), self._stats(arm).rate)
+        finally:
+            self.context = context
+        return max(self.arms, key=rates.get)
 
     # -- persistence ---------------------------------------------------------------------------
     def to_json(self) -> dict:
@@ -203,6 +224,8 @@ class Policy:
                 st.rates = st.rounds * st.tokens / st.seconds
             if not st.pulls and st.rounds > 0:  # ... or before pulls were: at least its rounds
                 st.pulls = math.ceil(st.rounds)
+        if not any(MATCHED in k for k in stats):  # saved before contexts: the same for both
+            stats.update({_in_context(k, MATCHED): ArmStats(**asdict(v)) for k, v in stats.items()})
         return cls(arms, stats, data.get("model", ""), data.get("tuned", {}), data.get("learned", {}))
 
     def save(self, path: str | Path) -> None:
@@ -229,21 +252,23 @@ class Policy:
 
 class Pace:
     """A batch's progress, for the reward of its rounds. A batch runs until its last row is done,
-    so a round that lets some rows race ahead while the **laggard** (the running row furthest
-    behind) gains one token brings the end no closer than a plain step. The reward of a round
-    in a batch is therefore the running rows times what the laggard gained; at batch size 1,
-    the tokens the round produced."""
+    so a round that lets some rows race ahead while the **laggards** (the running rows furthest
+    behind) gain one token brings the end no closer than a plain step. The reward of a round in
+    a batch is therefore the running rows times the least that a laggard gained; at batch size
+    1, the tokens the round produced."""
 
     def __init__(self, batch_size: int, max_new_tokens: int):
         self.progress = [0] * batch_size  # tokens each row emitted in rounds
         self.done = [False] * batch_size
         self.max_new = max_new_tokens
-        self.behind = 0
+        self.behind: list[int] = list(range(batch_size))
 
-    def laggard(self) -> int:
-        """The running row with the fewest tokens (the first of them), for this round."""
+    def laggards(self) -> list[int]:
+        """The rows not known to be done with the fewest tokens, for this round (every row tied
+        at the start; a row that stopped in the last round may still be among them)."""
         going = [b for b, done in enumerate(self.done) if not done]
-        self.behind = min(going, key=self.progress.__getitem__) if going else 0
+        least = min((self.progress[b] for b in going), default=0)
+        self.behind = [b for b in going if self.progress[b] == least] or [0]
         return self.behind
 
     def reward(self, counts: list[int]) -> int:
@@ -254,8 +279,8 @@ class Pace:
         if len(counts) == 1 or not running:
             tokens = sum(running)
         else:
-            gained = counts[self.behind] if self.behind < len(counts) else 0
-            tokens = len(running) * (gained if gained > 0 else min(running))
+            gained = [counts[b] for b in self.behind if b < len(counts) and counts[b] > 0]
+            tokens = len(running) * min(gained or running)
         for b, c in enumerate(counts[: len(self.progress)]):
             self.progress[b] += c
             self.done[b] = self.done[b] or c == 0 or self.progress[b] >= self.max_new - 1

@@ -145,7 +145,9 @@ class RunLengths:
         and the drafts before it equal those tokens (in distribution, when sampling: a
         point-mass draft is accepted with the probability that the model emits it). Past the
         round's tokens nothing is known, so drafts are judged up to there. For drafts that were
-        played this is :meth:`update`. On the device, no host read."""
+        played this is :meth:`update`. On the device, no host read. (Later positions are only
+        reached in rounds that went far, on easier text, so their rates lean optimistic; the
+        rounds that play these drafts correct them.)"""
         n = min(drafts.shape[1], tokens.shape[1])
         agree = (drafts[:, :n] == tokens[:, :n]).cumprod(1).sum(1)  # [B]
         known = torch.minimum(num_drafts, counts)  # drafts that can be judged

@@ -112,7 +112,7 @@ def test_a_predicted_rate_counts_as_a_few_rounds(monkeypatch):
 
 def test_each_context_keeps_its_own_estimates():
     p = Policy([NONE, LOOKUP])
-    p.context = "+match"
+    p.context = pol.MATCHED
     for _ in range(pol.MIN_PULLS):
         p.update(LOOKUP, 3, 1 / 100)
         p.update(NONE, 1, 1 / 100)
@@ -122,16 +122,31 @@ def test_each_context_keeps_its_own_estimates():
     assert set(p.stats) >= {"none+match", "lookup:k=8+match"}
 
 
-def test_a_batch_round_is_worth_what_its_laggard_gained():
+def test_a_batch_round_is_worth_what_its_laggards_gained():
     from eedecode.policy import Pace
 
     assert Pace(1, 10).reward([3]) == 3  # one row: the tokens it produced
     pace = Pace(3, 10)
-    assert pace.laggard() == 0
-    assert pace.reward([5, 1, 4]) == 3 * 5  # row 0 was (tied) furthest behind: it gained 5
-    assert pace.laggard() == 1  # now row 1 is furthest behind (1 token)
-    assert pace.reward([1, 1, 7]) == 3 * 1  # rows 0 and 2 raced ahead, the batch's end did not move
-    assert pace.progress == [6, 2, 11] and pace.done == [False, False, True]  # row 2 emitted all
-    assert pace.laggard() == 1
-    assert pace.reward([2, 0, 0]) == 1 * 2  # row 1 stopped (EOS): the laggard ran not; the rest
-    assert pace.done == [False, True, True] and pace.laggard() == 0
+    assert pace.laggards() == [0, 1, 2]  # all tied at the start
+    assert pace.reward([5, 1, 4]) == 3 * 1  # the batch's end moved by the least a laggard gained
+    assert pace.laggards() == [1]
+    assert pace.reward([1, 2, 7]) == 3 * 2
+    assert pace.progress == [6, 3, 11] and pace.done == [False, False, True]  # row 2 emitted all
+    assert pace.laggards() == [1]
+    assert pace.reward([2, 0, 0]) == 1 * 2  # row 1 stopped (EOS): the running rows' least instead
+    assert pace.done == [False, True, True] and pace.laggards() == [0]
+
+
+def test_a_file_saved_before_contexts_counts_for_both(tmp_path):
+    p = Policy([NONE, LOOKUP])
+    for _ in range(pol.MIN_PULLS):
+        p.update(LOOKUP, 3, 1 / 100)
+    data = p.to_json()
+    data["stats"] = {k: v for k, v in data["stats"].items() if pol.MATCHED not in k}
+    data["stats"]["none@B4"] = {"tokens": 4.0, "seconds": 0.01, "rounds": 1.0, "rates": 400.0, "pulls": 1}
+    old = Policy.from_json(data)
+    assert old.stats["lookup:k=8+match"].pulls == pol.MIN_PULLS and "none+match@B4" in old.stats
+    old.context = pol.MATCHED
+    assert old.rate(LOOKUP) == pytest.approx(300)
+    old.context = ""
+    assert old.best() == LOOKUP

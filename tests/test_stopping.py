@@ -144,3 +144,26 @@ def test_run_lengths_count_rounds_of_another_batch_size():
     d = stopping.DISCOUNT
     torch.testing.assert_close(runs.judged, torch.tensor([2 * d + 1, d, 0.0], dtype=torch.float64))
     torch.testing.assert_close(runs.accepted, torch.tensor([d + 1, d, 0.0], dtype=torch.float64))
+
+
+def test_judging_drafts_against_the_tokens_a_round_emitted():
+    """A draft would have been accepted when it and the drafts before it equal the round's tokens;
+    past the round's tokens nothing is known. Rows: drafts a b c against tokens a b x (3 tokens):
+    positions 1-3 judged, 1-2 accepted; against a b (2 tokens): 1-2 judged and accepted, 3 not;
+    no drafts; a draft that differs at once; a row that did not run."""
+    runs = RunLengths("cpu", 4)
+    drafts = torch.tensor([[1, 2, 3], [1, 2, 3], [1, 2, 3], [5, 2, 3], [1, 2, 3]])
+    tokens = torch.tensor([[1, 2, 9], [1, 2, 0], [1, 0, 0], [1, 2, 3], [1, 2, 3]])
+    counts = torch.tensor([3, 2, 1, 3, 3])
+    num_drafts = torch.tensor([3, 3, 0, 3, 0])  # row 2 has no drafts, row 4 did not run
+    runs.judge(drafts, num_drafts, tokens, counts, "cpu")
+    runs.flush()
+    assert runs.judged.tolist() == [3.0, 2.0, 1.0, 0.0]  # rows 0, 1, 3 | rows 0, 1 | row 0
+    assert runs.accepted.tolist() == [2.0, 2.0, 0.0, 0.0]  # rows 0, 1 | rows 0, 1 | none
+    played = RunLengths("cpu", 4)  # drafts that were played: the same as update
+    played.update(torch.tensor([3, 1]), torch.tensor([3, 1]))
+    again = RunLengths("cpu", 4)
+    again.judge(
+        drafts[:2], torch.tensor([3, 1]), torch.tensor([[1, 2, 7], [9, 0, 0]]), torch.tensor([3, 1]), "cpu"
+    )
+    torch.testing.assert_close(again.rates(), played.rates())

@@ -16,7 +16,8 @@ Each round, a bandit (:class:`eedecode.policy.Policy`) then picks one arm among 
   on a model whose shallow layers agree badly with its last;
 * ``lookup``: drafts copied from the latest earlier occurrence of the current n-gram
   (:mod:`eedecode.lookup`), as many as the plan says. They cost no layers, and on code they are
-  often long and right. The arm is offered only in rounds where some row found a match;
+  often long and right. The arm is offered only in rounds where the laggard (the running row
+  furthest behind, the one a batch waits for; at batch size 1 the one row) found a match;
 * ``exit`` at layer ``E``: LayerSkip drafts from the model's first ``E`` layers, verified over
   the exit query cache: as many as the plan says (``fixed``), or, with a stop rule, each row
   stops proposing when its next draft is no longer worth a draft step. That is when the
@@ -28,8 +29,9 @@ Each round, a bandit (:class:`eedecode.policy.Policy`) then picks one arm among 
   runs every layer (greedy decoding only);
 * ``skip``: drafts through a layer set found by ``eedecode tune``, when a tuned policy is given.
 
-The arm's reward is the tokens the round produced, per second of wall time, kept per batch-size
-bucket and per context (whether some row found a lookup match: repeating text is easier for every
+The arm's reward is the tokens the round produced (in a batch: the running rows times the
+laggard's, :class:`eedecode.policy.Pace`), per second of wall time, kept per batch-size bucket
+and per context (whether the laggard found a lookup match: repeating text is easier for every
 arm). The plan's predicted rate of an arm counts as a few rounds of its estimate, so a few
 unlucky rounds on a shared machine do not shut out an arm predicted to pay. The policy
 therefore learns what pays on this model, this machine and this text. It
@@ -45,7 +47,7 @@ import time
 
 import torch
 
-from ..policy import Arm, Pace, Policy
+from ..policy import MATCHED, Arm, Pace, Policy
 from ..stopping import CalibratedStop, Calibration, RunLengths
 from . import probe
 from .adaptive_options import (  # noqa: F401 (re-exported)
@@ -67,6 +69,7 @@ from .drafting import (
     draft_with_skips,
     plain_step,
     verify,
+    with_point_masses,
 )
 
 #: Smoothing of the measured step costs (exponential moving average weight of a new round).
@@ -79,8 +82,6 @@ PLAN_EVERY = 32
 #: not offered can come back.
 REPROBE_EVERY = 16
 
-#: The context of a round in which some row found a lookup match (see :attr:`Policy.context`).
-MATCHED = "+match"
 PLAIN = Arm("none")
 #: The prefix of a draft-length model fed by the probe alone (see :meth:`Adaptive.plan`).
 PROBED = "probe:"
@@ -260,7 +261,7 @@ class Adaptive(Strategy):
     def round(self, state, max_tokens: int) -> Round:
         if self.paying is None or self.planned >= PLAN_EVERY:  # plan the call, and again later
             self.plan(state.active.shape[0])
-        laggard = self.pace.laggard()
+        laggards = self.pace.laggards()
         self.planned += 1
         self.started = time.perf_counter()
         k = min(self.options.max_drafts, max_tokens - 1)
@@ -276,17 +277,19 @@ class Adaptive(Strategy):
             available = [Arm("none")]
         lookup, context = None, ""
         if any(a.kind in ("lookup", "mixed") for a in available):
-            # Lookup drafts are looked for every round (a few microseconds on a CPU), and whether
-            # some row found one is the round's context: the arms' estimates are kept apart for
-            # rounds with and without a match, since text that repeats is easier for every arm.
-            # Lookup is offered where the laggard (the running row furthest behind, the one the
-            # batch waits for) found a match; mixed, where some but not every row did.
-            lookup = draft_from_lookup(state, self.length("lookup", k), self.options.lookup_ngram)
-            matched = (lookup.counts > 0) & state.active
-            # one host read: did some active row find a match, did every one, did the laggard?
-            some, every, behind = torch.stack(
-                [matched.any(), (matched | ~state.active).all(), matched[laggard]]
-            ).tolist()
+            # Lookup drafts are looked for every round (on a CPU about 13 us a row; on a GPU a
+            # batched search and a host read), and whether the laggards found some is the round's
+            # context: the arms' estimates are kept apart for rounds with and without a match,
+            # since text that repeats is easier for every arm. Lookup is offered where the
+            # laggards (the running rows furthest behind, those the batch waits for) found a
+            # match; mixed, where some but not every row did.
+            looked = draft_from_lookup(state, self.length("lookup", k), self.options.lookup_ngram, False)
+            matched = (looked.counts > 0) & state.active
+            done = matched | ~state.active
+            # one host read: did some active row find a match, did every one, did the laggards
+            # (those still running)?
+            some, every, behind = torch.stack([matched.any(), done.all(), done[laggards].all()]).tolist()
+            behind = behind and some
             mixed_ok = some and not every and not state.chooser.do_sample
             available = [
                 a
@@ -295,8 +298,9 @@ class Adaptive(Strategy):
                 or (a.kind == "mixed" and mixed_ok)
                 or a.kind not in ("lookup", "mixed")
             ] or [Arm("none")]  # only lookup, and nothing to look up
-            context = MATCHED if behind else ""  # the row the batch waits for found a match
-            self.looked = (lookup, state.active)  # judged against the round's tokens (observe)
+            context = MATCHED if behind else ""
+            self.looked = (looked, state.active)  # judged against the round's tokens (observe)
+            lookup = looked
         self.policy.context = context
         arm = self.policy.choose(available, self.priors(available))
         self.arm = arm
@@ -304,7 +308,7 @@ class Adaptive(Strategy):
         if arm.kind == "none":
             return plain_step(state)
         if arm.kind == "lookup":
-            return self._verify(state, lookup)
+            return self._verify(state, with_point_masses(state, lookup))
         stop = arm.threshold
         if arm.fixed:  # the length model's draft length, no stop rule
             k = self.length(arm.drafter, k)

@@ -247,18 +247,25 @@ class DraftHead:
         return token, q if chooser.do_sample else None, q.max(-1).values
 
 
-def draft_from_lookup(state, k: int, ngram_max: int = 3) -> Proposal:
+def draft_from_lookup(state, k: int, ngram_max: int = 3, point_masses: bool = True) -> Proposal:
     """Up to ``k`` drafts continuing each row's latest earlier occurrence of its last n-gram
-    (:mod:`eedecode.lookup`); their draft distribution is a point mass."""
+    (:mod:`eedecode.lookup`); their draft distribution is a point mass (built when sampling and
+    ``point_masses``, else by :func:`with_point_masses` once the drafts are to be verified)."""
     context = torch.cat([state.prompt, state.out], 1)  # [B, P + W]
     start = state.cache.pad  # left padding
     end = state.prompt.shape[1] + state.out_len
     drafts, counts = lookup_drafts(context, start, end, k, ngram_max)
-    qs = []
-    if state.chooser.do_sample:
+    proposal = Proposal(drafts, counts, [], 0, None)
+    return with_point_masses(state, proposal) if point_masses else proposal
+
+
+def with_point_masses(state, proposal: Proposal) -> Proposal:
+    """``proposal`` with its drafts' point-mass distributions when sampling (``[B, V]`` each)."""
+    if state.chooser.do_sample and not proposal.qs:
         V = state.runner.vocab_size
-        qs = [torch.nn.functional.one_hot(drafts[:, j], V).float() for j in range(drafts.shape[1])]
-    return Proposal(drafts, counts, qs, 0, None)
+        d = proposal.drafts
+        proposal.qs = [torch.nn.functional.one_hot(d[:, j], V).float() for j in range(d.shape[1])]
+    return proposal
 
 
 def verify(state, proposal: Proposal) -> Round:

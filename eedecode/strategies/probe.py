@@ -22,7 +22,9 @@ Two things come of it, both before the first round:
 Probing stops for a layer once it has seen :data:`ENOUGH` positions (a couple of prompts) and
 resumes now and then, so that a layer not offered can come back. Prompt text agrees less with
 the model than the model's own continuations do, so the probe leans pessimistic: its positions
-weigh :data:`RUN_WEIGHT` of a drafted token, and :data:`PAYS` leaves room.
+weigh :data:`RUN_WEIGHT` of a drafted token in the draft-length model that sets draft lengths.
+Whether a layer is offered at all is judged on the probe alone (the same positions for every
+layer): a layer predicted not to beat plain decoding costs exploration and cannot win.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ ENOUGH = 64
 #: outweigh the probe.
 RUN_WEIGHT = 0.25
 #: Offer an exit layer when its predicted speed-up over plain decoding is at least this.
-PAYS = 0.85
+PAYS = 1.0
 #: Before it is measured: what each token beyond the first adds to a verification, in plain
 #: decoding steps (on a CPU at batch size 1, 0.1-0.3 for the demo models; near 0 on a GPU).
 VERIFY_SLOPE = 0.2
