@@ -59,34 +59,33 @@ def _reference(tokens: list[int], k: int, ngram_max: int, ngram_min: int) -> lis
     return []
 
 
-@pytest.mark.parametrize("search", [_lookup_host, _lookup_batched], ids=["host", "batched"])
-def test_matches_a_plain_python_search_on_random_contexts(search):
-    g = torch.Generator().manual_seed(0)
-    for _ in range(500):
-        B, T, V = (int(torch.randint(lo, hi, (1,), generator=g)) for lo, hi in ((1, 4), (1, 30), (2, 5)))
+def random_cases(seed: int, n: int, max_batch: int, max_len: int, max_vocab: int, min_k: int):
+    """``n`` random (context, start, end, k, ngram_max, ngram_min) cases, padding and stale slots
+    included."""
+    g = torch.Generator().manual_seed(seed)
+    for _ in range(n):
+        B, T, V = (
+            int(torch.randint(lo, hi, (1,), generator=g))
+            for lo, hi in ((1, max_batch), (1, max_len), (2, max_vocab))
+        )
         ctx = torch.randint(0, V, (B, T), generator=g)
         start = torch.randint(0, T, (B,), generator=g)
         end = torch.minimum(start + torch.randint(0, T + 1, (B,), generator=g), torch.tensor(T))
-        k, nmax = int(torch.randint(1, 7, (1,), generator=g)), int(torch.randint(1, 5, (1,), generator=g))
-        nmin = int(torch.randint(1, nmax + 1, (1,), generator=g))
+        k, nmax = int(torch.randint(min_k, 7, (1,), generator=g)), int(torch.randint(1, 5, (1,), generator=g))
+        yield ctx, start, end, k, nmax, int(torch.randint(1, nmax + 1, (1,), generator=g))
+
+
+@pytest.mark.parametrize("search", [_lookup_host, _lookup_batched], ids=["host", "batched"])
+def test_matches_a_plain_python_search_on_random_contexts(search):
+    for ctx, start, end, k, nmax, nmin in random_cases(0, 500, 4, 30, 5, min_k=1):
         drafts, counts = search(ctx, start, end, k, nmax, nmin)
-        for b in range(B):
+        for b in range(ctx.shape[0]):
             want = _reference(ctx[b, start[b] : end[b]].tolist(), k, nmax, nmin)
             assert drafts[b, : counts[b]].tolist() == want
 
 
 def test_the_host_search_and_the_batched_one_give_the_same_tensors():
     """On a CPU the rows are searched on the host: the same drafts, padding slots included."""
-    g = torch.Generator().manual_seed(1)
-    for _ in range(500):
-        B, T, V = (int(torch.randint(lo, hi, (1,), generator=g)) for lo, hi in ((1, 5), (1, 40), (2, 6)))
-        ctx = torch.randint(0, V, (B, T), generator=g)
-        start = torch.randint(0, T, (B,), generator=g)
-        end = torch.minimum(start + torch.randint(0, T + 1, (B,), generator=g), torch.tensor(T))
-        k, nmax = int(torch.randint(0, 7, (1,), generator=g)), int(torch.randint(1, 5, (1,), generator=g))
-        nmin = int(torch.randint(1, nmax + 1, (1,), generator=g))
-        host, batched = (
-            _lookup_host(ctx, start, end, k, nmax, nmin),
-            _lookup_batched(ctx, start, end, k, nmax, nmin),
-        )
+    for case in random_cases(1, 500, 5, 40, 6, min_k=0):
+        host, batched = _lookup_host(*case), _lookup_batched(*case)
         assert torch.equal(host[0], batched[0]) and torch.equal(host[1], batched[1])
