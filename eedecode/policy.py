@@ -192,15 +192,12 @@ class Policy:
     def best(self) -> Arm:
         """The arm with the best estimated rate in any context of the current bucket (no
         exploration)."""
-        context = self.context
-        try:
-            rates = {}
-            for self.context in CONTEXTS:
-                for arm in self.arms:
-                    rates[arm] = max(rates.get(arm, 0.0), self._stats(arm).rate)
-        finally:
-            self.context = context
-        return max(self.arms, key=rates.get)
+
+        def rate(arm: Arm) -> float:
+            found = (self.stats.get(arm.key + c + self.bucket) for c in CONTEXTS)
+            return max((s.rate for s in found if s is not None), default=0.0)
+
+        return max(self.arms, key=rate)
 
     # -- persistence ---------------------------------------------------------------------------
     def to_json(self) -> dict:

@@ -120,7 +120,7 @@ class RunLengths:
         judged = torch.zeros(K, dtype=torch.float64)  # the data alone (the prior: see rates)
         accepted = torch.zeros(K, dtype=torch.float64)
         saved = saved or {}
-        n = min(K, len(saved.get("judged", [])))  # a state saved with another maximum: the prior beyond
+        n = min(K, len(saved.get("judged", [])))  # a state saved with another maximum: no data beyond
         if n:
             judged[:n] = torch.tensor(saved["judged"][:n], dtype=torch.float64)
             accepted[:n] = torch.tensor(saved["accepted"][:n], dtype=torch.float64)
@@ -152,9 +152,10 @@ class RunLengths:
         agree = (drafts[:, :n] == tokens[:, :n]).cumprod(1).sum(1)  # [B]
         known = torch.minimum(num_drafts, counts)  # drafts that can be judged
         agree = torch.minimum(agree, known)
-        rejected = agree < known  # the draft after the agreeing ones was judged, and differs
-        drafted = torch.where(rejected, agree + 1, known)
-        self.update(drafted.to(device), torch.where(rejected, agree, known).add(1).to(device))
+        # as if `drafted` were played and `agree` accepted: the draft after the agreeing ones is
+        # judged (rejected) when it can be, else the judged ones all agreed
+        drafted = torch.minimum(agree + 1, known)
+        self.update(drafted.to(device), (agree + 1).to(device))
 
     def flush(self) -> None:
         """Count the rounds not yet counted, each discounted as if counted in its turn."""

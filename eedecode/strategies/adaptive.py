@@ -283,7 +283,7 @@ class Adaptive(Strategy):
             # since text that repeats is easier for every arm. Lookup is offered where the
             # laggards (the running rows furthest behind, those the batch waits for) found a
             # match; mixed, where some but not every row did.
-            looked = draft_from_lookup(state, self.length("lookup", k), self.options.lookup_ngram, False)
+            looked = draft_from_lookup(state, self.length("lookup", k), self.options.lookup_ngram)
             matched = (looked.counts > 0) & state.active
             done = matched | ~state.active
             # one host read: did some active row find a match, did every one, did the laggards

@@ -247,16 +247,15 @@ class DraftHead:
         return token, q if chooser.do_sample else None, q.max(-1).values
 
 
-def draft_from_lookup(state, k: int, ngram_max: int = 3, point_masses: bool = True) -> Proposal:
+def draft_from_lookup(state, k: int, ngram_max: int = 3) -> Proposal:
     """Up to ``k`` drafts continuing each row's latest earlier occurrence of its last n-gram
-    (:mod:`eedecode.lookup`); their draft distribution is a point mass (built when sampling and
-    ``point_masses``, else by :func:`with_point_masses` once the drafts are to be verified)."""
+    (:mod:`eedecode.lookup`). Their draft distribution is a point mass, which sampling needs once
+    the drafts are to be verified: :func:`with_point_masses`."""
     context = torch.cat([state.prompt, state.out], 1)  # [B, P + W]
     start = state.cache.pad  # left padding
     end = state.prompt.shape[1] + state.out_len
     drafts, counts = lookup_drafts(context, start, end, k, ngram_max)
-    proposal = Proposal(drafts, counts, [], 0, None)
-    return with_point_masses(state, proposal) if point_masses else proposal
+    return Proposal(drafts, counts, [], 0, None)
 
 
 def with_point_masses(state, proposal: Proposal) -> Proposal:

@@ -29,9 +29,13 @@ layer): a layer predicted not to beat plain decoding costs exploration and canno
 
 from __future__ import annotations
 
+import weakref
+
 import torch
 
 Tensor = torch.Tensor
+#: model -> (weights of one layer, weights of the LM head): counted once per model.
+_WEIGHTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 #: Prompt positions probed per call (the last ones).
 WINDOW = 32
@@ -77,8 +81,12 @@ def probed_prefill(state, input_ids: Tensor, layers: list[int], translate=None) 
 def layer_cost(runner, exit_layer: int) -> float:
     """A draft step from ``exit_layer`` in full steps, by the weights it reads (its layers and the
     LM head against every layer and the head): a decoding step reads each weight once."""
-    per_layer = sum(p.numel() for p in runner.layers[0].parameters())
-    head = runner.lm_head.weight.numel()
+    if runner.model not in _WEIGHTS:
+        _WEIGHTS[runner.model] = (
+            sum(p.numel() for p in runner.layers[0].parameters()),
+            runner.lm_head.weight.numel(),
+        )
+    per_layer, head = _WEIGHTS[runner.model]
     return (exit_layer * per_layer + head) / (runner.num_layers * per_layer + head)
 
 
