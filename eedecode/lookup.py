@@ -4,16 +4,15 @@ Prompt-lookup decoding (Saxena 2023; Hugging Face's ``prompt_lookup_num_tokens``
 when the last ``n`` tokens of a row also occur earlier in its prompt or output, the tokens that
 followed that occurrence are proposed as drafts. On code, where names and whole lines repeat,
 such drafts are often long and right. On an accelerator the search is batched on the device, one
-row per batch row, with no host synchronisation; on a CPU, where the host is the device, each row
-is searched with a few NumPy operations (a tenth of the batched search's time at batch size 1:
-tens of operator dispatches cost more than the search). Both give the same drafts. Longer
-n-grams are tried first. For each n, the latest
-occurrence wins, which continues the most recent repetition. (HF takes the earliest.)
+row per batch row, with no host synchronisation (:func:`lookup_drafts`); on a CPU, where the
+host is the device, an index of each row's n-grams kept on the host answers with a few
+dictionary reads (:class:`NgramIndex`). Both give the same drafts. Longer n-grams are tried
+first. For each n, the latest occurrence wins, which continues the most recent repetition. (HF
+takes the earliest.)
 """
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 
 Tensor = torch.Tensor
@@ -31,34 +30,7 @@ def lookup_drafts(
     gives up to ``k`` drafts (fewer when the context ends first). A row keeps the longest n that
     matched.
     """
-    if context.device.type == "cpu":
-        return _lookup_host(context, start, end, k, ngram_max, ngram_min)
     return _lookup_batched(context, start, end, k, ngram_max, ngram_min)
-
-
-def _lookup_host(context: Tensor, start: Tensor, end: Tensor, k: int, ngram_max: int, ngram_min: int):
-    """:func:`lookup_drafts` row by row in NumPy (a CPU tensor's memory, no copy)."""
-    B, T = context.shape
-    ctx = context.numpy()
-    drafts = np.zeros((B, k), dtype=np.int64)
-    counts = np.zeros(B, dtype=np.int64)
-    if k > 0:
-        for b, (s, e) in enumerate(zip(start.tolist(), end.tolist(), strict=True)):
-            row = ctx[b]
-            for n in range(min(ngram_max, T - 1), ngram_min - 1, -1):
-                if e - n <= s:  # the tail and an earlier occurrence do not fit in the row
-                    continue
-                # the n-gram ending at j (s + n - 1 <= j <= e - 2) equals the row's last n tokens
-                hit = row[s + n - 1 : e - 1] == row[e - 1]
-                for i in range(1, n):
-                    hit &= row[s + n - 1 - i : e - 1 - i] == row[e - 1 - i]
-                found = np.flatnonzero(hit)
-                if found.size:
-                    first = s + n + int(found[-1])  # the continuation's first slot
-                    drafts[b] = row[np.minimum(np.arange(first, first + k), T - 1)]
-                    counts[b] = min(e - first, k)
-                    break
-    return torch.from_numpy(drafts), torch.from_numpy(counts)
 
 
 def _lookup_batched(context: Tensor, start: Tensor, end: Tensor, k: int, ngram_max: int, ngram_min: int):
@@ -95,3 +67,54 @@ def _lookup_batched(context: Tensor, start: Tensor, end: Tensor, k: int, ngram_m
     drafts = torch.where(found[:, None], cont, drafts)
     counts = torch.where(found, (end - first).clamp(0, k), counts)
     return drafts, counts
+
+
+class NgramIndex:
+    """:func:`lookup_drafts` on the host, kept up to date as rows grow (for a CPU, where a round's
+    bookkeeping runs right after a forward pass has pushed the interpreter's code and data out
+    of the caches, so each operation costs several times its usual time; a few dictionary reads
+    are cheaper than any search).
+
+    Per row: its tokens (the prompt without padding, then the output) and, for every n-gram of
+    ``ngram_min .. ngram_max`` tokens that is followed by a token, where its latest occurrence
+    ends. Drafts are the same as :func:`lookup_drafts`' (past a row's drafts, the filler is 0)."""
+
+    def __init__(self, prompt: Tensor, pad: Tensor, ngram_max: int = 3, ngram_min: int = 1):
+        self.ngrams = range(ngram_min, ngram_max + 1)
+        self.rows = [row[p:] for row, p in zip(prompt.tolist(), pad.tolist(), strict=True)]
+        self.ends: list[dict[tuple[int, ...], int]] = [{} for _ in self.rows]
+        self.indexed = [0] * len(self.rows)  # per row: n-grams ending before this are indexed
+        self.emitted = [0] * len(self.rows)  # per row: output tokens taken in
+        for b in range(len(self.rows)):
+            self._index(b)
+
+    def _index(self, b: int) -> None:
+        """Index row ``b``'s n-grams that now have a continuation (the latest end wins)."""
+        row, ends = self.rows[b], self.ends[b]
+        for j in range(self.indexed[b], len(row) - 1):
+            for n in self.ngrams:
+                if j + 1 >= n:
+                    ends[tuple(row[j + 1 - n : j + 1])] = j
+        self.indexed[b] = max(self.indexed[b], len(row) - 1)
+
+    def update(self, out: Tensor, out_len: list[int]) -> None:
+        """Take in each row's new output tokens, ``out[b, :out_len[b]]`` (``[B, W]``)."""
+        for b, n in enumerate(out_len):
+            if n > self.emitted[b]:
+                self.rows[b] += out[b, self.emitted[b] : n].tolist()
+                self.emitted[b] = n
+                self._index(b)
+
+    def drafts(self, k: int) -> tuple[list[list[int]], list[int]]:
+        """Each row's drafts (``k`` each, filler past its count) and count (0: no match)."""
+        drafts, counts = [], []
+        for row, ends in zip(self.rows, self.ends, strict=True):
+            found = []
+            for n in reversed(self.ngrams):
+                j = ends.get(tuple(row[-n:])) if len(row) > n else None
+                if j is not None:
+                    found = row[j + 1 : j + 1 + k]
+                    break
+            counts.append(len(found))
+            drafts.append(found + [0] * (k - len(found)))
+        return drafts, counts

@@ -136,6 +136,7 @@ class Policy:
         self.context = ""
         self.calibrations: dict = {}  # live stop-rule calibrations (saved into `learned`)
         self.run_lengths: dict = {}  # live draft-length models (saved into `learned`)
+        self._bucketed: tuple = (None, 0, [])  # (bucket, number of estimates, the bucket's)
 
     def choose(self, available: list[Arm] | None = None, priors: dict[str, float] | None = None) -> Arm:
         """The arm with the highest upper confidence bound among ``available`` (default: all).
@@ -144,6 +145,8 @@ class Policy:
         counts as ``PRIOR_ROUNDS`` rounds of that rate in the arm's estimate, so that a few
         unlucky rounds do not shut out an arm that the draft-length model says pays."""
         candidates = available if available is not None else self.arms
+        if len(candidates) == 1:
+            return candidates[0]
         fewest = min(candidates, key=lambda a: self._stats(a).pulls)
         if self._stats(fewest).pulls < MIN_PULLS:
             return fewest
@@ -169,13 +172,24 @@ class Policy:
         """One round with ``arm`` was worth ``tokens`` tokens (at batch size 1 the tokens it
         produced, in a batch :meth:`Pace.reward`) in ``seconds``."""
         s = self._stats(arm)
-        for key, other in self.stats.items():  # the memory of this batch-size bucket fades
-            if key.endswith(self.bucket) and ("@B" in key) == bool(self.bucket):
-                other.tokens *= DISCOUNT
-                other.seconds *= DISCOUNT
-                other.rounds *= DISCOUNT
-                other.rates *= DISCOUNT
+        for other in self._in_bucket():  # the memory of this batch-size bucket fades
+            other.tokens *= DISCOUNT
+            other.seconds *= DISCOUNT
+            other.rounds *= DISCOUNT
+            other.rates *= DISCOUNT
         s.add(tokens, seconds)
+
+    def _in_bucket(self) -> list[ArmStats]:
+        """The estimates of the current bucket (every context), found again only when a bucket
+        or an estimate is new."""
+        if self._bucketed[:2] != (self.bucket, len(self.stats)):
+            found = [
+                s
+                for k, s in self.stats.items()
+                if k.endswith(self.bucket) and ("@B" in k) == bool(self.bucket)
+            ]
+            self._bucketed = (self.bucket, len(self.stats), found)
+        return self._bucketed[2]
 
     def rate(self, arm: Arm) -> float:
         """``arm``'s estimated rate (tokens/s) in the current bucket and context (0: not played)."""

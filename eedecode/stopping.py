@@ -108,6 +108,11 @@ class CalibratedStop:
         return alive & (self.survive * self.calibration.mean() >= self.cost)
 
 
+def _stacked(rows: list, device) -> Tensor:
+    """``[n, B]`` from ``n`` rows, tensors ``[B]`` or host lists."""
+    return torch.tensor(rows, device=device) if isinstance(rows[0], list) else torch.stack(rows)
+
+
 class RunLengths:
     """How far a drafter's drafts run: per draft position ``j = 1 .. K``, the probability that
     draft ``j`` is accepted given that the drafts before it were (discounted counts, on the
@@ -127,12 +132,12 @@ class RunLengths:
         self.judged, self.accepted = judged.to(device), accepted.to(device)
         self.pending: list[tuple[Tensor, Tensor]] = []  # rounds not yet counted (see update)
 
-    def update(self, num_drafts: Tensor, counts: Tensor) -> None:
+    def update(self, num_drafts: Tensor | list[int], counts: Tensor | list[int]) -> None:
         """After verification: row ``b`` proposed ``num_drafts[b]`` drafts (none if it did not
         run) and the round gave it ``counts[b]`` tokens, its accepted drafts and one more
-        (``[B]``). Kept on the device and counted in batches (:meth:`flush`), so that a round
-        pays for no more than a list append."""
-        if self.pending and self.pending[0][0].shape != num_drafts.shape:  # another batch size
+        (``[B]``, on the device or host lists). Kept as they are and counted in batches
+        (:meth:`flush`), so that a round pays for no more than a list append."""
+        if self.pending and len(self.pending[0][0]) != len(num_drafts):  # another batch size
             self.flush()
         self.pending.append((num_drafts, counts))
         if len(self.pending) >= FLUSH_EVERY:
@@ -157,12 +162,28 @@ class RunLengths:
         drafted = torch.minimum(agree + 1, known)
         self.update(drafted.to(device), (agree + 1).to(device))
 
+    def judge_rows(
+        self, drafts: list[list[int]], num_drafts: list[int], tokens: list[list[int]], counts: list[int]
+    ):
+        """:meth:`judge` on the host, with lists (row ``b``: ``drafts[b][:num_drafts[b]]``
+        against ``tokens[b][:counts[b]]``; 0 drafts for a row that did not run)."""
+        drafted, accepted = [], []
+        for d, n, t, c in zip(drafts, num_drafts, tokens, counts, strict=True):
+            known = min(n, c)
+            agree = 0
+            while agree < known and d[agree] == t[agree]:
+                agree += 1
+            drafted.append(min(agree + 1, known))
+            accepted.append(agree + 1)
+        self.update(drafted, accepted)
+
     def flush(self) -> None:
         """Count the rounds not yet counted, each discounted as if counted in its turn."""
         if not self.pending:
             return
-        drafted = torch.stack([d for d, _ in self.pending])  # [n, B]
-        accepted = torch.minimum(torch.stack([c for _, c in self.pending]) - 1, drafted)
+        # [n, B] each
+        drafted, counts = (_stacked([p[i] for p in self.pending], self.judged.device) for i in (0, 1))
+        accepted = torch.minimum(counts - 1, drafted)
         n = drafted.shape[0]
         j = torch.arange(self.K, device=drafted.device)
         judged = (j <= accepted[..., None]) & (j < drafted[..., None])  # [n, B, K]
@@ -188,27 +209,35 @@ class RunLengths:
             self.accepted[j] += weight * hit.sum()
             alive = hit[:, : n - 1]
 
-    def rates(self) -> Tensor:
-        """``s[j - 1]`` = P(draft ``j`` accepted | drafts before it accepted), on the device:
-        each position's counts with ``RUN_PRIOR`` pseudo-drafts at the estimate of the position
-        before it (1/2 for the first)."""
-        self.flush()
-        out, before = [], 0.5
-        for j in range(self.K):
-            before = (self.accepted[j] + RUN_PRIOR * before) / (self.judged[j] + RUN_PRIOR)
-            out.append(before)
-        return torch.stack(out)
+    def rates(self) -> list[float]:
+        """``s[j - 1]`` = P(draft ``j`` accepted | drafts before it accepted): each position's
+        counts with ``RUN_PRIOR`` pseudo-drafts at the estimate of the position before it (1/2
+        for the first). One host read."""
+        return RunLengths.rates_of([self])[0]
 
-    def survival(self) -> list[float]:
-        """:meth:`rates` on the host (one read)."""
-        return self.rates().tolist()
+    @staticmethod
+    def rates_of(models: list[RunLengths]) -> list[list[float]]:
+        """:meth:`rates` of several models, with one host read for them all."""
+        if not models:
+            return []
+        for m in models:
+            m.flush()
+        counts = torch.stack([torch.stack([m.accepted, m.judged]) for m in models]).tolist()
+        out = []
+        for accepted, judged in counts:
+            rates, before = [], 0.5
+            for a, n in zip(accepted, judged, strict=True):
+                before = (a + RUN_PRIOR * before) / (n + RUN_PRIOR)
+                rates.append(before)
+            out.append(rates)
+        return out
 
     def best_length(self, draft_cost: float, block_costs: list[float], survival=None) -> tuple[int, float]:
         """The draft length ``k`` in ``1 .. min(K, len(block_costs) - 1)`` with the most expected
         tokens per unit of cost, ``(1 + S_1 + .. + S_k) / (k c + v(k + 1))`` (``S_j``: the chance
         that drafts ``1 .. j`` are all accepted; ``c``: a draft step and ``v(T) = block_costs[T -
         1]``: a verification of ``T`` tokens, in plain decoding steps), and that speed-up."""
-        s = survival if survival is not None else self.survival()
+        s = survival if survival is not None else self.rates()
         best, tokens, run = (1, 0.0), 1.0, 1.0
         for k in range(1, min(self.K, len(block_costs) - 1) + 1):
             run *= s[k - 1]

@@ -8,7 +8,7 @@ from conftest import ARCHS, cached_tiny_model
 
 import eedecode
 from eedecode.policy import Arm, Policy
-from eedecode.strategies import adaptive, adaptive_options, probe
+from eedecode.strategies import adaptive, adaptive_options, drafting, probe
 
 NEW = 40
 
@@ -81,6 +81,25 @@ def test_every_arm_alone_is_lossless_batch_and_padding(arm, only_arms):
     assert set(pulled) <= {ARMS[arm].key, "none"}  # "none": rounds that may emit one token only
     # lookup is offered only where the laggards found a match; the others wherever a round may draft
     assert pulled[ARMS[arm].key] >= out.stats.rounds / (3 if arm == "lookup" else 2)
+
+
+@pytest.mark.parametrize("arm", ["lookup", "mixed"])
+def test_the_batched_lookup_search_is_lossless_too(arm, only_arms, monkeypatch):
+    """On an accelerator lookup drafts come from a batched search on the device instead of the
+    host's n-gram index: that path, run here on a CPU, is lossless too (batch, padding)."""
+    only_arms(ARMS["none"], ARMS[arm])
+    monkeypatch.setattr(drafting, "NgramIndex", lambda *a: None)
+    searched = []
+    real = drafting.draft_from_lookup
+    monkeypatch.setattr(drafting, "draft_from_lookup", lambda *a: searched.append(1) or real(*a))
+    model = cached_tiny_model("qwen2", eos_token_id=None)
+    x = torch.cat([repetitive(2), ids(2, 15, seed=7)])
+    x[0, :2] = 0  # left padding in one row
+    mask = (x != 0).long()
+    ref = model.generate(x, attention_mask=mask, max_new_tokens=NEW, do_sample=False, pad_token_id=0)
+    out = eedecode.generate(model, x, attention_mask=mask, max_new_tokens=NEW, return_dict_in_generate=True)
+    assert torch.equal(out.sequences, ref)
+    assert searched and out.stats.details["arms"].get(ARMS[arm].key, 0) > 0 and out.stats.drafted_tokens > 0
 
 
 def test_mixed_rounds_give_each_row_its_own_drafter(only_arms, monkeypatch):
@@ -450,22 +469,24 @@ def test_in_a_batch_lookup_is_offered_where_the_laggards_found_a_match(only_arms
     model = cached_tiny_model("llama", eos_token_id=None)
     adaptive._POLICIES.pop(model, None)
     only_arms(ARMS["none"], ARMS["lookup"])
-    seen, real_lookup, real_choose = [], adaptive.draft_from_lookup, Policy.choose
+    seen, real_look, real_choose = [], drafting.Lookout.look, Policy.choose
 
-    def lookup(state, *a, **kw):
-        proposal = real_lookup(state, *a, **kw)
+    def look(self, state, *a, **kw):
+        found = real_look(self, state, *a, **kw)
+        counts = self.found[1]  # the host index's (drafts, counts) on a CPU
         active, out_len = state.active.tolist(), state.out_len.tolist()
         least = min(n for n, on in zip(out_len, active, strict=True) if on)
         laggards = [b for b, (n, on) in enumerate(zip(out_len, active, strict=True)) if on and n == least]
-        seen.append({"matched": ((proposal.counts > 0) & state.active).tolist(), "laggards": laggards})
-        return proposal
+        matched = [c > 0 and on for c, on in zip(counts, active, strict=True)]
+        seen.append({"matched": matched, "laggards": laggards})
+        return found
 
     def choose(self, available, priors=None):
         if seen and "offered" not in seen[-1]:
             seen[-1].update(offered=any(a.kind == "lookup" for a in available), context=self.context)
         return real_choose(self, available, priors)
 
-    monkeypatch.setattr(adaptive, "draft_from_lookup", lookup)
+    monkeypatch.setattr(drafting.Lookout, "look", look)
     monkeypatch.setattr(Policy, "choose", choose)
     x = torch.cat([repetitive(1), ids(1, 15, seed=9)])  # row 0 repeats itself, row 1 hardly
     out = eedecode.generate(model, x, max_new_tokens=NEW, return_dict_in_generate=True)
@@ -482,7 +503,7 @@ def test_without_the_lookup_arm_nothing_is_looked_up(monkeypatch):
     model = cached_tiny_model("llama", eos_token_id=None)
     monkeypatch.setattr(probe, "PAYS", 0.0)
     adaptive._POLICIES.pop(model, None)
-    monkeypatch.setattr(adaptive, "draft_from_lookup", lambda *a, **kw: pytest.fail("looked up"))
+    monkeypatch.setattr(drafting.Lookout, "look", lambda *a, **kw: pytest.fail("looked up"))
     out = eedecode.generate(
         model, repetitive(2), max_new_tokens=NEW, lookup=False, return_dict_in_generate=True
     )

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import pytest
 import torch
 
-from eedecode.lookup import _lookup_batched, _lookup_host, lookup_drafts
+from eedecode.lookup import NgramIndex, lookup_drafts
 
 
 def run(rows, k=3, ngram_max=3, starts=None, width=None):
@@ -75,17 +74,33 @@ def random_cases(seed: int, n: int, max_batch: int, max_len: int, max_vocab: int
         yield ctx, start, end, k, nmax, int(torch.randint(1, nmax + 1, (1,), generator=g))
 
 
-@pytest.mark.parametrize("search", [_lookup_host, _lookup_batched], ids=["host", "batched"])
-def test_matches_a_plain_python_search_on_random_contexts(search):
+def test_matches_a_plain_python_search_on_random_contexts():
     for ctx, start, end, k, nmax, nmin in random_cases(0, 500, 4, 30, 5, min_k=1):
-        drafts, counts = search(ctx, start, end, k, nmax, nmin)
+        drafts, counts = lookup_drafts(ctx, start, end, k, nmax, nmin)
         for b in range(ctx.shape[0]):
             want = _reference(ctx[b, start[b] : end[b]].tolist(), k, nmax, nmin)
             assert drafts[b, : counts[b]].tolist() == want
 
 
-def test_the_host_search_and_the_batched_one_give_the_same_tensors():
-    """On a CPU the rows are searched on the host: the same drafts, padding slots included."""
-    for case in random_cases(1, 500, 5, 40, 6, min_k=0):
-        host, batched = _lookup_host(*case), _lookup_batched(*case)
-        assert torch.equal(host[0], batched[0]) and torch.equal(host[1], batched[1])
+def test_the_host_index_gives_the_batched_search_drafts_as_rows_grow():
+    """On a CPU an index of each row's n-grams, kept up to date as the output grows, answers
+    instead of the batched search: the same drafts and counts after every round."""
+    g = torch.Generator().manual_seed(2)
+    for ctx, start, _, k, nmax, nmin in random_cases(1, 200, 5, 40, 6, min_k=0):
+        B, T = ctx.shape
+        P = int(torch.randint(0, T + 1, (1,), generator=g))  # prompt columns; the rest is output
+        pad = torch.minimum(start, torch.tensor(P))
+        prompt, out = ctx[:, :P].clone(), ctx[:, P:]
+        index = NgramIndex(prompt, pad, nmax, nmin)
+        length = [0] * B
+        while True:  # rounds: each row takes in a few more output tokens (or none)
+            grow = torch.randint(0, 4, (B,), generator=g).tolist()
+            length = [min(n + d, T - P) for n, d in zip(length, grow, strict=True)]
+            index.update(out, length)
+            drafts, counts = index.drafts(k)
+            want, want_counts = lookup_drafts(ctx, pad, torch.tensor(length) + P, k, nmax, nmin)
+            assert counts == want_counts.tolist()
+            for b in range(B):
+                assert len(drafts[b]) == k and drafts[b][: counts[b]] == want[b, : counts[b]].tolist()
+            if all(n == T - P for n in length):
+                break

@@ -118,18 +118,18 @@ def test_run_lengths_batched_counting_equals_counting_each_round(monkeypatch):
         batched.update(drafted, counts)
         each.update(drafted, counts)
         each.flush()
-    torch.testing.assert_close(batched.rates(), each.rates())
+    assert batched.rates() == pytest.approx(each.rates())
 
 
 def test_run_lengths_prior_carries_each_position_to_the_next():
     runs = RunLengths("cpu", 3)
-    assert runs.rates().tolist() == [0.5, 0.5, 0.5]  # nothing known: one half
+    assert runs.rates() == [0.5, 0.5, 0.5]  # nothing known: one half
     # 9 of 9 first drafts accepted, nothing judged further: position 1 near (9 + 0.5) / 10, and the
     # positions never reached at that estimate too, not at one half
     runs.update(torch.tensor([1]), torch.tensor([2]))
     for _ in range(8):
         runs.update(torch.tensor([1]), torch.tensor([2]))
-    s = runs.rates().tolist()
+    s = runs.rates()
     first = (stopping.DISCOUNT ** torch.arange(9.0, dtype=torch.float64)).sum().item()  # discounted
     assert s[0] == pytest.approx((first + stopping.RUN_PRIOR * 0.5) / (first + stopping.RUN_PRIOR))
     assert s[1] == pytest.approx(s[0]) and s[2] == pytest.approx(s[0])
@@ -166,4 +166,4 @@ def test_judging_drafts_against_the_tokens_a_round_emitted():
     again.judge(
         drafts[:2], torch.tensor([3, 1]), torch.tensor([[1, 2, 7], [9, 0, 0]]), torch.tensor([3, 1]), "cpu"
     )
-    torch.testing.assert_close(again.rates(), played.rates())
+    assert again.rates() == pytest.approx(played.rates())

@@ -63,8 +63,8 @@ from .adaptive_options import (  # noqa: F401 (re-exported)
 )
 from .base import Round, Strategy, register
 from .drafting import (
+    Lookout,
     draft_from_exit,
-    draft_from_lookup,
     draft_mixed,
     draft_with_skips,
     plain_step,
@@ -112,12 +112,14 @@ class Adaptive(Strategy):
         self.timed = 0.0  # seconds of this round's drafting and verification, when timed
         self.planned = 0  # rounds since the last plan
         self.explored: dict[str, int] = {}  # rounds per drafter without a stop rule (see length)
-        self.looked = None  # this round's lookup drafts and running rows, when looked for
+        self.lookout: Lookout | None = None  # lookup drafts, looked for every round (if an arm)
         self.pace = Pace(1, 0)  # the batch's progress, row by row (set by prefill)
 
     # -- the prompt's probe and the draft-length model -----------------------------------------
     def prefill(self, state, input_ids):
         self.pace = Pace(input_ids.shape[0], state.max_new)
+        if self.on_cpu and any(a.kind in ("lookup", "mixed") for a in self.policy.arms):
+            self.lookout = Lookout(state, input_ids, self.options.lookup_ngram, self.on_cpu)
         probed = self.policy.learned.setdefault("probed", {})  # drafter -> positions probed
         calls = self.policy.learned["calls"] = self.policy.learned.get("calls", 0) + 1
         again = calls % REPROBE_EVERY == 0
@@ -177,11 +179,9 @@ class Adaptive(Strategy):
         # per drafter, the draft-length model of every round, then (exit layers) the probe's alone
         keys = drafters + [PROBED + d for d in drafters if d in exits]
         models = [self.runs(key) for key in keys]
-        rates = (
-            dict(zip(keys, torch.stack([m.rates() for m in models]).tolist(), strict=True)) if keys else {}
-        )
+        rates = dict(zip(keys, RunLengths.rates_of(models), strict=True))  # one host read
         runs = models[: len(drafters)]
-        survival = [rates[d] for d in drafters]  # (one host read above)
+        survival = [rates[d] for d in drafters]
         self.predicted, self.speedups = {}, {}
         for d, r, s in zip(drafters, runs, survival, strict=True):
             entry = exits.get(d, 0)
@@ -275,20 +275,14 @@ class Adaptive(Strategy):
         ]
         if k == 0 or not available:  # the last token of a row, or nothing else to choose
             available = [Arm("none")]
-        lookup, context = None, ""
+        context = ""
         if any(a.kind in ("lookup", "mixed") for a in available):
-            # Lookup drafts are looked for every round (on a CPU about 13 us a row; on a GPU a
-            # batched search and a host read), and whether the laggards found some is the round's
-            # context: the arms' estimates are kept apart for rounds with and without a match,
-            # since text that repeats is easier for every arm. Lookup is offered where the
-            # laggards (the running rows furthest behind, those the batch waits for) found a
+            # Lookup drafts are looked for every round, and whether the laggards found some is
+            # the round's context: the arms' estimates are kept apart for rounds with and without
+            # a match, since text that repeats is easier for every arm. Lookup is offered where
+            # the laggards (the running rows furthest behind, those the batch waits for) found a
             # match; mixed, where some but not every row did.
-            looked = draft_from_lookup(state, self.length("lookup", k), self.options.lookup_ngram)
-            matched = (looked.counts > 0) & state.active
-            done = matched | ~state.active
-            # one host read: did some active row find a match, did every one, did the laggards
-            # (those still running)?
-            some, every, behind = torch.stack([matched.any(), done.all(), done[laggards].all()]).tolist()
+            some, every, behind = self.lookout.look(state, self.length("lookup", k), laggards)
             behind = behind and some
             mixed_ok = some and not every and not state.chooser.do_sample
             available = [
@@ -299,8 +293,6 @@ class Adaptive(Strategy):
                 or a.kind not in ("lookup", "mixed")
             ] or [Arm("none")]  # only lookup, and nothing to look up
             context = MATCHED if behind else ""
-            self.looked = (looked, state.active)  # judged against the round's tokens (observe)
-            lookup = looked
         self.policy.context = context
         arm = self.policy.choose(available, self.priors(available))
         self.arm = arm
@@ -308,7 +300,7 @@ class Adaptive(Strategy):
         if arm.kind == "none":
             return plain_step(state)
         if arm.kind == "lookup":
-            return self._verify(state, with_point_masses(state, lookup))
+            return self._verify(state, with_point_masses(state, self.lookout.proposal()))
         stop = arm.threshold
         if arm.fixed:  # the length model's draft length, no stop rule
             k = self.length(arm.drafter, k)
@@ -317,7 +309,7 @@ class Adaptive(Strategy):
             stop = CalibratedStop(self.calibration(arm), self.draft_cost(arm) + probe.VERIFY_SLOPE)
         if arm.kind == "mixed":
             self.exit_layers.append(arm.exit_layer)
-            self.proposal = draft_mixed(state, lookup, arm.exit_layer, k, stop, self.head)
+            self.proposal = draft_mixed(state, self.lookout.proposal(), arm.exit_layer, k, stop, self.head)
             return verify(state, self.proposal)
         if arm.kind == "exit":
             self.exit_layers.append(arm.exit_layer)
@@ -355,10 +347,8 @@ class Adaptive(Strategy):
         self.runs(drafter).update(proposal.per_row(active).to(device), rnd.counts.to(device))
 
     def observe(self, rnd: Round, view) -> None:
-        if self.looked is not None:  # the lookup drafts of this round, whichever arm played
-            (lookup, active), self.looked = self.looked, None
-            device = self.runner.head_device
-            self.runs("lookup").judge(lookup.drafts, lookup.per_row(active), rnd.tokens, rnd.counts, device)
+        if self.lookout is not None:  # the lookup drafts of this round, whichever arm played
+            self.lookout.judge(self.runs("lookup"), rnd, view.counts)
         seconds = time.perf_counter() - self.started
         tokens = self.pace.reward(view.counts) if view.counts is not None else 0
         arm = self.arm

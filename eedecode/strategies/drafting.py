@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..lookup import lookup_drafts
+from ..lookup import NgramIndex, lookup_drafts
 from ..sampling import sample
 from ..stopping import ThresholdStop
 from .base import Round
@@ -168,9 +168,8 @@ def plain_step(state) -> Round:
     """A round without drafts: the pending token through every layer, one new token per row."""
     runner = state.runner
     h = runner.run_layers(runner.embed(state.pending[:, None]), 0, runner.num_layers, state.cache)
-    drafts = state.pending.new_zeros(state.pending.shape[0], 0)
-    tokens, counts = state.chooser.accept(state, drafts, None, [], runner.logits(h))
-    return Round(tokens, counts)
+    token = state.chooser.choose(state, runner.logits(h[:, 0]))  # [B]: as autoregressive decoding
+    return Round(token[:, None], torch.ones_like(token))
 
 
 def segments(layers) -> list[tuple[int, int]]:
@@ -256,6 +255,59 @@ def draft_from_lookup(state, k: int, ngram_max: int = 3) -> Proposal:
     end = state.prompt.shape[1] + state.out_len
     drafts, counts = lookup_drafts(context, start, end, k, ngram_max)
     return Proposal(drafts, counts, [], 0, None)
+
+
+class Lookout:
+    """Lookup drafts looked for every round, whoever drafts it (the adaptive mode): whether rows
+    found a match says what kind of text the round is in, and the drafts are judged against
+    the round's tokens afterwards (:meth:`judge`). On a CPU they come from the host's n-gram
+    index, as lists and with no tensor operation: there a round's bookkeeping runs right after
+    a forward pass, with cold caches, where each operation costs several times its usual time.
+    Elsewhere: the batched search on the device and one host read."""
+
+    def __init__(self, state, input_ids: Tensor, ngram_max: int, on_cpu: bool):
+        self.ngram_max = ngram_max
+        self.index = NgramIndex(input_ids, state.cache.pad, ngram_max) if on_cpu else None
+        self.found = None  # this round's drafts: (drafts, counts) lists, or a Proposal
+        self.judged = None  # this round's (drafts, drafts per running row), for judge
+
+    def look(self, state, k: int, laggards: list[int]) -> tuple[bool, bool, bool]:
+        """Up to ``k`` drafts per row; whether some running row found a match, whether every one
+        did, whether the ``laggards`` did."""
+        if self.index is None:
+            found = draft_from_lookup(state, k, self.ngram_max)
+            matched = (found.counts > 0) & state.active
+            done = matched | ~state.active
+            self.found, self.judged = found, (found.drafts, found.per_row(state.active))
+            some, every, behind = torch.stack([matched.any(), done.all(), done[laggards].all()]).tolist()
+            return some, every, behind
+        self.index.update(state.out, state.out_len.tolist())
+        drafts, counts = self.index.drafts(k)
+        active = state.active.tolist()
+        matched = [c > 0 and a for c, a in zip(counts, active, strict=True)]
+        done = [m or not a for m, a in zip(matched, active, strict=True)]
+        self.found = (drafts, counts)
+        self.judged = (drafts, [c * a for c, a in zip(counts, active, strict=True)])
+        return any(matched), all(done), all(done[b] for b in laggards)
+
+    def proposal(self) -> Proposal:
+        """This round's lookup drafts, to be verified."""
+        if not isinstance(self.found, Proposal):  # the host's lists
+            drafts, counts = self.found
+            self.found = Proposal(torch.tensor(drafts), torch.tensor(counts), [], 0, None)
+        return self.found
+
+    def judge(self, runs, rnd: Round, counts: list[int]) -> None:
+        """Tell the draft-length model ``runs`` (:class:`eedecode.stopping.RunLengths`) how far
+        this round's lookup drafts would have run, against the tokens it emitted (``counts``:
+        per row, on the host)."""
+        if self.judged is None:
+            return
+        (drafts, per_row), self.judged, self.found = self.judged, None, None
+        if isinstance(drafts, list):
+            runs.judge_rows(drafts, per_row, rnd.tokens.tolist(), counts)
+        else:
+            runs.judge(drafts, per_row, rnd.tokens, rnd.counts, runs.judged.device)
 
 
 def with_point_masses(state, proposal: Proposal) -> Proposal:
