@@ -265,8 +265,9 @@ class Pace:
     """A batch's progress, for the reward of its rounds. A batch runs until its last row is done,
     so a round that lets some rows race ahead while the **laggards** (the running rows furthest
     behind) gain one token brings the end no closer than a plain step. The reward of a round in
-    a batch is therefore the running rows times the least that a laggard gained; at batch size
-    1, the tokens the round produced."""
+    a batch is therefore the running rows times what the laggards gained (their mean: the least
+    of several rows' gains would undervalue drafting, whose gains vary from row to row and even
+    out over the rounds); at batch size 1, the tokens the round produced."""
 
     def __init__(self, batch_size: int, max_new_tokens: int):
         self.progress = [0] * batch_size  # tokens each row emitted in rounds
@@ -282,7 +283,7 @@ class Pace:
         self.behind = [b for b in going if self.progress[b] == least] or [0]
         return self.behind
 
-    def reward(self, counts: list[int]) -> int:
+    def reward(self, counts: list[int]) -> float:
         """The round's reward in tokens, from the tokens each row's round produced (0: a row
         that did not run); then each row's progress (a row that emitted nothing, or all it may,
         is done)."""
@@ -290,8 +291,8 @@ class Pace:
         if len(counts) == 1 or not running:
             tokens = sum(running)
         else:
-            gained = [counts[b] for b in self.behind if b < len(counts) and counts[b] > 0]
-            tokens = len(running) * min(gained or running)
+            gained = [counts[b] for b in self.behind if b < len(counts) and counts[b] > 0] or running
+            tokens = len(running) * sum(gained) / len(gained)
         for b, c in enumerate(counts[: len(self.progress)]):
             self.progress[b] += c
             self.done[b] = self.done[b] or c == 0 or self.progress[b] >= self.max_new - 1

@@ -128,9 +128,9 @@ def test_a_batch_round_is_worth_what_its_laggards_gained():
     assert Pace(1, 10).reward([3]) == 3  # one row: the tokens it produced
     pace = Pace(3, 10)
     assert pace.laggards() == [0, 1, 2]  # all tied at the start
-    assert pace.reward([5, 1, 4]) == 3 * 1  # the batch's end moved by the least a laggard gained
+    assert pace.reward([5, 1, 4]) == 3 * (5 + 1 + 4) / 3  # every row is a laggard: their mean gain
     assert pace.laggards() == [1]
-    assert pace.reward([1, 2, 7]) == 3 * 2
+    assert pace.reward([1, 2, 7]) == 3 * 2  # the one laggard's gain, whatever the others gained
     assert pace.progress == [6, 3, 11] and pace.done == [False, False, True]  # row 2 emitted all
     assert pace.laggards() == [1]
     assert pace.reward([2, 0, 0]) == 1 * 2  # row 1 stopped (EOS): the running rows' least instead

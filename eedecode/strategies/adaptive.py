@@ -29,8 +29,8 @@ Each round, a bandit (:class:`eedecode.policy.Policy`) then picks one arm among 
   runs every layer (greedy decoding only);
 * ``skip``: drafts through a layer set found by ``eedecode tune``, when a tuned policy is given.
 
-The arm's reward is the tokens the round produced (in a batch: the running rows times the
-laggard's, :class:`eedecode.policy.Pace`), per second of wall time, kept per batch-size bucket
+The arm's reward is the tokens the round produced (in a batch: the running rows times what the
+laggards gained, :class:`eedecode.policy.Pace`), per second of wall time, kept per batch-size bucket
 and per context (whether the laggard found a lookup match: repeating text is easier for every
 arm). The plan's predicted rate of an arm counts as a few rounds of its estimate, so a few
 unlucky rounds on a shared machine do not shut out an arm predicted to pay. The policy
