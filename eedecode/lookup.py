@@ -6,7 +6,7 @@ followed that occurrence are proposed as drafts. On code, where names and whole 
 such drafts are often long and right. On an accelerator the search is batched on the device, one
 row per batch row, with no host synchronisation (:func:`lookup_drafts`); on a CPU, where the
 host is the device, an index of each row's n-grams kept on the host answers with a few
-dictionary reads (:class:`NgramIndex`). Both give the same drafts. Longer n-grams are tried
+dictionary reads (:class:`NgramIndex`). Both give the same drafts and counts. Longer n-grams are tried
 first. For each n, the latest occurrence wins, which continues the most recent repetition. (HF
 takes the earliest.)
 """

@@ -18,7 +18,7 @@ from __future__ import annotations
 import functools
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 #: The exploration weight of UCB1 (relative to the best arm's rate).
@@ -36,6 +36,10 @@ FORMAT = "eedecode-policy/1"
 #: The contexts a round can be in: its text does not repeat, or the laggard found a lookup match.
 MATCHED = "+match"
 CONTEXTS = ("", MATCHED)
+#: Arms whose speed does not depend on the round's context (a plain step reads no drafts): their
+#: estimates pool every context of the bucket, so a context where they are seldom played still
+#: knows them well (and the predicted rates built on plain decoding's are steady).
+CONTEXT_FREE = ("none",)
 
 
 def _in_context(key: str, context: str) -> str:
@@ -147,13 +151,14 @@ class Policy:
         candidates = available if available is not None else self.arms
         if len(candidates) == 1:
             return candidates[0]
-        fewest = min(candidates, key=lambda a: self._stats(a).pulls)
-        if self._stats(fewest).pulls < MIN_PULLS:
+        known = {arm.key: self._known(arm) for arm in candidates}
+        fewest = min(candidates, key=lambda a: known[a.key].pulls)
+        if known[fewest.key].pulls < MIN_PULLS:
             return fewest
         priors = priors or {}
         estimates = {}
         for arm in candidates:
-            s, prior = self._stats(arm), priors.get(arm.key)
+            s, prior = known[arm.key], priors.get(arm.key)
             if prior is None:
                 estimates[arm.key] = (s.rate, s.rounds)
             else:
@@ -193,7 +198,15 @@ class Policy:
 
     def rate(self, arm: Arm) -> float:
         """``arm``'s estimated rate (tokens/s) in the current bucket and context (0: not played)."""
-        return self._stats(arm).rate
+        return self._known(arm).rate
+
+    def _known(self, arm: Arm) -> ArmStats:
+        """What is known of ``arm`` in the current bucket and context: its own estimates, or
+        for an arm in ``CONTEXT_FREE`` those of every context of the bucket, summed."""
+        if arm.key not in CONTEXT_FREE:
+            return self._stats(arm)
+        found = [s for s in (self.stats.get(arm.key + c + self.bucket) for c in CONTEXTS) if s is not None]
+        return ArmStats(*(sum(getattr(s, f.name) for s in found) for f in fields(ArmStats)))
 
     def _stats(self, arm: Arm) -> ArmStats:
         return self.stats.setdefault(arm.key + self.context + self.bucket, ArmStats())

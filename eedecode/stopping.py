@@ -137,7 +137,9 @@ class RunLengths:
         run) and the round gave it ``counts[b]`` tokens, its accepted drafts and one more
         (``[B]``, on the device or host lists). Kept as they are and counted in batches
         (:meth:`flush`), so that a round pays for no more than a list append."""
-        if self.pending and len(self.pending[0][0]) != len(num_drafts):  # another batch size
+        first = self.pending[0][0] if self.pending else None
+        if first is not None and (len(first) != len(num_drafts) or type(first) is not type(num_drafts)):
+            # another batch size, or lists after tensors: count what was collected first
             self.flush()
         self.pending.append((num_drafts, counts))
         if len(self.pending) >= FLUSH_EVERY:

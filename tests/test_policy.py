@@ -118,8 +118,25 @@ def test_each_context_keeps_its_own_estimates():
         p.update(NONE, 1, 1 / 100)
     assert p.choose() == LOOKUP and p.rate(LOOKUP) == pytest.approx(300)
     p.context = ""
-    assert p.rate(LOOKUP) == 0 and p.rate(NONE) == 0  # nothing known without a match
+    assert p.rate(LOOKUP) == 0  # nothing known of lookup without a match
     assert set(p.stats) >= {"none+match", "lookup:k=8+match"}
+
+
+def test_plain_decoding_is_known_in_every_context(monkeypatch):
+    """A plain step's speed does not depend on the text: its estimate pools the contexts of the
+    bucket, so a context where it is seldom played (and the predicted rates built on it) knows it
+    from all its rounds."""
+    monkeypatch.setattr(pol, "DISCOUNT", 1.0)  # plain sums
+    p = Policy([NONE, LOOKUP])
+    for _ in range(10):
+        p.update(NONE, 1, 1 / 100)
+    p.context = pol.MATCHED
+    p.update(NONE, 1, 1 / 50)  # one slow round with a match
+    assert p.rate(NONE) == pytest.approx(11 / (10 / 100 + 1 / 50))  # every round, either context
+    assert p.stats["none+match"].pulls == 1 and p.stats["none"].pulls == 10  # kept apart
+    assert p.choose([NONE, LOOKUP]) == LOOKUP  # lookup untried here; plain decoding is known
+    p.bucket = "@B4"
+    assert p.rate(NONE) == 0  # another bucket: nothing known
 
 
 def test_a_batch_round_is_worth_what_its_laggards_gained():
@@ -133,7 +150,7 @@ def test_a_batch_round_is_worth_what_its_laggards_gained():
     assert pace.reward([1, 2, 7]) == 3 * 2  # the one laggard's gain, whatever the others gained
     assert pace.progress == [6, 3, 11] and pace.done == [False, False, True]  # row 2 emitted all
     assert pace.laggards() == [1]
-    assert pace.reward([2, 0, 0]) == 1 * 2  # row 1 stopped (EOS): the running rows' least instead
+    assert pace.reward([2, 0, 0]) == 1 * 2  # row 1 stopped (EOS): the running rows' mean instead
     assert pace.done == [False, True, True] and pace.laggards() == [0]
 
 

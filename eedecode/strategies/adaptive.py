@@ -118,7 +118,7 @@ class Adaptive(Strategy):
     # -- the prompt's probe and the draft-length model -----------------------------------------
     def prefill(self, state, input_ids):
         self.pace = Pace(input_ids.shape[0], state.max_new)
-        if self.on_cpu and any(a.kind in ("lookup", "mixed") for a in self.policy.arms):
+        if any(a.kind in ("lookup", "mixed") for a in self.policy.arms):
             self.lookout = Lookout(state, input_ids, self.options.lookup_ngram, self.on_cpu)
         probed = self.policy.learned.setdefault("probed", {})  # drafter -> positions probed
         calls = self.policy.learned["calls"] = self.policy.learned.get("calls", 0) + 1

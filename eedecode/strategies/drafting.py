@@ -261,8 +261,8 @@ class Lookout:
     """Lookup drafts looked for every round, whoever drafts it (the adaptive mode): whether rows
     found a match says what kind of text the round is in, and the drafts are judged against
     the round's tokens afterwards (:meth:`judge`). On a CPU they come from the host's n-gram
-    index, as lists and with no tensor operation: there a round's bookkeeping runs right after
-    a forward pass, with cold caches, where each operation costs several times its usual time.
+    index, as lists, with no tensor arithmetic: there a round's bookkeeping runs right after a
+    forward pass, with cold caches, where each operation costs several times its usual time.
     Elsewhere: the batched search on the device and one host read."""
 
     def __init__(self, state, input_ids: Tensor, ngram_max: int, on_cpu: bool):
