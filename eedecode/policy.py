@@ -6,7 +6,8 @@ tokens the round produced and how long it took. It keeps each arm's discounted t
 (tokens over seconds), and picks the arm with the best upper confidence bound (UCB1, Auer et al.
 2002, with discounting for a changing context, Garivier and Moulines 2011), once each arm has been
 tried a few times in turn. Each batch-size bucket, and each context within it (whether the
-round's text repeats), keeps its own estimates; a predicted rate can count as a few rounds.
+round's text repeats), keeps its own estimates (plain decoding's, which does not depend on the
+text, pool the contexts); a predicted rate can count as a few rounds.
 Nothing is trained: the policy adapts within one generation and across the rows of a batch. It
 carries over to the next call on the same model, and its state can be saved to a JSON file and
 loaded, so a second run starts warm.
