@@ -195,6 +195,14 @@ def _mode_options(mode: str, engine: dict, gen: GenerationConfig, chosen: dict):
         if name not in values and alias in chosen and getattr(gen, alias, None) is not None:
             values[name] = getattr(gen, alias)
     foreign = {k: v for k, v in engine.items() if k not in own and v is not None}
+    for name, f in all_option_fields().items():  # HF's name for another mode's setting, passed here
+        alias = f.metadata.get("hf_name")
+        value, source = chosen.get(alias, (None, None))
+        if name not in own and alias and value is not None and source == "argument":
+            allowed = ", ".join(own) or "none"
+            raise ValueError(
+                f"{alias}: not a setting of mode={mode!r} (HF's name for {name}; its settings: {allowed})"
+            )
     return build_options(cls, {**values, **foreign})  # a foreign setting raises, naming it
 
 
@@ -276,10 +284,14 @@ def prepare(
     )
     eos = gen._eos_token_tensor
     pad = gen._pad_token_tensor
+    # HF's length criterion, or one the caller passed (which takes precedence in HF): a row stops
+    # there, and it always emits at least one token (HF checks the length after each step)
+    lengths = [c.max_length for c in criteria if isinstance(c, MaxLengthCriteria)]
+    max_length = min(lengths, default=gen.max_length)
     config = DecodingConfig(
         mode=mode,
         options=options,
-        max_new_tokens=gen.max_length - P,
+        max_new_tokens=max(max_length - P, 1),
         do_sample=bool(gen.do_sample),
         eos_token_id=() if eos is None else tuple(int(e) for e in eos.reshape(-1).tolist()),
         pad_token_id=None if pad is None else int(pad),

@@ -219,6 +219,11 @@ def test_fixed_exit_layer_and_bad_settings():
         (dict(exit_layer="deep"), "exit_layer: must be 'auto'"),
         (dict(max_drafts=0), "max_drafts: must be an int >= 1"),
         (dict(lookup="yes"), "lookup: must be True or False"),
+        (dict(lookup_ngram=9), r"lookup_ngram: must be an int in 1\.\.8"),
+        (dict(lookup_ngram=0), r"lookup_ngram: must be an int in 1\.\.8"),
+        # HF's names for the static mode's settings are not the adaptive mode's
+        (dict(num_assistant_tokens=3), "num_assistant_tokens: not a setting of mode='adaptive'"),
+        (dict(assistant_confidence_threshold=0.5), "assistant_confidence_threshold: not a setting"),
     ]:
         with pytest.raises(ValueError, match=words):
             eedecode.generate(model, ids(), mode="adaptive", max_new_tokens=5, **kw)

@@ -32,6 +32,13 @@ CASES = [
     (dict(exit_layer=-2), ValueError, ["exit_layer", "1..5"]),
     (dict(exit_layer=2.5), ValueError, ["exit_layer", "int"]),
     (dict(exit_layer=None), ValueError, ["exit_layer", "required", "adaptive"]),
+    # a bad value given is named before the exit layer that was not
+    (dict(exit_layer=None, num_assistant_tokens_schedule="weird"), ValueError, ["schedule", "weird"]),
+    (
+        dict(mode="autoregressive", exit_layer=None, num_speculations=None, num_assistant_tokens=3),
+        ValueError,
+        ["num_assistant_tokens: not a setting of mode='autoregressive'"],
+    ),
     (dict(num_speculations=0), ValueError, ["num_speculations", ">= 1"]),
     (dict(input_ids=torch.zeros(1, 0, dtype=torch.long)), ValueError, ["input_ids", "empty prompt"]),
     (dict(input_ids=torch.zeros(0, 4, dtype=torch.long)), ValueError, ["input_ids", "empty prompt"]),

@@ -135,6 +135,21 @@ def test_stopping_criteria_as_a_plain_list(mode, settings):
     )
 
 
+@pytest.mark.parametrize("mode,settings", [*MODES, ("adaptive", {})], ids=[*MODE_IDS, "auto"])
+def test_a_length_criterion_passed_in_takes_precedence_as_in_hf(mode, settings):
+    """HF uses a MaxLengthCriteria the caller passes instead of its own (longer or shorter than
+    max_new_tokens), and emits one token even when the length is already reached."""
+    from transformers import MaxLengthCriteria, StoppingCriteriaList
+
+    model = cached_tiny_model("llama", eos_token_id=None)
+    x = ids()
+    for new in (30, 5, 1, 0, -2):  # the criterion's length past the prompt
+        crit = StoppingCriteriaList([MaxLengthCriteria(x.shape[1] + new)])
+        ref = hf(model, x, max_new_tokens=12, stopping_criteria=crit, pad_token_id=0)
+        assert ref.shape[1] == x.shape[1] + max(new, 1)
+        assert torch.equal(ours(model, x, mode, settings, max_new_tokens=12, stopping_criteria=crit), ref)
+
+
 # -- logits processors -----------------------------------------------------------------------------
 PROCESSORS = [
     dict(repetition_penalty=1.8),

@@ -15,6 +15,9 @@ from .base import option
 from .drafting import DraftHead
 
 AUTO = "auto"
+#: The longest n-gram lookup drafts may match: on a CPU each row keeps an index of its n-grams of
+#: every length up to it (:class:`eedecode.lookup.NgramIndex`), which grows with its square.
+LOOKUP_NGRAM_MAX = 8
 #: Exit layers tried when none is given, as fractions of the depth.
 EXIT_FRACTIONS = (0.0, 0.125, 0.25, 0.375, 0.5)
 
@@ -27,7 +30,7 @@ class AdaptiveOptions:
     max_drafts: int = option(6, "the most drafts a row proposes per round (>= 1)")
     lookup: bool = option(True, "also draft by prompt lookup (n-gram continuation from the context)")
     exit_drafts: bool = option(True, "also draft from exit layers (the model's first layers and its head)")
-    lookup_ngram: int = option(3, "longest n-gram prompt lookup matches (>= 1)")
+    lookup_ngram: int = option(3, f"longest n-gram prompt lookup matches (1..{LOOKUP_NGRAM_MAX})")
     policy_in: str | None = option(None, "start from a saved drafting policy (JSON, e.g. from eedecode tune)")
     policy_out: str | None = option(None, "save the learned drafting policy here (JSON)")
     draft_vocab: int | None = option(
@@ -47,8 +50,9 @@ class AdaptiveOptions:
             raise ValueError(f"lookup: must be True or False, got {self.lookup!r}")
         if not isinstance(self.exit_drafts, bool):
             raise ValueError(f"exit_drafts: must be True or False, got {self.exit_drafts!r}")
-        if not _is_int(self.lookup_ngram) or self.lookup_ngram < 1:
-            raise ValueError(f"lookup_ngram: must be an int >= 1, got {self.lookup_ngram!r}")
+        n = self.lookup_ngram
+        if not _is_int(n) or not 1 <= n <= LOOKUP_NGRAM_MAX:
+            raise ValueError(f"lookup_ngram: must be an int in 1..{LOOKUP_NGRAM_MAX}, got {n!r}")
         if self.draft_vocab is not None:
             if not _is_int(self.draft_vocab) or self.draft_vocab < 1:
                 raise ValueError(f"draft_vocab: must be an int >= 1, got {self.draft_vocab!r}")

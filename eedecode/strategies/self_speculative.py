@@ -46,13 +46,7 @@ class SelfSpeculativeOptions:
 
     def validate(self, num_layers: int) -> None:
         E = self.exit_layer
-        if E is None:
-            raise ValueError(
-                f"exit_layer: required for mode='self_speculative' (an int in 1..{num_layers - 1}); "
-                "pass exit_layer= (or assistant_early_exit=), or leave the mode unset for the adaptive "
-                "mode, which chooses how to draft by itself"
-            )
-        if not _is_int(E) or not 1 <= E <= num_layers - 1:
+        if E is not None and (not _is_int(E) or not 1 <= E <= num_layers - 1):
             raise ValueError(
                 f"exit_layer: must be an int in 1..{num_layers - 1} for a model of {num_layers} "
                 f"layers, got {E!r}"
@@ -73,6 +67,12 @@ class SelfSpeculativeOptions:
                     if self.kv_strategy in ("copy", "recompute")
                     else ""
                 )
+            )
+        if E is None:  # after the values given were checked, so that a bad one is named first
+            raise ValueError(
+                f"exit_layer: required for mode='self_speculative' (an int in 1..{num_layers - 1}); "
+                "pass exit_layer= (or assistant_early_exit=), or leave the mode unset for the adaptive "
+                "mode, which chooses how to draft by itself"
             )
 
 
