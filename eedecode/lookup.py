@@ -6,9 +6,9 @@ followed that occurrence are proposed as drafts. On code, where names and whole 
 such drafts are often long and right. On an accelerator the search is batched on the device, one
 row per batch row, with no host synchronisation (:func:`lookup_drafts`); on a CPU, where the
 host is the device, an index of each row's n-grams kept on the host answers with a few
-dictionary reads (:class:`NgramIndex`). Both give the same drafts and counts. Longer n-grams are tried
-first. For each n, the latest occurrence wins, which continues the most recent repetition. (HF
-takes the earliest.)
+dictionary reads (:class:`NgramIndex`). Both give the same drafts and counts. Longer n-grams
+are tried first. For each n, the latest occurrence wins, which continues the most recent
+repetition. (HF takes the earliest.)
 """
 
 from __future__ import annotations
@@ -30,11 +30,6 @@ def lookup_drafts(
     gives up to ``k`` drafts (fewer when the context ends first). A row keeps the longest n that
     matched.
     """
-    return _lookup_batched(context, start, end, k, ngram_max, ngram_min)
-
-
-def _lookup_batched(context: Tensor, start: Tensor, end: Tensor, k: int, ngram_max: int, ngram_min: int):
-    """:func:`lookup_drafts` for every row at once, on the context's device."""
     B, T = context.shape
     device = context.device
     drafts = torch.zeros(B, k, dtype=torch.long, device=device)
