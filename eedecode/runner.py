@@ -111,7 +111,7 @@ class ModelRunner:
 
     def _pack(self, pack: bool) -> None:
         """Find (and with ``pack``, make) the packed matrices of every layer and the head, and
-        decide whether the weights stream from memory (kernels/cpu_matmul.py)."""
+        decide whether the weights stream from memory (eedecode/kernels/cpu_matmul.py)."""
         find = pack_layer if pack else packed_layer
         self.packed: list[PackedLayer | None] = [find(layer) for layer in self.layers]  # None: modules
         self.head_t = pack_head(self.lm_head, self.embed_tokens) if pack else None  # [H, V] or None
@@ -281,7 +281,7 @@ class ModelRunner:
         h = self._final_norm(hidden.to(self.head_device))
         if torch.is_grad_enabled() or not self._plain_head:
             logits = self._head(h)
-        else:  # the product the weights' layout reads fastest (kernels/cpu_matmul.py)
+        else:  # the product the weights' layout reads fastest (eedecode/kernels/cpu_matmul.py)
             flat = linear(h.reshape(-1, h.shape[-1]), self.lm_head.weight, self.lm_head.bias, self.stream)
             logits = flat.view(*h.shape[:-1], flat.shape[-1])
         return logits if logits.dtype == torch.float32 else logits.float()

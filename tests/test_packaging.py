@@ -1,5 +1,5 @@
-"""Packaging: the kernels are installed as eedecode.kernels, never as a top-level `kernels`
-(bitsandbytes probes `import kernels` for an unrelated package)."""
+"""Packaging: the kernels are eedecode.kernels, and nothing in the repository is importable as a
+top-level `kernels` (Hugging Face's kernels package, which transformers imports, has that name)."""
 
 from __future__ import annotations
 
@@ -11,14 +11,38 @@ from pathlib import Path
 import pytest
 
 
-def test_kernels_live_inside_the_package(tmp_path):
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("where", ["root", "elsewhere"])
+def test_no_top_level_kernels_comes_from_the_repository(where, tmp_path):
+    """``import kernels`` started from the repository root (as ``python -m pytest`` and
+    ``python -c`` are) or from elsewhere finds Hugging Face's package or nothing, never ours."""
     code = (
         "import importlib.util, eedecode.kernels as k; "
-        "print(importlib.util.find_spec('kernels') is None, callable(k.exit_head))"
+        "spec = importlib.util.find_spec('kernels'); "
+        "print(spec.origin if spec and spec.origin else '-'); print(callable(k.exit_head))"
     )
-    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True)
+    cwd = ROOT if where == "root" else tmp_path
+    done = subprocess.run([sys.executable, "-c", code], cwd=cwd, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.split() == ["True", "True"]
+    origin, ok = done.stdout.split()
+    assert ok == "True"
+    assert origin == "-" or not Path(origin).resolve().is_relative_to(ROOT.resolve()) or (
+        "site-packages" in Path(origin).parts
+    ), f"`import kernels` from {where} resolves to this repository: {origin}"
+
+
+def test_transformers_loads_a_model_from_the_repository_root():
+    """What a shadowing `kernels/` folder broke: loading any model from the root."""
+    code = (
+        "import eedecode, transformers; "
+        "m = transformers.AutoModelForCausalLM.from_pretrained(eedecode.demo_model_path()); "
+        "print(type(m).__name__)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split()[-1] == "LlamaForCausalLM"
 
 
 def console_script() -> str | None:

@@ -1,7 +1,9 @@
 """Fused kernels of eedecode, each a Triton kernel beside its torch reference.
 
-Installed as `eedecode.kernels` (never as a top-level `kernels`: bitsandbytes probes that name).
-Importing this package does not import Triton; the Triton backend is loaded on first use.
+They live inside the package: nothing in the repository may be importable as a top-level
+``kernels``, the name of Hugging Face's kernels package, which transformers imports (a folder of
+that name at the repository root would shadow it for every command started there). Importing
+this package does not import Triton; the Triton backend is loaded on first use.
 """
 
 from .exit_head import BACKEND_ENV, BACKENDS, exit_head
