@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 
-
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -28,8 +27,10 @@ def test_no_top_level_kernels_comes_from_the_repository(where, tmp_path):
     assert done.returncode == 0, done.stderr
     origin, ok = done.stdout.split()
     assert ok == "True"
-    assert origin == "-" or not Path(origin).resolve().is_relative_to(ROOT.resolve()) or (
-        "site-packages" in Path(origin).parts
+    assert (
+        origin == "-"
+        or not Path(origin).resolve().is_relative_to(ROOT.resolve())
+        or ("site-packages" in Path(origin).parts)
     ), f"`import kernels` from {where} resolves to this repository: {origin}"
 
 
