@@ -32,9 +32,9 @@ from eedecode.bench.measure import encode_prompts, hf_baseline_model
 from eedecode.bench.methods import Speculation
 from eedecode.bench.report import LEGEND, complete, machine_line
 from eedecode.generation import generate
-from eedecode.loading import load_model
+from eedecode.model.loading import load_model
+from eedecode.model.runner import ModelRunner
 from eedecode.policy import Policy
-from eedecode.runner import ModelRunner
 from eedecode.study.tuned_lens import TunedLensConfig, fit_tuned_lens
 from eedecode.training.data import stdlib_root
 from eedecode.tune import blocks_from, search_skip_layers, token_ranking

@@ -25,7 +25,7 @@ import torch
 import eedecode
 from eedecode.bench import load_prompts
 from eedecode.bench.measure import encode_prompts
-from eedecode.loading import load_model
+from eedecode.model.loading import load_model
 from eedecode.training.data import stdlib_root
 
 #: Text to learn from: standard-library modules outside the benchmark's held-out prompt modules.

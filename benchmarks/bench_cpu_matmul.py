@@ -28,8 +28,8 @@ import torch
 import torch.nn.functional as F
 
 from eedecode.kernels import cpu_matmul
-from eedecode.loading import load_model
-from eedecode.runner import ModelRunner
+from eedecode.model.loading import load_model
+from eedecode.model.runner import ModelRunner
 
 ROWS = (1, 2, 3, 4, 6, 8, 16, 48)
 

@@ -85,9 +85,10 @@ def main() -> int:
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    from eedecode import decoding, runner
+    from eedecode import decoding
     from eedecode.bench.profile import count_ops
-    from eedecode.loading import load_model
+    from eedecode.model import runner
+    from eedecode.model.loading import load_model
 
     loaded = load_model(args.model, "cpu", "float32")
     text = "def parse_header(line):\n    return line.split(':')\n"

@@ -23,8 +23,8 @@ import time
 
 import torch
 
-from eedecode.loading import load_model
-from eedecode.runner import ModelRunner
+from eedecode.model.loading import load_model
+from eedecode.model.runner import ModelRunner
 from eedecode.study.data import load_texts
 from eedecode.training.data import stdlib_root
 from eedecode.tune import blocks_from, token_ranking

@@ -5,7 +5,7 @@ Each child loads the model, resets the kernel's high-water mark of its resident 
 (``/proc/self/clear_refs``, Linux), runs one generate, and reports that peak (VmHWM) with the
 resident set after loading and ``resource.getrusage``'s ``ru_maxrss`` (the peak of the whole
 process, loading included). eedecode's first call packs the weights in place
-(eedecode/packing.py), so its peak includes packing::
+(eedecode/model/packing.py), so its peak includes packing::
 
     python benchmarks/peak_rss.py --model smollm2 --max-new-tokens 32
 """
@@ -34,7 +34,7 @@ def child(method: str, model_name: str, max_new_tokens: int, threads: int) -> di
     import torch
 
     import eedecode
-    from eedecode.loading import load_model
+    from eedecode.model.loading import load_model
 
     torch.set_num_threads(threads)
     loaded = load_model(model_name, "cpu", "float32")

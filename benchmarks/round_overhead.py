@@ -23,7 +23,7 @@ import torch
 import eedecode
 from eedecode.bench import load_prompts
 from eedecode.bench.measure import encode_prompts
-from eedecode.loading import load_model
+from eedecode.model.loading import load_model
 from eedecode.strategies import adaptive, drafting
 
 

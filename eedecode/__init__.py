@@ -5,12 +5,12 @@ drop-in for Hugging Face ``model.generate(**inputs, max_new_tokens=n)``: the mod
 own first ``E`` layers and LM head and verifies the drafts in one pass of its remaining layers.
 """
 
-from .compat import SUPPORTED_ARCHITECTURES
 from .config import DecodingConfig
-from .demo import demo_model_path
 from .generation import GenerateOutput, GenerationStats, generate
-from .loading import LoadedModel, load_model
-from .runner import ModelRunner
+from .model.compat import SUPPORTED_ARCHITECTURES
+from .model.demo import demo_model_path
+from .model.loading import LoadedModel, load_model
+from .model.runner import ModelRunner
 from .strategies import Strategy, register, strategy_names
 
 __all__ = [

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 
 from .config import DEFAULT_MODE, STATIC_MODE, default_mode
-from .loading import DEVICES, DTYPES
+from .model.loading import DEVICES, DTYPES
 from .strategies import all_option_fields, get_strategy, option_fields, strategy_names
 
 

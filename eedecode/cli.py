@@ -10,7 +10,7 @@ import argparse
 import sys
 
 from .arguments import add_decoding_arguments, add_model_arguments, decoding_kwargs, set_threads
-from .loading import load_model, quiet_transformers
+from .model.loading import load_model, quiet_transformers
 
 DESCRIPTION = "eedecode: self-speculative (early-exit) decoding for LLaMA-family models"
 DEFAULT_PROMPT = (

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 import torch
 
 from .kernels import DRAFT_STATS
+from .model.runner import ModelRunner
 from .processing import LogitsPipeline
-from .runner import ModelRunner
 from .sampling import greedy_accept, sample, speculative_accept
 from .strategies.base import Round, Strategy
 

@@ -21,11 +21,11 @@ import torch
 from transformers import GenerationConfig
 from transformers.generation.utils import GenerateDecoderOnlyOutput
 
-from .compat import check_generation, check_supported
 from .config import DecodingConfig, Plan, options_dict, prepare
 from .decoding import Decoder, DecodeStats, TokenChooser
+from .model.compat import check_generation, check_supported
+from .model.runner import ModelRunner
 from .processing import LogitsPipeline
-from .runner import ModelRunner
 from .strategies import get_strategy
 from .validation import check_call
 

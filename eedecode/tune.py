@@ -110,8 +110,8 @@ def run_cli(args) -> int:
     from .arguments import set_threads
     from .bench import load_prompts
     from .generation import generate
-    from .loading import load_model
-    from .runner import ModelRunner
+    from .model.loading import load_model
+    from .model.runner import ModelRunner
 
     set_threads(args)
     model, tokenizer, path, _ = load_model(args.model, args.device, args.dtype)

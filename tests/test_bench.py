@@ -18,8 +18,8 @@ from eedecode.bench import methods as methods_module
 from eedecode.bench.methods import Speculation, available_methods, display_name, resolve_methods
 from eedecode.cli import main
 from eedecode.generation import generate
+from eedecode.model.synthetic import exit_agreement, synthetic_model
 from eedecode.strategies import Round, Strategy, option, register, strategy_names, unregister
-from eedecode.synthetic import exit_agreement, synthetic_model
 
 
 def tiny():
@@ -415,7 +415,7 @@ def test_profile_counts_ops_and_reports_the_floor():
 def test_hf_baselines_run_on_the_weights_as_loaded(monkeypatch):
     """eedecode packs the model in place; HF generate is timed on a copy taken before that, and
     hf_packed on the packed model itself."""
-    from eedecode.packing import packed_layer
+    from eedecode.model.packing import packed_layer
 
     seen = {}
     for cls in (methods_module.HFGenerate, methods_module.HFGeneratePacked):

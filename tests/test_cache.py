@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from conftest import cached_tiny_model
 
-from eedecode.runner import ModelRunner
+from eedecode.model.runner import ModelRunner
 
 
 def test_rollback_moves_lengths_without_copying():

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from eedecode import demo
+from eedecode.model import demo
 
 pytestmark = pytest.mark.skipif(
     not all((demo.DEMO_DIR / v / "config.json").is_file() for v in demo.VARIANTS),

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from conftest import cached_tiny_model
 
-from eedecode.costs import preferred_block_sizes
-from eedecode.runner import ModelRunner
+from eedecode.model.costs import preferred_block_sizes
+from eedecode.model.runner import ModelRunner
 
 
 def test_block_costs_are_relative_and_measured_once():

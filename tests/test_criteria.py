@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from eedecode.criteria import (
+from eedecode.kernels import ExitHeadStats
+from eedecode.model.exit_criteria import (
     CRITERIA,
     Cosine,
     Entropy,
@@ -16,7 +17,6 @@ from eedecode.criteria import (
     parse_criterion,
     update_unchanged,
 )
-from eedecode.kernels import ExitHeadStats
 
 
 def point_from_probs(probs, hidden=None, prev=None, unchanged=None, layer=3):

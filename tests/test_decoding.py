@@ -7,7 +7,7 @@ import torch
 from conftest import cached_tiny_model
 
 import eedecode
-from eedecode.runner import ModelRunner
+from eedecode.model.runner import ModelRunner
 
 
 @pytest.mark.parametrize("exit_layer,k", [(1, 1), (2, 3), (4, 8), (5, 2)])

@@ -11,9 +11,9 @@ from test_batch import padded_batch
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
 import eedecode
-from eedecode.criteria import MaxProb
 from eedecode.decoding import Decoder, TokenChooser
-from eedecode.runner import ModelRunner
+from eedecode.model.exit_criteria import MaxProb
+from eedecode.model.runner import ModelRunner
 from eedecode.strategies.early_exit import EarlyExit, EarlyExitOptions
 
 KV = ("copy", "recompute")

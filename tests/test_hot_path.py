@@ -11,7 +11,7 @@ from conftest import ARCHS, cached_tiny_model
 import eedecode
 from eedecode.bench.profile import OpCounter
 from eedecode.decoding import Decoder, TokenChooser
-from eedecode.runner import ModelRunner
+from eedecode.model.runner import ModelRunner
 from eedecode.strategies import build_options, get_strategy
 
 DRAFT_LENGTHS = (1, 2, 3, 5, 8)

@@ -9,8 +9,8 @@ from conftest import ARCHS, tiny_model
 from transformers import AutoModelForCausalLM
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
-from eedecode import packing
-from eedecode.runner import ModelRunner
+from eedecode.model import packing
+from eedecode.model.runner import ModelRunner
 
 #: Logits of the packed model against the unpacked one, float32 (observed: below 1e-6).
 ATOL = 1e-5

@@ -7,7 +7,7 @@ import pytest
 import torch
 from conftest import ARCHS, tiny_model
 
-from eedecode.runner import ModelRunner
+from eedecode.model.runner import ModelRunner
 
 #: fp32 logits of eedecode against HF's forward (and the packed path against the modules). Observed
 #: differences are below 1e-6 on the test configs: packed, transposed weights are multiplied by

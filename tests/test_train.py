@@ -15,10 +15,11 @@ import torch
 import torch.nn.functional as F
 from conftest import ARCHS, tiny_model
 
-from eedecode import ModelRunner, demo
+from eedecode import ModelRunner
 from eedecode import training as tr
 from eedecode.cli import build_parser
-from eedecode.loading import load_model
+from eedecode.model import demo
+from eedecode.model.loading import load_model
 from eedecode.training import cli as train_cli
 from eedecode.training import data
 

@@ -12,9 +12,9 @@ import torch
 from conftest import silent_upper_layers, tiny_model
 
 import eedecode
-from eedecode import demo
+from eedecode.model import demo
+from eedecode.model.runner import ModelRunner
 from eedecode.policy import Arm, Policy
-from eedecode.runner import ModelRunner
 from eedecode.strategies import adaptive_options, probe
 from eedecode.tune import predicted_speedup, search_skip_layers, token_ranking
 

@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 
 from ..arguments import add_model_arguments, set_threads
-from ..loading import load_model
+from ..model.loading import load_model
 from .measure import check_count, encode_prompts, load_prompts, run_measurements
 from .methods import Speculation, method_names, resolve_methods
 from .profile import profile_steps, profile_table

@@ -29,7 +29,7 @@ import torch
 
 from ..arguments import add_model_arguments, set_threads
 from ..generation import generate
-from ..loading import load_model
+from ..model.loading import load_model
 from .measure import encode_prompts, load_prompts, time_methods
 from .methods import AR, HF, Speculation
 from .report import machine_record

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from ..packing import packed_layer
+from ..model.packing import packed_layer
 from . import steps
 from .methods import AR, HF, Speculation, pad_token_id, resolve_methods
 from .steps import measure_step_costs, median, sync

@@ -67,7 +67,7 @@ class Method:
     name: str
     display: str
     batch_one_only = False
-    #: Runs on the weights as loaded. eedecode packs the model in place (eedecode/packing.py),
+    #: Runs on the weights as loaded. eedecode packs the model in place (eedecode/model/packing.py),
     #: which also changes the layout HF's own forward reads: the benchmark hands these methods a
     #: copy of the model taken before any packing (:func:`~eedecode.bench.measure.hf_baseline_model`).
     as_loaded = False

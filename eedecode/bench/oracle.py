@@ -31,7 +31,7 @@ def accepted_runs(model, ids: torch.Tensor, mask, reference: torch.Tensor, exit_
     ``exit_layer`` would be accepted (teacher-forced on ``reference [B, new]``, plain decoding's
     continuation of the left-padded prompts ``ids [B, P]``); 0 at ``new``. Each row runs alone,
     without its padding, through the engine's own layers and exit head."""
-    from ..runner import ModelRunner
+    from ..model.runner import ModelRunner
 
     runner = ModelRunner(model)
     new = reference.shape[1]

@@ -10,7 +10,7 @@ the *floor*: those bytes over the machine's memory bandwidth, measured here by a
 between the steps (:class:`CopyBandwidth`). ``floor share`` = floor / measured time: 1.0 would be
 a step that only streams its weights once from memory. (Weights that fit in the last-level cache,
 like the demo model's 27 MB in a 32 MB L3, can be read faster than that: there the share is not
-bounded by 1.) Then the verification cost table (:func:`eedecode.costs.block_costs`) at batch
+bounded by 1.) Then the verification cost table (:func:`eedecode.model.costs.block_costs`) at batch
 sizes 1, 4 and 16.
 """
 
@@ -23,12 +23,12 @@ from collections import Counter
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from ..costs import preferred_block_sizes
+from ..model.costs import preferred_block_sizes
 from .steps import median, step_functions
 
 #: Bytes copied by :class:`CopyBandwidth`: far larger than any cache.
 BANDWIDTH_BYTES = 256 << 20
-#: The verification cost table (:func:`eedecode.costs.block_costs`): tokens per row, batch sizes.
+#: The verification cost table (:func:`eedecode.model.costs.block_costs`): tokens per row, batch sizes.
 BLOCK_TOKENS = 9
 BLOCK_BATCH_SIZES = (1, 4, 16)
 

@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import torch
 
 from ..decoding import TokenChooser
-from ..runner import ModelRunner
+from ..model.runner import ModelRunner
 
 clock = time.perf_counter  # the benchmark's clock (tests replace it)
 

@@ -32,7 +32,7 @@ import torch
 
 if TYPE_CHECKING:
     from ..decoding import Decoder, RoundView
-    from ..runner import ModelRunner
+    from ..model.runner import ModelRunner
 
 Tensor = torch.Tensor
 

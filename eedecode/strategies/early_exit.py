@@ -8,7 +8,7 @@ A round emits one token per row:
 
 1. **Walk.** The pending token goes up the layers, one exit point at a time (every layer from
    ``min_exit_layer``, or the ``exit_layers`` given). At each exit point the exit head's
-   statistics of its state go to the criterion (:mod:`eedecode.criteria`, the same objects as
+   statistics of its state go to the criterion (:mod:`eedecode.model.exit_criteria`, the same objects as
    the agreement study's gates), and the rows for which it fires exit there.
 2. **Stop.** Once every running row has exited, no further layer runs. Otherwise the walk ends at
    full depth.
@@ -33,7 +33,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..criteria import (
+from ..model.exit_criteria import (
     Cosine,
     Criterion,
     ExitPoint,
@@ -53,7 +53,7 @@ class EarlyExitOptions:
     criterion: str | Callable = option(
         "max-prob:0.9",
         "exit when this fires: max-prob:P, entropy:NATS, margin:M, patience:N (top-1 unchanged over "
-        "N exit points), cosine:C (consecutive layers' states), or a callable (eedecode.criteria)",
+        "N exit points), cosine:C (consecutive layers' states), or a callable (eedecode.model.exit_criteria)",
     )
     min_exit_layer: int | None = option(None, "exit points: every layer from this one to L-1 (default 1)")
     exit_layers: str | tuple[int, ...] | None = option(

@@ -6,7 +6,7 @@ tokens that go deeper attend to it there. Two policies fill the gap:
 * :class:`CopyKV`, state propagation (CALM: Schuster et al. 2022, "Confident Adaptive Language
   Modeling"). The exit hidden state stands in as the input of every skipped layer, and each
   layer's own input norm, k/v projections and RoPE give the token's K/V there
-  (:meth:`~eedecode.runner.ModelRunner.write_kv`). It is cheap (two projections a layer) but
+  (:meth:`~eedecode.model.runner.ModelRunner.write_kv`). It is cheap (two projections a layer) but
   approximate: deeper layers attend to states the full model would not have produced.
 * :class:`DeferredKV`, deferred recomputation (FREE: Bae et al. 2023, "Fast and Robust
   Early-Exiting Framework for Autoregressive Language Models with Synchronized Parallel
@@ -29,8 +29,8 @@ from typing import ClassVar
 
 import torch
 
-from ..cache import KVCache
-from ..runner import ModelRunner
+from ..model.cache import KVCache
+from ..model.runner import ModelRunner
 
 Tensor = torch.Tensor
 

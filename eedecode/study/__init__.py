@@ -2,8 +2,8 @@
 agreement study (:func:`agreement_study`, ``eedecode agreement``) and the light per-layer
 statistics that training and the synthetic models use (:func:`layer_stats`)."""
 
+from ..model.layer_stats import layer_stats
 from .agreement import StudyConfig, agreement_study, study_blocks
-from .layers import layer_stats
 from .tuned_lens import TunedLens, TunedLensConfig, fit_tuned_lens
 
 __all__ = [

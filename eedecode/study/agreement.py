@@ -20,8 +20,8 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from ..criteria import CRITERIA
-from ..runner import ModelRunner
+from ..model.exit_criteria import CRITERIA
+from ..model.runner import ModelRunner
 from .collect import Records, collect, parse_depths
 from .data import encode_stream, load_texts, split_blocks, to_blocks
 from .measures import (

@@ -6,7 +6,7 @@ row). At each studied exit depth ``d`` the exit head (final norm + LM head, thro
 nostalgebraist 2020) or through a trained translator (the *tuned lens*, Belrose et al. 2023,
 arXiv 2303.08112), and per token only a few numbers are kept: ``O(tokens)`` per layer, never
 ``[layers, tokens, vocab]``. The gates' scores come from the exit criteria themselves
-(:mod:`eedecode.criteria`), so the study measures the objects that decoding uses.
+(:mod:`eedecode.model.exit_criteria`), so the study measures the objects that decoding uses.
 
 KL divergence to the final distribution needs no ``[tokens, vocab]`` tensor per layer: with
 ``p`` the final distribution, ``W`` the LM head and ``n_d`` the normed layer-``d`` state,
@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..criteria import CRITERIA, ExitPoint, update_unchanged
-from ..runner import ModelRunner
+from ..model.exit_criteria import CRITERIA, ExitPoint, update_unchanged
+from ..model.runner import ModelRunner
 from .sublayers import POINTS, capture_sublayers, overlap
 
 Tensor = torch.Tensor

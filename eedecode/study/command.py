@@ -129,7 +129,7 @@ def run_cli(args) -> int:
     from tqdm.auto import tqdm
 
     from ..arguments import set_threads
-    from ..loading import load_model
+    from ..model.loading import load_model
     from .agreement import agreement_study
     from .report import write_report
 

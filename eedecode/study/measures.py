@@ -4,7 +4,7 @@
 - **Oracle exit** (the saturation point): the earliest studied depth from which the exit head's
   top-1 equals the final layer's and stays equal up to the last layer (arXiv 2412.01455 calls the
   depth at which tokens match the final output the optimal early-exit layer).
-- **Gates**: each exit criterion of :mod:`eedecode.criteria` over a threshold sweep: a token exits
+- **Gates**: each exit criterion of :mod:`eedecode.model.exit_criteria` over a threshold sweep: a token exits
   at the first studied depth whose score reaches ``criterion.score_threshold`` (else at the last
   layer); too early / exact / too late against the oracle, agreement with the final layer, mean
   exit depth. One curve per criterion; the thresholds are quantiles of the observed scores.

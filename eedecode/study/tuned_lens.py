@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from ..runner import ModelRunner
+from ..model.runner import ModelRunner
 
 Tensor = torch.Tensor
 

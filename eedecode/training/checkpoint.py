@@ -1,5 +1,6 @@
 """Saving a trained model: safetensors weights, config, tokenizer, ``training_log.json``, and the
-recommended decoding settings (``eedecode.json``, read by :func:`eedecode.loading.recommended_settings`).
+recommended decoding settings (``eedecode.json``, read by
+:func:`eedecode.model.loading.recommended_settings`).
 
 The recommendation is predicted from the held-out agreement of each exit with the last layer, by
 the ideal speed-up of speculative decoding (Leviathan et al. 2023, arXiv 2211.17192),
@@ -17,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from ..loading import SETTINGS_FILE
+from ..model.loading import SETTINGS_FILE
 
 MAX_SPECULATIONS = 8
 

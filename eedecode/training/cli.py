@@ -8,7 +8,7 @@ import dataclasses
 import typing
 from collections.abc import Sequence
 
-from ..demo import VARIANTS
+from ..model.demo import VARIANTS
 from .config import TrainConfig
 
 DESCRIPTION = "Train a small LLaMA (plain or early-exit, LayerSkip recipe) on the Python standard library."

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..demo import VARIANTS
+from ..model.demo import VARIANTS
 
 
 @dataclass(frozen=True)

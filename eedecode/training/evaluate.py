@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import torch
 
-from ..runner import ModelRunner
-from ..study import layer_stats
+from ..model.layer_stats import layer_stats
+from ..model.runner import ModelRunner
 
 Tensor = torch.Tensor
 

@@ -4,7 +4,7 @@ warm-up and cosine decay, and the optimisation loop, bounded by a step count and
 Each step draws random windows of the training stream and minimises the loss of
 :mod:`eedecode.training.losses` (next-token loss on the last layer for ``plain``, LayerSkip's
 early-exit loss and layer dropout for ``early_exit``; Elhoushi et al. 2024, arXiv 2404.16710),
-with the layers run by one :class:`~eedecode.runner.ModelRunner` built for the model. The final
+with the layers run by one :class:`~eedecode.model.runner.ModelRunner` built for the model. The final
 held-out evaluation is taken on the weights rounded as they are saved.
 """
 
@@ -17,8 +17,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ..loading import resolve_device
-from ..runner import ModelRunner
+from ..model.loading import resolve_device
+from ..model.runner import ModelRunner
 from .checkpoint import machine_info, recommend_decoding, save_checkpoint
 from .config import TrainConfig
 from .data import prepare_data, spread_blocks

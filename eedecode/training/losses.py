@@ -4,7 +4,7 @@ The shared final norm + LM head applied to intermediate layers gives an early-ex
 a weight that grows with depth and enabled on a rotating subset of layers at each step
 (:func:`exit_loss_weights`); layer dropout whose rate rises with depth (:func:`layer_dropout_rates`)
 skips layers per batch row in training mode only. An optional self-distillation term pulls each
-exit towards the last layer's distribution. The layers run through :class:`~eedecode.runner.ModelRunner`
+exit towards the last layer's distribution. The layers run through :class:`~eedecode.model.runner.ModelRunner`
 (no cache: one causal block per row), the same forward that decoding uses.
 """
 
@@ -15,7 +15,7 @@ from collections.abc import Iterable, Sequence
 import torch
 import torch.nn.functional as F
 
-from ..runner import ModelRunner
+from ..model.runner import ModelRunner
 from .config import TrainConfig
 
 Tensor = torch.Tensor

@@ -14,8 +14,8 @@ from __future__ import annotations
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from .layer_stats import layer_stats
 from .runner import ModelRunner
-from .study.layers import layer_stats
 
 _LLAMA3_ROPE = {
     "rope_type": "llama3",

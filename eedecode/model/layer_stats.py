@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import torch
 
-from ..runner import ModelRunner
+from .runner import ModelRunner
 
 Tensor = torch.Tensor
 

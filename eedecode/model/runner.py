@@ -5,7 +5,7 @@ query cache), plain decoding (``[0, L)``) and the layer-agreement studies. It re
 Face model's own submodules — projections, MLP, norms, rotary embedding — so quantized linear
 layers keep working, and it never calls a decoder layer's ``forward`` (whose private signature
 changes between transformers releases). Attention is ``scaled_dot_product_attention`` over
-eedecode's own :class:`~eedecode.cache.KVCache`.
+eedecode's own :class:`~eedecode.model.cache.KVCache`.
 """
 
 from __future__ import annotations
@@ -13,10 +13,12 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..kernels import DEFAULT_STATS, ExitHeadStats, exit_head, exit_head_logits, logits_stats
+from ..kernels.cpu_matmul import linear, matmul_t, streams_from_memory
 from . import costs
 from .cache import BlockContext, KVCache
 from .compat import check_supported
-from .functional import (
+from .layer_ops import (
     ROPE_TABLE_MIN,
     STATIC_ROPE,
     execution_device,
@@ -28,8 +30,6 @@ from .functional import (
     signed_sin,
     sliding_windows,
 )
-from .kernels import DEFAULT_STATS, ExitHeadStats, exit_head, exit_head_logits, logits_stats
-from .kernels.cpu_matmul import linear, matmul_t, streams_from_memory
 from .packing import PackedLayer, hooked, pack_head, pack_layer, packed_layer
 
 Tensor = torch.Tensor
@@ -47,7 +47,7 @@ class ModelRunner:
     Without a cache, ``run_layers`` runs a causal block on its own (training, teacher-forced
     studies) and autograd works through it; the decoding loops call it under ``torch.no_grad``.
 
-    ``pack=True`` packs the model's weights in place once (:mod:`eedecode.packing`); under
+    ``pack=True`` packs the model's weights in place once (:mod:`eedecode.model.packing`); under
     ``torch.no_grad`` a packed layer then runs as four fused products on the packed matrices.
     With autograd on, every layer runs on the parameters themselves (views of the same storage).
     """
@@ -267,7 +267,7 @@ class ModelRunner:
 
     def block_costs(self, batch_size: int, max_tokens: int) -> list[float]:
         """Cost of a full-depth pass over ``T = 1 .. max_tokens`` tokens per row relative to one
-        token, measured on this machine once per model (:func:`eedecode.costs.block_costs`): what
+        token, measured on this machine once per model (:func:`eedecode.model.costs.block_costs`): what
         verifying ``k = T - 1`` drafts costs against an autoregressive step."""
         return costs.block_costs(self, batch_size, max_tokens)
 

@@ -23,7 +23,7 @@ from typing import ClassVar
 
 import torch
 
-from .kernels import ExitHeadStats
+from ..kernels import ExitHeadStats
 
 Tensor = torch.Tensor
 

