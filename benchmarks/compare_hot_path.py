@@ -85,8 +85,8 @@ def main() -> int:
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    from eedecode import decoding
     from eedecode.bench.profile import count_ops
+    from eedecode.engine import decoder as decoding
     from eedecode.model import runner
     from eedecode.model.loading import load_model
 

@@ -22,10 +22,11 @@ from transformers import GenerationConfig
 from transformers.generation.utils import GenerateDecoderOnlyOutput
 
 from .config import DecodingConfig, Plan, options_dict, prepare
-from .decoding import Decoder, DecodeStats, TokenChooser
+from .engine.chooser import TokenChooser
+from .engine.decoder import Decoder, DecodeStats
+from .engine.processors import LogitsPipeline
 from .model.compat import check_generation, check_supported
 from .model.runner import ModelRunner
-from .processing import LogitsPipeline
 from .strategies import get_strategy
 from .validation import check_call
 

@@ -7,7 +7,7 @@ import torch
 from conftest import ARCHS, cached_tiny_model
 
 import eedecode
-from eedecode import decoding
+from eedecode.engine import chooser
 
 
 def padded_batch(lengths, seed=0):
@@ -28,14 +28,14 @@ def hf(model, ids, mask, **kw):
 @pytest.mark.parametrize("arch", ARCHS)
 def test_batch_equals_hf_padded_batch_and_rows_alone(arch, monkeypatch):
     per_round = []  # emitted counts of every row, per round
-    original = decoding.greedy_accept
+    original = chooser.greedy_accept
 
     def recording(drafts, target_logits, num_drafts=None):
         tokens, n = original(drafts, target_logits, num_drafts)
         per_round.append(n.tolist())
         return tokens, n
 
-    monkeypatch.setattr(decoding, "greedy_accept", recording)
+    monkeypatch.setattr(chooser, "greedy_accept", recording)
     model = cached_tiny_model(arch, eos_token_id=None, bos_token_id=None)
     lengths = [5, 17, 1, 9, 12]
     ids, mask = padded_batch(lengths)

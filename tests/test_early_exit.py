@@ -11,7 +11,8 @@ from test_batch import padded_batch
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
 import eedecode
-from eedecode.decoding import Decoder, TokenChooser
+from eedecode.engine.chooser import TokenChooser
+from eedecode.engine.decoder import Decoder
 from eedecode.model.exit_criteria import MaxProb
 from eedecode.model.runner import ModelRunner
 from eedecode.strategies.early_exit import EarlyExit, EarlyExitOptions

@@ -10,7 +10,8 @@ from conftest import ARCHS, cached_tiny_model
 
 import eedecode
 from eedecode.bench.profile import OpCounter
-from eedecode.decoding import Decoder, TokenChooser
+from eedecode.engine.chooser import TokenChooser
+from eedecode.engine.decoder import Decoder
 from eedecode.model.runner import ModelRunner
 from eedecode.strategies import build_options, get_strategy
 

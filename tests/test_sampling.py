@@ -19,9 +19,9 @@ from transformers.generation.logits_process import (
 )
 
 import eedecode
-from eedecode import decoding
+from eedecode.engine import chooser
+from eedecode.engine.acceptance import always_accept, greedy_accept, sample, speculative_accept
 from eedecode.policy import Arm, Pace
-from eedecode.sampling import always_accept, greedy_accept, sample, speculative_accept
 from eedecode.strategies import adaptive, adaptive_options, probe
 
 V = 8  # a vocabulary small enough to enumerate every 4-token continuation
@@ -132,12 +132,12 @@ def sampled_round(
 ):
     """Counts of the round's three tokens over ``rows`` samples: ``[V, V, V]``."""
     if accept_rule is not None or gumbel is not None:
-        original = decoding.TokenChooser.__init__
+        original = chooser.TokenChooser.__init__
 
         def patched(self, do_sample=False, pipeline=None, generator=None, rule=None, gumbel_drafts=None):
             original(self, do_sample, pipeline, generator, accept_rule, gumbel)
 
-        monkeypatch.setattr(decoding.TokenChooser, "__init__", patched)
+        monkeypatch.setattr(chooser.TokenChooser, "__init__", patched)
     ids = torch.tensor([prompt] * rows)
     # with max_new_tokens=4: one prefill token, then a round of 2 drafts (k=3 is capped by the length)
     settings = dict(exit_layer=1, num_speculations=3) if mode == "self_speculative" else {}

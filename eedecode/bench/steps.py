@@ -9,7 +9,7 @@ from types import SimpleNamespace
 
 import torch
 
-from ..decoding import TokenChooser
+from ..engine.chooser import TokenChooser
 from ..model.runner import ModelRunner
 
 clock = time.perf_counter  # the benchmark's clock (tests replace it)

@@ -1,4 +1,4 @@
-"""Decoding strategies, found by name in one registry (:mod:`eedecode.strategies.base`).
+"""Decoding strategies, found by name in one registry (:mod:`eedecode.engine.mode`).
 
 Built in: ``autoregressive`` (the baseline), ``self_speculative`` (LayerSkip-style drafting from
 a fixed exit layer, verified over the exit query cache), ``adaptive`` (how to draft chosen at
@@ -7,8 +7,7 @@ leaves at the first exit point whose criterion fires). Adding a mode is one modu
 a :class:`Strategy` subclass and decorates it with :func:`register`.
 """
 
-from . import adaptive, autoregressive, early_exit, self_speculative  # noqa: F401  (registers the built-in modes)
-from .base import (
+from ..engine.mode import (
     NoOptions,
     Round,
     Strategy,
@@ -21,6 +20,7 @@ from .base import (
     strategy_names,
     unregister,
 )
+from . import adaptive, autoregressive, early_exit, self_speculative  # noqa: F401  (registers the built-in modes)
 
 __all__ = [
     "NoOptions",

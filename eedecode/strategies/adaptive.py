@@ -47,6 +47,7 @@ import time
 
 import torch
 
+from ..engine.mode import Round, Strategy, register
 from ..policy import MATCHED, Arm, Pace, Policy
 from ..stopping import CalibratedStop, Calibration, RunLengths
 from . import probe
@@ -61,7 +62,6 @@ from .adaptive_options import (  # noqa: F401 (re-exported)
     make_arms,
     policy_for,
 )
-from .base import Round, Strategy, register
 from .drafting import (
     Lookout,
     draft_from_exit,

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import torch
 
+from ..engine.mode import option
 from ..policy import Arm, Policy
-from .base import option
 from .drafting import DraftHead
 
 AUTO = "auto"

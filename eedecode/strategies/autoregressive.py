@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import Round, Strategy, register
+from ..engine.mode import Round, Strategy, register
 
 
 @register

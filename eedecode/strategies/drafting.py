@@ -10,7 +10,7 @@ with their draft distributions when sampling, and says where verification starts
   some layers skipped (Draft & Verify, Zhang et al. 2024; SWIFT, Xia et al. 2024) have no
   usable cache entries, so verification runs every layer over the block.
 
-:func:`verify` then accepts a prefix of each row's own drafts (:mod:`eedecode.sampling`) and
+:func:`verify` then accepts a prefix of each row's own drafts (:mod:`eedecode.engine.acceptance`) and
 returns the round's tokens. The decoder rolls every layer back to the accepted lengths.
 """
 
@@ -21,10 +21,10 @@ from dataclasses import dataclass
 
 import torch
 
+from ..engine.acceptance import sample
+from ..engine.mode import Round
 from ..lookup import NgramIndex, lookup_drafts
-from ..sampling import sample
 from ..stopping import ThresholdStop
-from .base import Round
 
 Tensor = torch.Tensor
 

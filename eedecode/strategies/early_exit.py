@@ -33,6 +33,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..engine.mode import Round, Strategy, option, register
 from ..model.exit_criteria import (
     Cosine,
     Criterion,
@@ -42,7 +43,6 @@ from ..model.exit_criteria import (
     stats_needed,
     update_unchanged,
 )
-from .base import Round, Strategy, option, register
 from .skipped_kv import KV_STRATEGIES
 
 Tensor = torch.Tensor

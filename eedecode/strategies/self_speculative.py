@@ -7,7 +7,7 @@ A round, exit layer ``E`` of ``L``, ``k`` drafts:
    the layer-E states are kept (the *exit query cache*);
 2. verify: the last draft goes through ``[0, E)``, then all ``k + 1`` exit states go through
    ``[E, L)`` in one pass — layers ``< E`` never see a draft token twice;
-3. accept: a pure rule (greedy or speculative sampling, :mod:`eedecode.sampling`);
+3. accept: a pure rule (greedy or speculative sampling, :mod:`eedecode.engine.acceptance`);
 4. the decoder rolls every layer back to the accepted length (a length move, no copy).
 
 ``kv_strategy="rerun"`` verifies as Hugging Face's ``assistant_early_exit`` does instead: the
@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .base import Round, Strategy, option, register
+from ..engine.mode import Round, Strategy, option, register
 
 
 @dataclass(frozen=True)

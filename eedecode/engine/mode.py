@@ -2,7 +2,7 @@
 ``generate()``, the command line and the benchmark read.
 
 A strategy is one small object. Per round it drafts (or not), verifies or accepts, and says
-what it leaves in the cache; :class:`~eedecode.decoding.Decoder` owns everything else — the cache,
+what it leaves in the cache; :class:`~eedecode.engine.decoder.Decoder` owns everything else — the cache,
 each row's pending token, EOS and ``max_new_tokens``, the output buffer, the one host
 synchronisation per round — and calls the strategy once per round::
 
@@ -31,8 +31,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 
 if TYPE_CHECKING:
-    from ..decoding import Decoder, RoundView
     from ..model.runner import ModelRunner
+    from .decoder import Decoder, RoundView
 
 Tensor = torch.Tensor
 

@@ -7,7 +7,7 @@
   probability ``min(1, p_i(x_i) / q_i(x_i))``; at the first rejection draw from
   ``normalize(max(0, p_i - q_i))``; when every draft is accepted draw the bonus token from
   ``p_k``. ``p`` and ``q`` are the target and draft distributions *after* the logits processors
-  and warpers (temperature, top-k, top-p, ...: Hugging Face's own, see :mod:`eedecode.processing`).
+  and warpers (temperature, top-k, top-p, ...: Hugging Face's own, see :mod:`eedecode.engine.processors`).
   The emitted tokens then follow ``p`` exactly.
 
 Shapes: ``B`` rows, ``k`` drafts, ``V`` vocabulary. Drafts ``[B, k]``; draft distributions ``q``
