@@ -127,7 +127,7 @@ class Policy:
     #: through), ``draft_vocab`` (token ids drafts are scored over); empty when not tuned.
     tuned: dict = field(default_factory=dict)
     #: What drafting learned besides the arms' rates, JSON-able: per drafter, the acceptance
-    #: calibration of its stop rule and the cost of one draft step (see eedecode.stopping).
+    #: calibration of its stop rule and the cost of one draft step (see eedecode.drafting.stop_rules).
     learned: dict = field(default_factory=dict)
 
     def __post_init__(self):

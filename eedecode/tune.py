@@ -22,8 +22,8 @@ from collections import Counter
 
 import torch
 
+from .drafting.drafters import segments
 from .policy import Policy
-from .strategies.drafting import segments
 
 #: Drafts per round assumed when predicting the speed-up of a layer set.
 PREDICT_DRAFTS = 4

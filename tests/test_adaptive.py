@@ -7,8 +7,9 @@ import torch
 from conftest import ARCHS, cached_tiny_model
 
 import eedecode
+from eedecode.drafting import drafters as drafting
 from eedecode.policy import Arm, Policy
-from eedecode.strategies import adaptive, adaptive_options, drafting, probe
+from eedecode.strategies import adaptive, adaptive_options, probe
 
 NEW = 40
 
@@ -266,7 +267,7 @@ def test_bad_policy_and_translator_files_are_refused_before_anything_streams(tmp
 
 
 def test_a_translator_drafts_at_its_own_layers_and_stays_lossless(tmp_path, monkeypatch):
-    from eedecode.strategies import drafting
+    from eedecode.drafting import drafters as drafting
     from eedecode.study import TunedLens
 
     model = cached_tiny_model("llama", eos_token_id=None)
@@ -437,10 +438,10 @@ def test_lookup_drafts_are_judged_in_every_round_with_a_match(only_arms, monkeyp
     """The lookup drafts' length model learns from rounds that played other arms: a lookup draft
     is judged against the tokens the round emitted (here every round is plain decoding, so the
     first draft of each match is judged, accepted when it equals the next token)."""
-    from eedecode import stopping
-    from eedecode.lookup import lookup_drafts
+    from eedecode.drafting import run_lengths
+    from eedecode.drafting.lookup import lookup_drafts
 
-    monkeypatch.setattr(stopping, "DISCOUNT", 1.0)  # plain counts
+    monkeypatch.setattr(run_lengths, "DISCOUNT", 1.0)  # plain counts
     model = cached_tiny_model("llama", eos_token_id=None)
     adaptive._POLICIES.pop(model, None)
     only_arms(ARMS["none"], ARMS["lookup"])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from eedecode.lookup import NgramIndex, lookup_drafts
+from eedecode.drafting.lookup import NgramIndex, lookup_drafts
 
 
 def run(rows, k=3, ngram_max=3, starts=None, width=None):

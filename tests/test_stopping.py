@@ -6,8 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from eedecode import stopping
-from eedecode.stopping import BINS, PRIOR, CalibratedStop, Calibration, RunLengths, ThresholdStop
+from eedecode.drafting import run_lengths
+from eedecode.drafting import stop_rules as stopping
+from eedecode.drafting.run_lengths import RunLengths
+from eedecode.drafting.stop_rules import BINS, PRIOR, CalibratedStop, Calibration, ThresholdStop
 
 
 def test_threshold_stop():
@@ -54,7 +56,7 @@ def test_calibrated_stop_weighs_survival_against_cost():
 
 
 def test_run_lengths_count_judged_and_accepted_positions(monkeypatch):
-    monkeypatch.setattr(stopping, "DISCOUNT", 1.0)
+    monkeypatch.setattr(run_lengths, "DISCOUNT", 1.0)
     runs = RunLengths("cpu", 4)
     before_acc, before_judged = runs.accepted.clone(), runs.judged.clone()
     # row 0 drafted 3, 1 accepted: positions 1 (accepted) and 2 (rejected) judged, 3 not
@@ -68,7 +70,7 @@ def test_run_lengths_count_judged_and_accepted_positions(monkeypatch):
 
 
 def test_run_lengths_from_teacher_forced_runs(monkeypatch):
-    monkeypatch.setattr(stopping, "RUN_PRIOR", 1e-9)  # no prior: the counts alone
+    monkeypatch.setattr(run_lengths, "RUN_PRIOR", 1e-9)  # no prior: the counts alone
     runs = RunLengths("cpu", 3)
     agreed = torch.tensor([[True, True, False, True, True, True]])
     real = torch.tensor([[False, True, True, True, True, True]])  # the first position is padding
@@ -108,7 +110,7 @@ def test_run_lengths_state_round_trip_and_other_maximum():
 
 
 def test_run_lengths_batched_counting_equals_counting_each_round(monkeypatch):
-    monkeypatch.setattr(stopping, "FLUSH_EVERY", 1000)
+    monkeypatch.setattr(run_lengths, "FLUSH_EVERY", 1000)
     g = torch.Generator().manual_seed(0)
     rounds = [
         (torch.randint(0, 5, (3,), generator=g), torch.randint(1, 6, (3,), generator=g)) for _ in range(40)
@@ -130,8 +132,8 @@ def test_run_lengths_prior_carries_each_position_to_the_next():
     for _ in range(8):
         runs.update(torch.tensor([1]), torch.tensor([2]))
     s = runs.rates()
-    first = (stopping.DISCOUNT ** torch.arange(9.0, dtype=torch.float64)).sum().item()  # discounted
-    assert s[0] == pytest.approx((first + stopping.RUN_PRIOR * 0.5) / (first + stopping.RUN_PRIOR))
+    first = (run_lengths.DISCOUNT ** torch.arange(9.0, dtype=torch.float64)).sum().item()  # discounted
+    assert s[0] == pytest.approx((first + run_lengths.RUN_PRIOR * 0.5) / (first + run_lengths.RUN_PRIOR))
     assert s[1] == pytest.approx(s[0]) and s[2] == pytest.approx(s[0])
 
 
@@ -141,7 +143,7 @@ def test_run_lengths_count_rounds_of_another_batch_size():
     runs.update(torch.tensor([1]), torch.tensor([2]))
     runs.flush()
     # first round discounted once: row 0 judged 1, 2 (both hit), row 1 judged 1 (missed); then 1 hit
-    d = stopping.DISCOUNT
+    d = run_lengths.DISCOUNT
     torch.testing.assert_close(runs.judged, torch.tensor([2 * d + 1, d, 0.0], dtype=torch.float64))
     torch.testing.assert_close(runs.accepted, torch.tensor([d + 1, d, 0.0], dtype=torch.float64))
 

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ..drafting.drafters import draft_from_exit, plain_step, verify
 from ..strategies import Strategy, option, register, unregister
-from ..strategies.drafting import draft_from_exit, plain_step, verify
 
 ORACLE = "oracle"
 

@@ -1,7 +1,7 @@
 """Adaptive self-speculation: how to draft is chosen at run time, per call and per round.
 
 At the start of a call and every ``PLAN_EVERY`` rounds, a **plan** (:meth:`Adaptive.plan`)
-reads what the draft-length model (:class:`eedecode.stopping.RunLengths`) knows of each drafter:
+reads what the draft-length model (:class:`eedecode.drafting.run_lengths.RunLengths`) knows of each drafter:
 how likely draft ``j`` is accepted once the drafts before it were, seeded by the prompt's probe
 (:mod:`eedecode.strategies.probe`) and updated by every round since (lookup drafts are judged in
 every round with a match, whichever arm played it). With the costs of a draft step and of a
@@ -15,14 +15,14 @@ Each round, a bandit (:class:`eedecode.policy.Policy`) then picks one arm among 
 * ``none``: plain decoding (one token, every layer). This is the fallback when no draft pays,
   on a model whose shallow layers agree badly with its last;
 * ``lookup``: drafts copied from the latest earlier occurrence of the current n-gram
-  (:mod:`eedecode.lookup`), as many as the plan says. They cost no layers, and on code they are
+  (:mod:`eedecode.drafting.lookup`), as many as the plan says. They cost no layers, and on code they are
   often long and right. The arm is offered only in rounds where the laggard (the running row
   furthest behind, the one a batch waits for; at batch size 1 the one row) found a match;
 * ``exit`` at layer ``E``: LayerSkip drafts from the model's first ``E`` layers, verified over
   the exit query cache: as many as the plan says (``fixed``), or, with a stop rule, each row
   stops proposing when its next draft is no longer worth a draft step. That is when the
   probability that all its drafts so far are accepted, learned online per exit layer as a
-  function of the drafts' confidence (:mod:`eedecode.stopping`), falls below the draft's cost.
+  function of the drafts' confidence (:mod:`eedecode.drafting.stop_rules`), falls below the draft's cost.
   So rows draft different lengths;
 * ``mixed`` at layer ``E``: in a batch where some rows found a lookup match and some did not,
   the former take their lookup drafts and the latter draft from layer ``E``; verification then
@@ -47,9 +47,19 @@ import time
 
 import torch
 
+from ..drafting.drafters import (
+    Lookout,
+    draft_from_exit,
+    draft_mixed,
+    draft_with_skips,
+    plain_step,
+    verify,
+    with_point_masses,
+)
+from ..drafting.run_lengths import RunLengths
+from ..drafting.stop_rules import CalibratedStop, Calibration
 from ..engine.mode import Round, Strategy, register
 from ..policy import MATCHED, Arm, Pace, Policy
-from ..stopping import CalibratedStop, Calibration, RunLengths
 from . import probe
 from .adaptive_options import (  # noqa: F401 (re-exported)
     _POLICIES,
@@ -61,15 +71,6 @@ from .adaptive_options import (  # noqa: F401 (re-exported)
     exit_layer_candidates,
     make_arms,
     policy_for,
-)
-from .drafting import (
-    Lookout,
-    draft_from_exit,
-    draft_mixed,
-    draft_with_skips,
-    plain_step,
-    verify,
-    with_point_masses,
 )
 
 #: Smoothing of the measured step costs (exponential moving average weight of a new round).
@@ -148,7 +149,7 @@ class Adaptive(Strategy):
         return last
 
     def runs(self, drafter: str) -> RunLengths:
-        """How far ``drafter``'s drafts run (:class:`eedecode.stopping.RunLengths`)."""
+        """How far ``drafter``'s drafts run (:class:`eedecode.drafting.run_lengths.RunLengths`)."""
         runs = self.policy.run_lengths
         if drafter not in runs:
             saved = self.policy.learned.setdefault("runs", {}).get(drafter)

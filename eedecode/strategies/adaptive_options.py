@@ -10,13 +10,13 @@ from pathlib import Path
 
 import torch
 
+from ..drafting.drafters import DraftHead
 from ..engine.mode import option
 from ..policy import Arm, Policy
-from .drafting import DraftHead
 
 AUTO = "auto"
 #: The longest n-gram lookup drafts may match: on a CPU each row keeps an index of its n-grams of
-#: every length up to it (:class:`eedecode.lookup.NgramIndex`), which grows with its square.
+#: every length up to it (:class:`eedecode.drafting.lookup.NgramIndex`), which grows with its square.
 LOOKUP_NGRAM_MAX = 8
 #: Exit layers tried when none is given, as fractions of the depth.
 EXIT_FRACTIONS = (0.0, 0.125, 0.25, 0.375, 0.5)

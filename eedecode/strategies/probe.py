@@ -9,10 +9,10 @@ is accepted exactly when the two agree. (The probe reads the plain top-1: it ign
 processors, sampling and a restricted draft vocabulary, which only its statistics would see.)
 Two things come of it, both before the first round:
 
-* **The stop rule's calibration** (:class:`eedecode.stopping.Calibration`) is seeded with each
+* **The stop rule's calibration** (:class:`eedecode.drafting.stop_rules.Calibration`) is seeded with each
   probed position's confidence and agreement, so drafts from a layer never tried do not run to
   the maximum length on an uninformed prior.
-* **The draft-length model** (:class:`eedecode.stopping.RunLengths`) is seeded with the runs of
+* **The draft-length model** (:class:`eedecode.drafting.run_lengths.RunLengths`) is seeded with the runs of
   agreement along the window. From it and the costs (:func:`layer_cost`, :func:`prior_costs`,
   :func:`measured_costs`) the adaptive mode predicts each exit layer's speed-up, DEL's expected
   accepted tokens per unit of cost (Zarch et al. 2025), and offers only the best layer, and

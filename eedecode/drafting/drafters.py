@@ -23,8 +23,8 @@ import torch
 
 from ..engine.acceptance import sample
 from ..engine.mode import Round
-from ..lookup import NgramIndex, lookup_drafts
-from ..stopping import ThresholdStop
+from .lookup import NgramIndex, lookup_drafts
+from .stop_rules import ThresholdStop
 
 Tensor = torch.Tensor
 
@@ -127,7 +127,7 @@ def draft_from_exit(state, exit_layer: int, k: int, stop=None, head=None) -> Pro
     """Up to ``k`` drafts from layers ``[0, exit_layer)`` and the exit head (``head``: a different
     head for the draft, e.g. a translator or a smaller vocabulary; see :class:`DraftHead`).
 
-    ``stop``: a threshold or a stop rule (:mod:`eedecode.stopping`). A row stops proposing after
+    ``stop``: a threshold or a stop rule (:mod:`eedecode.drafting.stop_rules`). A row stops proposing after
     the draft the rule turns it down at (that draft is kept: it is already paid for, and may still
     be accepted). Drafting ends when no running row goes on (one host read per draft step)."""
     runner, cache = state.runner, state.cache
@@ -248,7 +248,7 @@ class DraftHead:
 
 def draft_from_lookup(state, k: int, ngram_max: int = 3) -> Proposal:
     """Up to ``k`` drafts continuing each row's latest earlier occurrence of its last n-gram
-    (:mod:`eedecode.lookup`). Their draft distribution is a point mass, which sampling needs once
+    (:mod:`eedecode.drafting.lookup`). Their draft distribution is a point mass, which sampling needs once
     the drafts are to be verified: :func:`with_point_masses`."""
     context = torch.cat([state.prompt, state.out], 1)  # [B, P + W]
     start = state.cache.pad  # left padding
@@ -298,7 +298,7 @@ class Lookout:
         return self.found
 
     def judge(self, runs, rnd: Round, counts: list[int]) -> None:
-        """Tell the draft-length model ``runs`` (:class:`eedecode.stopping.RunLengths`) how far
+        """Tell the draft-length model ``runs`` (:class:`eedecode.drafting.run_lengths.RunLengths`) how far
         this round's lookup drafts would have run, against the tokens it emitted (``counts``:
         per row, on the host)."""
         if self.judged is None:
