@@ -34,10 +34,10 @@ from eedecode.bench.report import LEGEND, complete, machine_line
 from eedecode.generation import generate
 from eedecode.model.loading import load_model
 from eedecode.model.runner import ModelRunner
-from eedecode.policy import Policy
+from eedecode.modes.adaptive.policy import Policy
+from eedecode.modes.adaptive.tune import blocks_from, search_skip_layers, token_ranking
 from eedecode.study.tuned_lens import TunedLensConfig, fit_tuned_lens
 from eedecode.training.data import stdlib_root
-from eedecode.tune import blocks_from, search_skip_layers, token_ranking
 
 #: Tuning text: standard-library modules outside the benchmark's held-out prompt modules.
 TUNING_MODULES = ("functools.py", "dataclasses.py", "enum.py", "contextlib.py")

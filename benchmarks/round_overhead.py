@@ -25,7 +25,7 @@ from eedecode.bench import load_prompts
 from eedecode.bench.measure import encode_prompts
 from eedecode.drafting import drafters as drafting
 from eedecode.model.loading import load_model
-from eedecode.strategies import adaptive
+from eedecode.modes.adaptive import mode as adaptive
 
 
 def timed(cls, name: str, seconds: dict[str, list[float]], again: bool = False):

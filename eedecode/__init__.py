@@ -11,7 +11,7 @@ from .model.compat import SUPPORTED_ARCHITECTURES
 from .model.demo import demo_model_path
 from .model.loading import LoadedModel, load_model
 from .model.runner import ModelRunner
-from .strategies import Strategy, register, strategy_names
+from .modes import Strategy, register, strategy_names
 
 __all__ = [
     "DecodingConfig",

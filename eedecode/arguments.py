@@ -7,7 +7,7 @@ import argparse
 
 from .config import DEFAULT_MODE, STATIC_MODE, default_mode
 from .model.loading import DEVICES, DTYPES
-from .strategies import all_option_fields, get_strategy, option_fields, strategy_names
+from .modes import all_option_fields, get_strategy, option_fields, strategy_names
 
 
 def add_model_arguments(p: argparse.ArgumentParser) -> None:

@@ -68,7 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _commands():
     """The other subcommands' modules; each has ``add_subcommand(subparsers)``."""
-    from . import bench, tune
+    from . import bench
+    from .modes.adaptive import tune
     from .study import command as agreement
     from .training import cli as train_cli
 

@@ -9,7 +9,7 @@ of ``GenerationMixin``. Calling them, instead of copying them, keeps eedecode's 
 to the installed transformers. ``tests/test_hf_conventions.py`` checks the result against
 ``model.generate``.
 
-The decoding mode and its settings come from the strategy registry (:mod:`eedecode.strategies`).
+The decoding mode and its settings come from the strategy registry (:mod:`eedecode.modes`).
 Each mode's ``Options`` fields are keyword arguments, and a field's ``hf_name``
 (``assistant_early_exit``, ``num_assistant_tokens``, ...) is read from the merged generation
 config. Everything is checked here, before anything runs. A setting eedecode cannot honour raises
@@ -32,7 +32,7 @@ from transformers.generation.stopping_criteria import (
 )
 
 from . import validation
-from .strategies import all_option_fields, build_options, get_strategy, option_fields
+from .modes import all_option_fields, build_options, get_strategy, option_fields
 
 Tensor = torch.Tensor
 DEFAULT_MODE = "adaptive"

@@ -27,7 +27,7 @@ from .engine.decoder import Decoder, DecodeStats
 from .engine.processors import LogitsPipeline
 from .model.compat import check_generation, check_supported
 from .model.runner import ModelRunner
-from .strategies import get_strategy
+from .modes import get_strategy
 from .validation import check_call
 
 Tensor = torch.Tensor

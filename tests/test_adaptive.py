@@ -8,8 +8,10 @@ from conftest import ARCHS, cached_tiny_model
 
 import eedecode
 from eedecode.drafting import drafters as drafting
-from eedecode.policy import Arm, Policy
-from eedecode.strategies import adaptive, adaptive_options, probe
+from eedecode.modes.adaptive import mode as adaptive
+from eedecode.modes.adaptive import options as adaptive_options
+from eedecode.modes.adaptive import probe
+from eedecode.modes.adaptive.policy import Arm, Policy
 
 NEW = 40
 
@@ -186,7 +188,7 @@ def test_policy_carries_over_and_saves_and_loads(tmp_path):
 
 
 def test_each_set_of_options_learns_its_own_policy_and_keeps_it_in_process():
-    from eedecode.strategies import adaptive
+    from eedecode.modes.adaptive import mode as adaptive
 
     model = cached_tiny_model("llama", eos_token_id=None, num_hidden_layers=5)
     adaptive._POLICIES.pop(model, None)

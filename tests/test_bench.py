@@ -19,7 +19,7 @@ from eedecode.bench.methods import Speculation, available_methods, display_name,
 from eedecode.cli import main
 from eedecode.generation import generate
 from eedecode.model.synthetic import exit_agreement, synthetic_model
-from eedecode.strategies import Round, Strategy, option, register, strategy_names, unregister
+from eedecode.modes import Round, Strategy, option, register, strategy_names, unregister
 
 
 def tiny():

@@ -15,7 +15,7 @@ from eedecode.engine.chooser import TokenChooser
 from eedecode.engine.decoder import Decoder
 from eedecode.model.exit_criteria import MaxProb
 from eedecode.model.runner import ModelRunner
-from eedecode.strategies.early_exit import EarlyExit, EarlyExitOptions
+from eedecode.modes.early_exit import EarlyExit, EarlyExitOptions
 
 KV = ("copy", "recompute")
 NEVER = ("max-prob:1.0", "entropy:0", "margin:1.0", "patience:100", "cosine:1.0")

@@ -13,7 +13,7 @@ from eedecode.bench.profile import OpCounter
 from eedecode.engine.chooser import TokenChooser
 from eedecode.engine.decoder import Decoder
 from eedecode.model.runner import ModelRunner
-from eedecode.strategies import build_options, get_strategy
+from eedecode.modes import build_options, get_strategy
 
 DRAFT_LENGTHS = (1, 2, 3, 5, 8)
 

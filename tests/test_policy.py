@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from eedecode import policy as pol
-from eedecode.policy import Arm, Policy
+from eedecode.modes.adaptive import policy as pol
+from eedecode.modes.adaptive.policy import Arm, Policy
 
 NONE, LOOKUP = Arm("none"), Arm("lookup", max_drafts=8)
 EXIT = Arm("exit", exit_layer=2, threshold=0.6, max_drafts=6)
@@ -140,7 +140,7 @@ def test_plain_decoding_is_known_in_every_context(monkeypatch):
 
 
 def test_a_batch_round_is_worth_what_its_laggards_gained():
-    from eedecode.policy import Pace
+    from eedecode.modes.adaptive.policy import Pace
 
     assert Pace(1, 10).reward([3]) == 3  # one row: the tokens it produced
     pace = Pace(3, 10)

@@ -21,8 +21,10 @@ from transformers.generation.logits_process import (
 import eedecode
 from eedecode.engine import chooser
 from eedecode.engine.acceptance import always_accept, greedy_accept, sample, speculative_accept
-from eedecode.policy import Arm, Pace
-from eedecode.strategies import adaptive, adaptive_options, probe
+from eedecode.modes.adaptive import mode as adaptive
+from eedecode.modes.adaptive import options as adaptive_options
+from eedecode.modes.adaptive import probe
+from eedecode.modes.adaptive.policy import Arm, Pace
 
 V = 8  # a vocabulary small enough to enumerate every 4-token continuation
 N_NEW = 4  # the prefill's token, then one round: 2 drafts and the correction or bonus token

@@ -10,7 +10,7 @@ import torch
 from conftest import cached_tiny_model
 
 import eedecode
-from eedecode.strategies import Round, Strategy, get_strategy, option, register, strategy_names, unregister
+from eedecode.modes import Round, Strategy, get_strategy, option, register, strategy_names, unregister
 
 
 @dataclass(frozen=True)

@@ -14,9 +14,10 @@ from conftest import silent_upper_layers, tiny_model
 import eedecode
 from eedecode.model import demo
 from eedecode.model.runner import ModelRunner
-from eedecode.policy import Arm, Policy
-from eedecode.strategies import adaptive_options, probe
-from eedecode.tune import predicted_speedup, search_skip_layers, token_ranking
+from eedecode.modes.adaptive import options as adaptive_options
+from eedecode.modes.adaptive import probe
+from eedecode.modes.adaptive.policy import Arm, Policy
+from eedecode.modes.adaptive.tune import predicted_speedup, search_skip_layers, token_ranking
 
 
 def test_predicted_speedup_on_hand_numbers():

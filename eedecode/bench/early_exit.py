@@ -1,5 +1,5 @@
 """Early-exit decoding measured against the full model: every criterion at a few thresholds, with
-copied or recomputed KV for the skipped layers (:mod:`eedecode.strategies.early_exit`).
+copied or recomputed KV for the skipped layers (:mod:`eedecode.modes.early_exit`).
 
 ``run``: the methods take turns on every prompt at batch size 1 (:func:`~.measure.time_methods`),
 and each gets its mean exit layer, tokens/s, paired speed-up over eedecode autoregressive, its

@@ -4,7 +4,7 @@ Hugging Face baselines — ``hf`` (plain ``generate`` on the weights as loaded),
 on the weights eedecode packed), ``hf_early_exit`` (assisted decoding with ``assistant_early_exit``,
 LayerSkip's drafter) and ``hf_prompt_lookup`` (assisted decoding with ``prompt_lookup_num_tokens``,
 n-gram drafts from the prompt) — and ``eedecode_<short>`` for every
-mode registered in :mod:`eedecode.strategies`, so a newly registered mode is measured without a
+mode registered in :mod:`eedecode.modes`, so a newly registered mode is measured without a
 change here. Every method decodes greedily; HF's assisted decoding runs batch size 1 only.
 
 A mode with other settings than its defaults is a *variant*, named
@@ -21,7 +21,7 @@ from dataclasses import dataclass, replace
 
 from ..arguments import flag_type
 from ..generation import generate
-from ..strategies import build_options, get_strategy, option_fields, strategy_names
+from ..modes import build_options, get_strategy, option_fields, strategy_names
 
 HF = "hf"  # the baseline of "vs HF generate" and "identical to HF"
 AR = "eedecode_ar"  # the baseline of the ideal speed-up and the efficiency

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 
 from ..drafting.drafters import draft_from_exit, plain_step, verify
-from ..strategies import Strategy, option, register, unregister
+from ..modes import Strategy, option, register, unregister
 
 ORACLE = "oracle"
 

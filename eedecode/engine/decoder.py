@@ -1,7 +1,7 @@
 """The decoding loop's state on the device, and token choice.
 
 A :class:`Decoder` holds the cache and, per batch row, the *pending* token: the newest emitted
-token, not yet written to the cache. Each round a strategy (:mod:`eedecode.strategies`) proposes
+token, not yet written to the cache. Each round a strategy (:mod:`eedecode.modes`) proposes
 and verifies tokens; :meth:`Decoder.step` then applies EOS and ``max_new_tokens`` per row without
 a Python loop over rows, rolls the cache back to each row's accepted length when the strategy
 asks for it, and synchronises with the host exactly once.

@@ -1,5 +1,5 @@
 """The adaptive mode's settings, their checks, and the arms and draft head they make
-(:mod:`eedecode.strategies.adaptive`)."""
+(:mod:`eedecode.modes.adaptive.mode`)."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ from pathlib import Path
 
 import torch
 
-from ..drafting.drafters import DraftHead
-from ..engine.mode import option
-from ..policy import Arm, Policy
+from ...drafting.drafters import DraftHead
+from ...engine.mode import option
+from .policy import Arm, Policy
 
 AUTO = "auto"
 #: The longest n-gram lookup drafts may match: on a CPU each row keeps an index of its n-grams of
@@ -79,7 +79,7 @@ class AdaptiveOptions:
             if not isinstance(out, (str, Path)) or Path(out).is_dir() or not Path(out).parent.is_dir():
                 raise ValueError(f"policy_out: must be a file path in an existing folder, got {out!r}")
         if self.translator is not None:
-            from ..study.tuned_lens import check_lens_file
+            from ...study.tuned_lens import check_lens_file
 
             depths = check_lens_file(self.translator, "translator", num_layers)
             if _is_int(E) and E not in depths:
@@ -160,7 +160,7 @@ def draft_head(runner, options: AdaptiveOptions, policy: Policy) -> DraftHead | 
             )
         vocab = torch.tensor(ranked[: options.draft_vocab])
     if options.translator is not None:
-        from ..study.tuned_lens import TunedLens
+        from ...study.tuned_lens import TunedLens
 
         translator = TunedLens.load(options.translator, device=runner.head_device)
     if vocab is None and translator is None:
@@ -216,7 +216,7 @@ def policy_for(runner, options: AdaptiveOptions) -> Policy:
     tuned = known.tuned if known else {}
     depths = None
     if options.translator is not None:
-        from ..study.tuned_lens import check_lens_file
+        from ...study.tuned_lens import check_lens_file
 
         depths = check_lens_file(options.translator, "translator", runner.num_layers)
     arms = make_arms(runner.num_layers, options, tuned, depths)

@@ -22,7 +22,7 @@ from collections import Counter
 
 import torch
 
-from .drafting.drafters import segments
+from ...drafting.drafters import segments
 from .policy import Policy
 
 #: Drafts per round assumed when predicting the speed-up of a layer set.
@@ -87,7 +87,7 @@ def blocks_from(tokenizer, texts: list[str], length: int, device) -> torch.Tenso
 
 
 def add_subcommand(subparsers) -> None:
-    from .arguments import add_model_arguments, positive_int
+    from ...arguments import add_model_arguments, positive_int
 
     p = subparsers.add_parser("tune", help="find a draft layer set and vocabulary, warm the adaptive policy")
     add_model_arguments(p)
@@ -107,11 +107,11 @@ def run_cli(args) -> int:
 
     from tqdm.auto import tqdm
 
-    from .arguments import set_threads
-    from .bench import load_prompts
-    from .generation import generate
-    from .model.loading import load_model
-    from .model.runner import ModelRunner
+    from ...arguments import set_threads
+    from ...bench import load_prompts
+    from ...generation import generate
+    from ...model.loading import load_model
+    from ...model.runner import ModelRunner
 
     set_threads(args)
     model, tokenizer, path, _ = load_model(args.model, args.device, args.dtype)

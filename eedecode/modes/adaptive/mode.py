@@ -3,14 +3,14 @@
 At the start of a call and every ``PLAN_EVERY`` rounds, a **plan** (:meth:`Adaptive.plan`)
 reads what the draft-length model (:class:`eedecode.drafting.run_lengths.RunLengths`) knows of each drafter:
 how likely draft ``j`` is accepted once the drafts before it were, seeded by the prompt's probe
-(:mod:`eedecode.strategies.probe`) and updated by every round since (lookup drafts are judged in
+(:mod:`eedecode.modes.adaptive.probe`) and updated by every round since (lookup drafts are judged in
 every round with a match, whichever arm played it). With the costs of a draft step and of a
 verification, in plain decoding steps (a prior, then measured in this mode's own rounds), it
 gives each drafter the draft length with the most expected tokens per unit of cost, and picks
 the one exit layer worth offering: the best predicted by the probe, if it is predicted to pay.
 (DEL's reasoning, Zarch et al. 2025.)
 
-Each round, a bandit (:class:`eedecode.policy.Policy`) then picks one arm among those offered:
+Each round, a bandit (:class:`eedecode.modes.adaptive.policy.Policy`) then picks one arm among those offered:
 
 * ``none``: plain decoding (one token, every layer). This is the fallback when no draft pays,
   on a model whose shallow layers agree badly with its last;
@@ -30,7 +30,8 @@ Each round, a bandit (:class:`eedecode.policy.Policy`) then picks one arm among 
 * ``skip``: drafts through a layer set found by ``eedecode tune``, when a tuned policy is given.
 
 The arm's reward is the tokens the round produced (in a batch: the running rows times what the
-laggards gained, :class:`eedecode.policy.Pace`), per second of wall time, kept per batch-size bucket
+laggards gained, :class:`eedecode.modes.adaptive.policy.Pace`), per second of wall time, kept
+per batch-size bucket
 and per context (whether the laggard found a lookup match: repeating text is easier for every
 arm). The plan's predicted rate of an arm counts as a few rounds of its estimate, so a few
 unlucky rounds on a shared machine do not shut out an arm predicted to pay. The policy
@@ -47,7 +48,7 @@ import time
 
 import torch
 
-from ..drafting.drafters import (
+from ...drafting.drafters import (
     Lookout,
     draft_from_exit,
     draft_mixed,
@@ -56,12 +57,11 @@ from ..drafting.drafters import (
     verify,
     with_point_masses,
 )
-from ..drafting.run_lengths import RunLengths
-from ..drafting.stop_rules import CalibratedStop, Calibration
-from ..engine.mode import Round, Strategy, register
-from ..policy import MATCHED, Arm, Pace, Policy
+from ...drafting.run_lengths import RunLengths
+from ...drafting.stop_rules import CalibratedStop, Calibration
+from ...engine.mode import Round, Strategy, register
 from . import probe
-from .adaptive_options import (  # noqa: F401 (re-exported)
+from .options import (  # noqa: F401 (re-exported)
     _POLICIES,
     AUTO,
     AdaptiveOptions,
@@ -72,6 +72,7 @@ from .adaptive_options import (  # noqa: F401 (re-exported)
     make_arms,
     policy_for,
 )
+from .policy import MATCHED, Arm, Pace, Policy
 
 #: Smoothing of the measured step costs (exponential moving average weight of a new round).
 COST_EMA = 0.1
