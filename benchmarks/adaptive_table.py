@@ -27,11 +27,11 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from eedecode.api.generation import generate
 from eedecode.bench import load_prompts, markdown_table, measure_step_costs, time_methods
 from eedecode.bench.measure import encode_prompts, hf_baseline_model
 from eedecode.bench.methods import Speculation
 from eedecode.bench.report import LEGEND, complete, machine_line
-from eedecode.generation import generate
 from eedecode.model.loading import load_model
 from eedecode.model.runner import ModelRunner
 from eedecode.modes.adaptive.policy import Policy

@@ -11,7 +11,7 @@ Same code as ``eedecode bench`` (:mod:`eedecode.bench`); for example::
 
 import sys
 
-from eedecode.cli import main
+from eedecode.cli.main import main
 
 if __name__ == "__main__":
     sys.exit(main(["bench", *sys.argv[1:]]))

@@ -1,30 +1,46 @@
 """eedecode: self-speculative (early-exit) decoding for LLaMA-family models.
 
-``eedecode.generate(model, **inputs, exit_layer=E, num_speculations=k, max_new_tokens=n)`` is a
-drop-in for Hugging Face ``model.generate(**inputs, max_new_tokens=n)``: the model drafts with its
-own first ``E`` layers and LM head and verifies the drafts in one pass of its remaining layers.
+``eedecode.generate(model, **inputs)`` is a drop-in for Hugging Face ``model.generate(**inputs)``:
+the model drafts with its own first layers and LM head (or copies drafts from its context) and
+verifies them in one pass of the full model; greedy output is the same token for token.
+
+Names are imported on first use, so that ``import eedecode`` (and the ``eedecode`` command's
+``--help``) does not load torch and transformers.
 """
 
-from .config import DecodingConfig
-from .generation import GenerateOutput, GenerationStats, generate
-from .model.compat import SUPPORTED_ARCHITECTURES
-from .model.demo import demo_model_path
-from .model.loading import LoadedModel, load_model
-from .model.runner import ModelRunner
-from .modes import Strategy, register, strategy_names
+from __future__ import annotations
 
-__all__ = [
-    "DecodingConfig",
-    "GenerateOutput",
-    "GenerationStats",
-    "LoadedModel",
-    "ModelRunner",
-    "SUPPORTED_ARCHITECTURES",
-    "Strategy",
-    "demo_model_path",
-    "generate",
-    "load_model",
-    "register",
-    "strategy_names",
-]
+import importlib
+
 __version__ = "0.1.0"
+
+#: Public name -> the module that defines it.
+_EXPORTS = {
+    "generate": "eedecode.api.generation",
+    "GenerateOutput": "eedecode.api.generation",
+    "GenerationStats": "eedecode.api.generation",
+    "DecodingConfig": "eedecode.api.plan",
+    "SUPPORTED_ARCHITECTURES": "eedecode.model.compat",
+    "demo_model_path": "eedecode.model.demo",
+    "LoadedModel": "eedecode.model.loading",
+    "load_model": "eedecode.model.loading",
+    "ModelRunner": "eedecode.model.runner",
+    "Strategy": "eedecode.modes",
+    "register": "eedecode.modes",
+    "strategy_names": "eedecode.modes",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'eedecode' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])

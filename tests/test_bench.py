@@ -13,11 +13,11 @@ import torch
 from conftest import cached_tiny_model, silent_upper_layers, tiny_model
 
 from eedecode import bench
+from eedecode.api.generation import generate
 from eedecode.bench import measure, steps
 from eedecode.bench import methods as methods_module
 from eedecode.bench.methods import Speculation, available_methods, display_name, resolve_methods
-from eedecode.cli import main
-from eedecode.generation import generate
+from eedecode.cli.main import main
 from eedecode.model.synthetic import exit_agreement, synthetic_model
 from eedecode.modes import Round, Strategy, option, register, strategy_names, unregister
 

@@ -341,8 +341,8 @@ def test_a_criterion_of_the_wrong_shape_is_a_clear_error():
 
 
 def test_command_line_flags_reach_the_mode(capsys):
-    from eedecode.arguments import decoding_kwargs
-    from eedecode.cli import build_parser, main
+    from eedecode.cli.arguments import decoding_kwargs
+    from eedecode.cli.main import build_parser, main
 
     argv = ["generate", "--mode", "early-exit", "--criterion", "max-prob:0.9", "--kv-strategy", "copy"]
     args = build_parser().parse_args([*argv, "--exit-layers", "2,4", "x"])

@@ -78,7 +78,7 @@ def test_a_toy_mode_samples_and_validates(fixed_token_mode):
 
 
 def test_a_toy_mode_gets_command_line_flags(fixed_token_mode):
-    from eedecode.cli import build_parser
+    from eedecode.cli.main import build_parser
 
     args = build_parser().parse_args(["generate", "--mode", "fixed_token", "--token", "7", "x"])
     assert args.mode == "fixed_token" and args.token == 7

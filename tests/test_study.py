@@ -11,6 +11,7 @@ import pytest
 import torch
 from conftest import cached_tiny_model, tiny_model
 
+from eedecode.cli.agreement import parse_layers
 from eedecode.kernels import ExitHeadStats
 from eedecode.model import demo
 from eedecode.model.exit_criteria import CRITERIA, ExitPoint, update_unchanged
@@ -25,7 +26,6 @@ from eedecode.study import (
     study_blocks,
 )
 from eedecode.study.collect import _final, collect, gate_criteria, gate_scores, kl_to_final, parse_depths
-from eedecode.study.command import parse_layers
 from eedecode.study.data import load_texts, split_blocks, to_blocks
 from eedecode.study.sublayers import capture_sublayers
 
@@ -343,7 +343,7 @@ def test_sublayer_rows_come_from_the_first_positions():
 
 @pytest.mark.skipif(not HAS_DEMO, reason="the demo checkpoints are not in this checkout")
 def test_command_writes_every_output_and_reloads_translators(tmp_path, capsys):
-    from eedecode.cli import main
+    from eedecode.cli.main import main
 
     common = ["--model", "demo-plain", "--max-tokens", "300", "--threads", "1", "--no-progress"]
     common += ["--cost-reps", "1", "--speed-exits", "2", "--draft-lengths", "1,2", "--sublayer-tokens", "255"]

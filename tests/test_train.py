@@ -17,10 +17,10 @@ from conftest import ARCHS, tiny_model
 
 from eedecode import ModelRunner
 from eedecode import training as tr
-from eedecode.cli import build_parser
+from eedecode.cli import train as train_cli
+from eedecode.cli.main import build_parser
 from eedecode.model import demo
 from eedecode.model.loading import load_model
-from eedecode.training import cli as train_cli
 from eedecode.training import data
 
 TINY = dict(
@@ -437,7 +437,7 @@ def test_cli_flags_build_the_config():
 
 def test_python_m_entry_writes_prompts(tmp_path):
     out = tmp_path / "prompts.jsonl"
-    cmd = [sys.executable, "-m", "eedecode.training", "--write-prompts", str(out)]
+    cmd = [sys.executable, "-m", "eedecode.cli", "train", "--write-prompts", str(out)]
     done = subprocess.run(cmd, capture_output=True, text=True, cwd=Path(__file__).parents[1], timeout=120)
     assert done.returncode == 0, done.stderr
     rows = [json.loads(line) for line in out.read_text().splitlines()]

@@ -5,12 +5,11 @@ over exit layers x draft lengths.
 :mod:`.methods` names the methods (from the strategy registry), :mod:`.measure` times them
 (interleaved per prompt, paired ratios, step costs), :mod:`.sweep` runs the grid, :mod:`.report`
 derives the ideal speed-up and efficiency and draws the table, the legend and the heatmap, and
-:mod:`.cli` is ``eedecode bench``. Nothing here asserts a time.
+:mod:`eedecode.cli.bench` is ``eedecode bench``. Nothing here asserts a time.
 """
 
 from __future__ import annotations
 
-from .cli import add_subcommand
 from .measure import MethodResult, load_prompts, run_measurements, time_methods
 from .methods import Speculation, available_methods, method_names
 from .report import (
@@ -36,7 +35,6 @@ def run_benchmark(model, tokenizer, prompts: list[dict], **kwargs) -> dict:
 __all__ = [
     "MethodResult",
     "Speculation",
-    "add_subcommand",
     "available_methods",
     "complete",
     "derive",

@@ -27,9 +27,8 @@ from pathlib import Path
 
 import torch
 
-from ..arguments import add_model_arguments, set_threads
-from ..generation import generate
-from ..model.loading import load_model
+from ..api.generation import generate
+from ..model.loading import add_model_arguments, load_model, set_threads
 from .measure import encode_prompts, load_prompts, time_methods
 from .methods import AR, HF, Speculation
 from .report import machine_record

@@ -19,8 +19,8 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass, replace
 
-from ..arguments import flag_type
-from ..generation import generate
+from ..api.generation import generate
+from ..engine.mode import setting_type
 from ..modes import build_options, get_strategy, option_fields, strategy_names
 
 HF = "hf"  # the baseline of "vs HF generate" and "identical to HF"
@@ -258,7 +258,7 @@ def variant(name: str, what: str = "methods") -> Method:
         if not eq or key not in fields:
             raise ValueError(f"{what}: {name!r}: {pair!r} is not NAME=VALUE with NAME in {', '.join(fields)}")
         try:
-            fixed[key] = flag_type(key)(text)
+            fixed[key] = setting_type(key)(text)
         except ValueError:
             raise ValueError(f"{what}: {name!r}: {key} cannot be {text!r}") from None
     return others[base][0](fixed) if base in others else Eedecode(modes[base], fixed)

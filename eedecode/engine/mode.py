@@ -23,6 +23,7 @@ from all three by its ``name``::
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
@@ -104,7 +105,7 @@ class Strategy(ABC):
         """Called once after the last round (a policy may save itself here)."""
 
     def report(self) -> dict:
-        """Mode-specific statistics for :class:`~eedecode.generation.GenerationStats` ``details``."""
+        """Mode-specific statistics for :class:`~eedecode.api.generation.GenerationStats` ``details``."""
         return {}
 
     def describe(self) -> str:
@@ -167,3 +168,46 @@ def build_options(cls: type[Strategy], values: dict[str, Any]):
         allowed = ", ".join(fields) or "none"
         raise ValueError(f"{foreign[0]}: not a setting of mode={cls.name!r} (its settings: {allowed})")
     return cls.Options(**values)
+
+
+# -- settings given as text ---------------------------------------------------------------------
+def _kinds(name: str) -> set[str]:
+    """The types a setting has across the registered modes (``int | None`` -> {"int"})."""
+    kinds = set()
+    for mode in strategy_names():
+        f = option_fields(get_strategy(mode)).get(name)
+        if f is not None:
+            kinds |= set(str(f.type).replace(" ", "").split("|")) - {"None"}
+    return kinds
+
+
+def _bool(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def setting_type(name: str):
+    """How to read a mode setting given as text (a command-line flag, a benchmark variant's
+    ``@NAME=VALUE``), from its annotations: ints stay ints, and a setting that is an int in one
+    mode and a word in another (``--exit-layer 3`` / ``auto``) takes either."""
+    kinds = _kinds(name)
+    if kinds == {"bool"}:
+        return _bool
+    if "str" in kinds and ("int" in kinds or "float" in kinds):
+        number = float if "float" in kinds else int
+
+        def number_or_word(text: str):
+            try:
+                return number(text)
+            except ValueError:
+                return text
+
+        return number_or_word
+    for kind, typ in (("int", int), ("float", float)):
+        if kind in kinds:
+            return typ
+    return str

@@ -8,6 +8,7 @@ Hugging Face's weight-loading bars and deprecation warnings are silenced unless 
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import functools
 import importlib.util
@@ -174,3 +175,32 @@ def load_model(
             tokenizer = AutoTokenizer.from_pretrained(path)
             net = AutoModelForCausalLM.from_pretrained(path, dtype=dt)
     return LoadedModel(net.to(dev).eval(), tokenizer, str(path), recommended_settings(path))
+
+
+# -- command-line arguments of load_model (the CLI's and the tools') --------------------------------
+def add_model_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--model",
+        default=None,
+        help="checkpoint folder, .gguf file, demo (default), demo-plain, smollm2 or synthetic:<shape>",
+    )
+    p.add_argument("--device", default="auto", choices=DEVICES)
+    p.add_argument(
+        "--dtype", default="auto", choices=["auto", *DTYPES], help="auto: float32 on CPU, bfloat16 on CUDA"
+    )
+    p.add_argument("--threads", type=_positive_int, default=None, help="torch intra-op threads on the CPU")
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an int >= 1, got {value}")
+    return value
+
+
+def set_threads(args) -> None:
+    """``--threads``: torch's intra-op threads (small models are often fastest at 1)."""
+    if getattr(args, "threads", None):
+        import torch
+
+        torch.set_num_threads(args.threads)

@@ -16,14 +16,11 @@ and ``eedecode generate --policy-in`` read:
 
 from __future__ import annotations
 
-import sys
-import time
 from collections import Counter
 
 import torch
 
 from ...drafting.drafters import segments
-from .policy import Policy
 
 #: Drafts per round assumed when predicting the speed-up of a layer set.
 PREDICT_DRAFTS = 4
@@ -84,66 +81,3 @@ def blocks_from(tokenizer, texts: list[str], length: int, device) -> torch.Tenso
     n = max(1, len(ids) // length)
     ids = (ids + ids[:1] * length)[: n * length]
     return torch.tensor(ids, device=device).view(n, length)
-
-
-def add_subcommand(subparsers) -> None:
-    from ...arguments import add_model_arguments, positive_int
-
-    p = subparsers.add_parser("tune", help="find a draft layer set and vocabulary, warm the adaptive policy")
-    add_model_arguments(p)
-    p.add_argument(
-        "--data", nargs="*", default=None, help="text or .py files (default: the benchmark prompts)"
-    )
-    p.add_argument("--num-prompts", type=positive_int, default=8, help="prompts used to warm the policy")
-    p.add_argument("--max-new-tokens", type=positive_int, default=64)
-    p.add_argument("--block-length", type=positive_int, default=128, help="tokens per teacher-forced block")
-    p.add_argument("--max-blocks", type=positive_int, default=4)
-    p.add_argument("--out", required=True, help="the policy file to write (JSON)")
-    p.set_defaults(func=run_cli)
-
-
-def run_cli(args) -> int:
-    from pathlib import Path
-
-    from tqdm.auto import tqdm
-
-    from ...arguments import set_threads
-    from ...bench import load_prompts
-    from ...generation import generate
-    from ...model.loading import load_model
-    from ...model.runner import ModelRunner
-
-    set_threads(args)
-    model, tokenizer, path, _ = load_model(args.model, args.device, args.dtype)
-    if tokenizer is None:
-        raise ValueError(f"model: {path} has no tokenizer; `eedecode tune` needs one")
-    prompts = [row["prompt"] for row in load_prompts(None, args.num_prompts)]
-    texts = [Path(f).read_text() for f in args.data] if args.data else prompts
-    t0 = time.perf_counter()
-    runner = ModelRunner(model)
-    blocks = blocks_from(tokenizer, texts, args.block_length, runner.device)[: args.max_blocks]
-    L = runner.num_layers
-    with tqdm(total=L * (L + 1) // 2, desc="layer set", leave=False) as bar:
-        layers, agreement, speed = search_skip_layers(runner, blocks, bar)
-    ranking = token_ranking(tokenizer, texts)
-    out = Path(args.out)
-    tuned = {"skip_layers": layers, "draft_vocab": ranking}
-    seed = Policy([], model="", tuned=tuned)
-    seed.save(out)  # a policy with the tuned pieces; generating with it fills in the arms' stats
-    for prompt in tqdm(prompts, desc="warm policy", leave=False):
-        inputs = tokenizer(prompt, return_tensors="pt").to(runner.device)
-        generate(model, **inputs, max_new_tokens=args.max_new_tokens, policy_in=str(out), policy_out=str(out))
-    best = Policy.load(out).best()
-    print(
-        f"{path}: "
-        + (
-            f"drafting through {len(layers)} of {L} layers {layers} agrees {agreement:.1%} with the full "
-            f"model (predicted {speed:.2f}x); "
-            if layers
-            else "no layer set pays for drafting (dropping any layer predicts a slowdown); "
-        )
-        + f"{len(ranking)} distinct tokens ranked; best arm so far {best.key}; "
-        f"{time.perf_counter() - t0:.0f} s\n[eedecode] policy: {out}",
-        file=sys.stderr,
-    )
-    return 0

@@ -9,7 +9,7 @@ import typing
 from collections.abc import Sequence
 
 from ..model.demo import VARIANTS
-from .config import TrainConfig
+from ..training.config import TrainConfig
 
 DESCRIPTION = "Train a small LLaMA (plain or early-exit, LayerSkip recipe) on the Python standard library."
 
@@ -53,12 +53,12 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 def run_train(args: argparse.Namespace) -> int:
     if getattr(args, "write_prompts", None):
-        from .data import write_prompts
+        from ..training.data import write_prompts
 
         prompts = write_prompts(args.write_prompts, root=args.stdlib_dir)
         print(f"wrote {len(prompts)} prompts to {args.write_prompts}")
         return 0
-    from .loop import train
+    from ..training.loop import train
 
     train(config_from_args(args))
     return 0

@@ -10,8 +10,8 @@ import argparse
 import time
 from pathlib import Path
 
-from .agreement import StudyConfig
-from .tuned_lens import TunedLensConfig
+from ..study.agreement import StudyConfig
+from ..study.tuned_lens import TunedLensConfig
 
 
 def parse_layers(spec: str | None) -> tuple[int, ...] | None:
@@ -38,7 +38,7 @@ def _ints(text: str) -> tuple[int, ...]:
 
 
 def add_subcommand(subparsers) -> None:
-    from ..arguments import add_model_arguments
+    from ..model.loading import add_model_arguments
 
     p = subparsers.add_parser(
         "agreement", help="how often each layer already predicts the final token; gates, lenses, speed"
@@ -128,10 +128,9 @@ def config_from_args(args) -> StudyConfig:
 def run_cli(args) -> int:
     from tqdm.auto import tqdm
 
-    from ..arguments import set_threads
-    from ..model.loading import load_model
-    from .agreement import agreement_study
-    from .report import write_report
+    from ..model.loading import load_model, set_threads
+    from ..study.agreement import agreement_study
+    from ..study.report import write_report
 
     config = config_from_args(args)
     config.validate()

@@ -13,12 +13,10 @@ import argparse
 import json
 from pathlib import Path
 
-from ..arguments import add_model_arguments, set_threads
-from ..model.loading import load_model
-from .measure import check_count, encode_prompts, load_prompts, run_measurements
-from .methods import Speculation, method_names, resolve_methods
-from .profile import profile_steps, profile_table
-from .report import (
+from ..bench.measure import check_count, encode_prompts, load_prompts, run_measurements
+from ..bench.methods import Speculation, method_names, resolve_methods
+from ..bench.profile import profile_steps, profile_table
+from ..bench.report import (
     LEGEND,
     best_cells_line,
     complete,
@@ -27,7 +25,8 @@ from .report import (
     plot_batches,
     plot_sweep,
 )
-from .sweep import run_sweep
+from ..bench.sweep import run_sweep
+from ..model.loading import add_model_arguments, load_model, set_threads
 
 
 def add_subcommand(subparsers) -> None:

@@ -5,22 +5,10 @@ from __future__ import annotations
 
 import argparse
 
-from .config import DEFAULT_MODE, STATIC_MODE, default_mode
-from .model.loading import DEVICES, DTYPES
-from .modes import all_option_fields, get_strategy, option_fields, strategy_names
-
-
-def add_model_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--model",
-        default=None,
-        help="checkpoint folder, .gguf file, demo (default), demo-plain, smollm2 or synthetic:<shape>",
-    )
-    p.add_argument("--device", default="auto", choices=DEVICES)
-    p.add_argument(
-        "--dtype", default="auto", choices=["auto", *DTYPES], help="auto: float32 on CPU, bfloat16 on CUDA"
-    )
-    p.add_argument("--threads", type=positive_int, default=None, help="torch intra-op threads on the CPU")
+from ..api.plan import DEFAULT_MODE, STATIC_MODE, default_mode
+from ..engine.mode import setting_type
+from ..model.loading import add_model_arguments, set_threads  # noqa: F401 (re-exported)
+from ..modes import all_option_fields, get_strategy, option_fields, strategy_names
 
 
 def positive_int(text: str) -> int:
@@ -28,48 +16,6 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be an int >= 1, got {value}")
     return value
-
-
-def _kinds(name: str) -> set[str]:
-    """The types a setting has across the registered modes (``int | None`` -> {"int"})."""
-    kinds = set()
-    for mode in strategy_names():
-        f = option_fields(get_strategy(mode)).get(name)
-        if f is not None:
-            kinds |= set(str(f.type).replace(" ", "").split("|")) - {"None"}
-    return kinds
-
-
-def _bool(text: str) -> bool:
-    value = text.strip().lower()
-    if value in ("1", "true", "yes", "on"):
-        return True
-    if value in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
-
-
-def flag_type(name: str):
-    """argparse type of a mode setting, from its annotations: ints stay ints, and a setting that
-    is an int in one mode and a word in another (``--exit-layer 3`` / ``auto``) takes either.
-    The benchmark types its method variants' settings with it too."""
-    kinds = _kinds(name)
-    if kinds == {"bool"}:
-        return _bool
-    if "str" in kinds and ("int" in kinds or "float" in kinds):
-        number = float if "float" in kinds else int
-
-        def number_or_word(text: str):
-            try:
-                return number(text)
-            except ValueError:
-                return text
-
-        return number_or_word
-    for kind, typ in (("int", int), ("float", float)):
-        if kind in kinds:
-            return typ
-    return str
 
 
 def add_mode_arguments(p: argparse.ArgumentParser) -> None:
@@ -85,7 +31,7 @@ def add_mode_arguments(p: argparse.ArgumentParser) -> None:
     for name, f in all_option_fields().items():
         if f.metadata.get("cli", True):
             p.add_argument(
-                "--" + name.replace("_", "-"), type=flag_type(name), default=None, help=_help(name)
+                "--" + name.replace("_", "-"), type=setting_type(name), default=None, help=_help(name)
             )
 
 
@@ -113,7 +59,7 @@ def add_decoding_arguments(p: argparse.ArgumentParser) -> None:
 
 def mode_options(args, settings: dict) -> tuple[str, dict]:
     """The mode and its settings: the flags given on the command line. The mode is ``--mode``, or
-    else what generate() would pick from those flags (:func:`eedecode.config.default_mode`). For
+    else what generate() would pick from those flags (:func:`eedecode.api.plan.default_mode`). For
     the static self-speculative mode, settings not given come from the checkpoint's
     recommendation (``eedecode.json``). A flag of another mode is an error (raised by generate)."""
     out = {name: getattr(args, name) for name in all_option_fields() if getattr(args, name, None) is not None}
@@ -132,11 +78,3 @@ def decoding_kwargs(args, settings: dict) -> dict:
         if getattr(args, name) is not None:
             kw[name] = getattr(args, name)
     return {**kw, **options}
-
-
-def set_threads(args) -> None:
-    """``--threads``: torch's intra-op threads (small models are often fastest at 1)."""
-    if getattr(args, "threads", None):
-        import torch
-
-        torch.set_num_threads(args.threads)

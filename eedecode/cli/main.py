@@ -9,8 +9,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .arguments import add_decoding_arguments, add_model_arguments, decoding_kwargs, set_threads
-from .model.loading import load_model, quiet_transformers
+from ..model.loading import add_model_arguments, load_model, quiet_transformers, set_threads
+from .arguments import add_decoding_arguments, decoding_kwargs
 
 DESCRIPTION = "eedecode: self-speculative (early-exit) decoding for LLaMA-family models"
 DEFAULT_PROMPT = (
@@ -21,7 +21,7 @@ DEFAULT_PROMPT = (
 def cmd_generate(args) -> int:
     from transformers import TextStreamer
 
-    from .generation import generate
+    from ..api.generation import generate
 
     set_threads(args)
     loaded = load_model(args.model, args.device, args.dtype)
@@ -68,12 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _commands():
     """The other subcommands' modules; each has ``add_subcommand(subparsers)``."""
-    from . import bench
-    from .modes.adaptive import tune
-    from .study import command as agreement
-    from .training import cli as train_cli
+    from . import agreement, bench, train, tune
 
-    return (bench, train_cli, tune, agreement)
+    return (bench, train, tune, agreement)
 
 
 def main(argv: list[str] | None = None) -> int:

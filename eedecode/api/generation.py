@@ -21,13 +21,13 @@ import torch
 from transformers import GenerationConfig
 from transformers.generation.utils import GenerateDecoderOnlyOutput
 
-from .config import DecodingConfig, Plan, options_dict, prepare
-from .engine.chooser import TokenChooser
-from .engine.decoder import Decoder, DecodeStats
-from .engine.processors import LogitsPipeline
-from .model.compat import check_generation, check_supported
-from .model.runner import ModelRunner
-from .modes import get_strategy
+from ..engine.chooser import TokenChooser
+from ..engine.decoder import Decoder, DecodeStats
+from ..engine.processors import LogitsPipeline
+from ..model.compat import check_generation, check_supported
+from ..model.runner import ModelRunner
+from ..modes import get_strategy
+from .plan import DecodingConfig, Plan, options_dict, prepare
 from .validation import check_call
 
 Tensor = torch.Tensor

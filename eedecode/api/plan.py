@@ -31,8 +31,8 @@ from transformers.generation.stopping_criteria import (
     StoppingCriteriaList,
 )
 
+from ..modes import all_option_fields, build_options, get_strategy, option_fields
 from . import validation
-from .modes import all_option_fields, build_options, get_strategy, option_fields
 
 Tensor = torch.Tensor
 DEFAULT_MODE = "adaptive"
