@@ -25,15 +25,22 @@ _EXPORTS = {
     "LoadedModel": "eedecode.model.loading",
     "load_model": "eedecode.model.loading",
     "ModelRunner": "eedecode.model.runner",
-    "Strategy": "eedecode.modes",
+    "Mode": "eedecode.modes",
     "register": "eedecode.modes",
-    "strategy_names": "eedecode.modes",
+    "mode_names": "eedecode.modes",
 }
+#: Earlier names of public objects: still answered, with a DeprecationWarning.
+_RENAMED = {"Strategy": "Mode", "strategy_names": "mode_names"}
 
 __all__ = sorted(_EXPORTS)
 
 
 def __getattr__(name: str):
+    if name in _RENAMED:
+        import warnings
+
+        warnings.warn(f"eedecode.{name} is now eedecode.{_RENAMED[name]}", DeprecationWarning, stacklevel=2)
+        return __getattr__(_RENAMED[name])
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module 'eedecode' has no attribute {name!r}")

@@ -385,7 +385,7 @@ def test_only_the_best_predicted_exit_layer_is_offered_and_only_if_it_pays(monke
     monkeypatch.setattr(adaptive.Adaptive, "plan", spy)
     monkeypatch.setattr(probe, "PAYS", 0.0)
     out = eedecode.generate(model, repetitive(1), max_new_tokens=NEW, return_dict_in_generate=True)
-    paying, speedups, strategy = plans[-1]
+    paying, speedups, mode = plans[-1]
     assert set(speedups) == {f"exit:E={E}" for E in adaptive.exit_layer_candidates(6)}
     assert paying == {max(speedups, key=speedups.get)}
     used = {key for key in out.stats.details["arms"] if key.startswith("exit")}
@@ -393,12 +393,12 @@ def test_only_the_best_predicted_exit_layer_is_offered_and_only_if_it_pays(monke
     # the offered layer's rounds say its drafts are never accepted: it stays offered (the bandit
     # judges it), while its draft length follows its rounds
     offered = next(iter(paying))
-    runs = strategy.runs(offered)
+    runs = mode.runs(offered)
     runs.judged.add_(1e6)
-    strategy.seconds.clear()  # the prior costs on both sides: no timing noise in the comparison
-    strategy.plan(1)
-    assert strategy.paying == {offered} and strategy.speedups == speedups
-    assert strategy.predicted[offered] < min(speedups.values())
+    mode.seconds.clear()  # the prior costs on both sides: no timing noise in the comparison
+    mode.plan(1)
+    assert mode.paying == {offered} and mode.speedups == speedups
+    assert mode.predicted[offered] < min(speedups.values())
     monkeypatch.setattr(probe, "PAYS", max(speedups.values()) + 1.0)  # nothing reaches it
     out = eedecode.generate(model, repetitive(1), max_new_tokens=NEW, return_dict_in_generate=True)
     assert plans[-1][0] == set()

@@ -1,5 +1,5 @@
 """The benchmark (eedecode.bench): the arithmetic on hand numbers, timing under a fake clock (so
-tokens/s, paired ratios and step costs have known values), methods from the strategy registry,
+tokens/s, paired ratios and step costs have known values), methods from the mode registry,
 the table, flag checks, and small end-to-end runs on a tiny random model."""
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from eedecode.bench import methods as methods_module
 from eedecode.bench.methods import Speculation, available_methods, display_name, resolve_methods
 from eedecode.cli.main import main
 from eedecode.model.synthetic import exit_agreement, synthetic_model
-from eedecode.modes import Round, Strategy, option, register, strategy_names, unregister
+from eedecode.modes import Mode, Round, mode_names, option, register, unregister
 
 
 def tiny():
@@ -159,7 +159,7 @@ class RepeatOptions:
         pass
 
 
-class RepeatPending(Strategy):
+class RepeatPending(Mode):
     """A toy drafter: guess that the pending token repeats k times; verify with every layer."""
 
     name, short = "repeat_pending", "rp"
@@ -364,7 +364,7 @@ def test_oracle_bound_is_opt_in_lossless_and_wastes_no_draft(monkeypatch, arch):
         assert oracle.identical_to_hf == 3 and oracle.mean_exit_layer == 2.0
         assert oracle.acceptance_rate == 1.0 and oracle.mean_tokens_per_round > 1  # drafts, none wasted
         assert oracle.acceptance_rate > ss.acceptance_rate
-    assert "oracle" not in strategy_names()  # registered only while it runs
+    assert "oracle" not in mode_names()  # registered only while it runs
 
 
 def test_sweep_and_heatmap(tmp_path, monkeypatch):

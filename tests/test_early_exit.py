@@ -35,15 +35,15 @@ def by_content(point):
 
 
 def decode(model, ids, mask=None, max_new=24, **options):
-    """Greedy early exit through the Decoder, keeping the strategy and cache for inspection."""
+    """Greedy early exit through the Decoder, keeping the mode and cache for inspection."""
     runner = ModelRunner(model)
-    strategy = EarlyExit(EarlyExitOptions(**options), runner)
-    decoder = Decoder(runner, TokenChooser(), strategy, ids, max_new)
+    mode = EarlyExit(EarlyExitOptions(**options), runner)
+    decoder = Decoder(runner, TokenChooser(), mode, ids, max_new)
     with torch.no_grad():
         view = decoder.prefill(ids, mask)
         while view.running:
             view = decoder.step(view.max_remaining)
-    return decoder, strategy
+    return decoder, mode
 
 
 # -- no exit: plain decoding -----------------------------------------------------------------------
@@ -88,14 +88,14 @@ def test_a_criterion_that_never_fires_samples_as_plain_decoding(kv):
 def test_recompute_leaves_every_layer_with_the_full_models_kv(arch, batch):
     model = model_without_eos(arch)
     ids, mask = padded_batch([7, 2, 11], seed=4) if batch else (prompt(1, 7, seed=4), None)
-    decoder, strategy = decode(model, ids, mask, max_new=30, criterion=by_content, kv_strategy="recompute")
-    hist = strategy.report()["exit_layer_histogram"]
+    decoder, mode = decode(model, ids, mask, max_new=30, criterion=by_content, kv_strategy="recompute")
+    hist = mode.report()["exit_layer_histogram"]
     L = len(hist) - 1
     assert hist[L] > 0 and sum(c > 0 for c in hist[:L]) >= 2, hist  # deep tokens and several exit depths
     own_layers = sum(d * c for d, c in enumerate(hist)) / ids.shape[0]
-    assert strategy.kv.layer_tokens > own_layers  # deferred layers ran, batched with deeper tokens
-    strategy.flush()
-    cache = decoder.cache
+    assert mode.kv.layer_tokens > own_layers  # deferred layers ran, batched with deeper tokens
+    mode.flush()
+    cache = decoder.state.cache
     seq = decoder.output(ids, None)[:, :-1]  # the newest token is pending: not in the cache
     S = seq.shape[1]
     assert (cache.lengths == S).all()
@@ -169,7 +169,10 @@ def test_copy_writes_the_exit_state_through_each_skipped_layers_projections(arch
     position = P + 4  # round r writes the token at position P + r
     for row, (depth, hidden) in seen.items():
         for layer in range(L):
-            k, v = decoder.cache.keys[layer][row, :, position], decoder.cache.values[layer][row, :, position]
+            k, v = (
+                decoder.state.cache.keys[layer][row, :, position],
+                decoder.state.cache.values[layer][row, :, position],
+            )
             ref_k, ref_v = copied_kv(model, layer, hidden, position)
             copied = torch.allclose(k, ref_k, atol=1e-5) and torch.allclose(v, ref_v, atol=1e-5)
             assert copied == (layer >= depth), (row, layer, depth)

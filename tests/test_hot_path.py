@@ -13,7 +13,7 @@ from eedecode.bench.profile import OpCounter
 from eedecode.engine.chooser import TokenChooser
 from eedecode.engine.decoder import Decoder
 from eedecode.model.runner import ModelRunner
-from eedecode.modes import build_options, get_strategy
+from eedecode.modes import build_options, get_mode
 
 DRAFT_LENGTHS = (1, 2, 3, 5, 8)
 
@@ -56,7 +56,7 @@ def test_self_speculative_equals_autoregressive_in_a_padded_batch(arch):
 # -- one host synchronisation per round ----------------------------------------------------------
 def decoder(model, mode: str, x: torch.Tensor, do_sample=False, **opts) -> Decoder:
     runner = ModelRunner(model)
-    cls = get_strategy(mode)
+    cls = get_mode(mode)
     gen = torch.Generator().manual_seed(0) if do_sample else None
     chooser = TokenChooser(do_sample=do_sample, generator=gen)
     return Decoder(runner, chooser, cls(build_options(cls, opts), runner), x, 24, eos_token_id=(7,))

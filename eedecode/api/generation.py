@@ -26,7 +26,7 @@ from ..engine.decoder import Decoder, DecodeStats
 from ..engine.processors import LogitsPipeline
 from ..model.compat import check_generation, check_supported
 from ..model.runner import ModelRunner
-from ..modes import get_strategy
+from ..modes import get_mode
 from .plan import DecodingConfig, Plan, options_dict, prepare
 from .validation import check_call
 
@@ -167,12 +167,12 @@ def run(runner: ModelRunner, plan: Plan, chooser: TokenChooser, streamer=None):
     t0 = time.perf_counter()
     config = plan.config
     input_ids = plan.input_ids
-    strategy = get_strategy(config.mode)(config.options, runner)
-    decoder = Decoder(runner, chooser, strategy, input_ids, config.max_new_tokens, config.eos_token_id)
+    mode = get_mode(config.mode)(config.options, runner)
+    decoder = Decoder(runner, chooser, mode, input_ids, config.max_new_tokens, config.eos_token_id)
     # Tokens come back to the host only for a streamer or stopping criteria.
     criteria = plan.stopping_criteria
     want_tokens = streamer is not None or len(criteria) > 0
-    stopper = _CriteriaStopper(decoder.prompt, criteria) if len(criteria) else None
+    stopper = _CriteriaStopper(decoder.state.prompt, criteria) if len(criteria) else None
     if streamer is not None:
         streamer.put(input_ids.cpu())
     view = decoder.prefill(input_ids, plan.attention_mask, want_tokens)
@@ -186,9 +186,9 @@ def run(runner: ModelRunner, plan: Plan, chooser: TokenChooser, streamer=None):
         view = decoder.step(view.max_remaining, want_tokens)
     if streamer is not None:
         streamer.end()
-    strategy.finish()
+    mode.finish()
     sequences = decoder.output(input_ids, config.pad_token_id)
-    stats = _public_stats(config, strategy, decoder.stats(), int(decoder.out_len.sum()), t0)
+    stats = _public_stats(config, mode, decoder.stats(), int(decoder.state.out_len.sum()), t0)
     return sequences, stats, _records(decoder)
 
 
@@ -197,7 +197,7 @@ def _records(decoder: Decoder):
     if not decoder.records:
         return None
     out = []
-    for b in range(decoder.out_len.shape[0]):
+    for b in range(decoder.state.out_len.shape[0]):
         pairs = [(lg[b, : int(k[b])], sc[b, : int(k[b])]) for lg, sc, k in decoder.records]
         out.append((torch.cat([p[0] for p in pairs]), torch.cat([p[1] for p in pairs])))
     return out
@@ -241,11 +241,11 @@ class _CriteriaStopper:
         return view
 
 
-def _public_stats(config: DecodingConfig, strategy, s: DecodeStats, new_tokens: int, t0: float):
+def _public_stats(config: DecodingConfig, mode, s: DecodeStats, new_tokens: int, t0: float):
     return GenerationStats(
         mode=config.mode,
         options=options_dict(config),
-        description=strategy.describe(),
+        description=mode.describe(),
         rounds=s.rounds,
         drafted_tokens=s.drafted_tokens,
         accepted_tokens=s.accepted_tokens,
@@ -254,5 +254,5 @@ def _public_stats(config: DecodingConfig, strategy, s: DecodeStats, new_tokens: 
         wall_time_s=time.perf_counter() - t0,
         prefill_time_s=s.prefill_time_s,
         row_rounds=s.row_rounds,
-        details=strategy.report(),
+        details=mode.report(),
     )

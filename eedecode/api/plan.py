@@ -9,7 +9,7 @@ of ``GenerationMixin``. Calling them, instead of copying them, keeps eedecode's 
 to the installed transformers. ``tests/test_hf_conventions.py`` checks the result against
 ``model.generate``.
 
-The decoding mode and its settings come from the strategy registry (:mod:`eedecode.modes`).
+The decoding mode and its settings come from the mode registry (:mod:`eedecode.modes`).
 Each mode's ``Options`` fields are keyword arguments, and a field's ``hf_name``
 (``assistant_early_exit``, ``num_assistant_tokens``, ...) is read from the merged generation
 config. Everything is checked here, before anything runs. A setting eedecode cannot honour raises
@@ -31,7 +31,7 @@ from transformers.generation.stopping_criteria import (
     StoppingCriteriaList,
 )
 
-from ..modes import all_option_fields, build_options, get_strategy, option_fields
+from ..modes import all_option_fields, build_options, get_mode, option_fields
 from . import validation
 
 Tensor = torch.Tensor
@@ -123,8 +123,8 @@ def default_mode(engine_given: set, kwargs: dict, generation_config, model) -> s
     ``max_drafts``, ``policy_in``, ...); else the static self-speculative mode when it was asked
     for by its settings (an int ``exit_layer`` / ``assistant_early_exit``, a draft length, a
     confidence threshold or a schedule); else the adaptive mode, which needs no settings."""
-    own = set(option_fields(get_strategy(STATIC_MODE)))
-    adaptive = set(option_fields(get_strategy(DEFAULT_MODE)))
+    own = set(option_fields(get_mode(STATIC_MODE)))
+    adaptive = set(option_fields(get_mode(DEFAULT_MODE)))
     exit_layer = kwargs.get("exit_layer", kwargs.get("assistant_early_exit"))
     if exit_layer is None:
         for cfg in (generation_config, getattr(model, "generation_config", None)):
@@ -187,7 +187,7 @@ def _check_unsupported(gen: GenerationConfig, chosen: dict) -> None:
 
 def _mode_options(mode: str, engine: dict, gen: GenerationConfig, chosen: dict):
     """The mode's Options from its keyword arguments, else from their HF aliases that someone set."""
-    cls = get_strategy(mode)
+    cls = get_mode(mode)
     own = option_fields(cls)
     values = {k: v for k, v in engine.items() if k in own and v is not None}
     for name, f in own.items():
@@ -216,7 +216,7 @@ def prepare(
     if not isinstance(mode, str):
         raise ValueError(f"mode: must be a string, one of the registered modes, got {mode!r}")
     mode = mode.replace("-", "_")  # the command line's spelling (early-exit) is accepted too
-    get_strategy(mode)
+    get_mode(mode)
     engine, hf_kwargs, call = split_kwargs(kwargs)
     if generation_config is not None and not isinstance(generation_config, GenerationConfig):
         raise ValueError(

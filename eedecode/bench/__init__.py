@@ -2,7 +2,7 @@
 prompt lookup) and every registered eedecode mode, on one model and a prompt set; and a sweep
 over exit layers x draft lengths.
 
-:mod:`.methods` names the methods (from the strategy registry), :mod:`.measure` times them
+:mod:`.methods` names the methods (from the mode registry), :mod:`.measure` times them
 (interleaved per prompt, paired ratios, step costs), :mod:`.sweep` runs the grid, :mod:`.report`
 derives the ideal speed-up and efficiency and draws the table, the legend and the heatmap, and
 :mod:`eedecode.cli.bench` is ``eedecode bench``. Nothing here asserts a time.

@@ -1,4 +1,4 @@
-"""The benchmark's methods, by name, in one table built from the strategy registry.
+"""The benchmark's methods, by name, in one table built from the mode registry.
 
 Hugging Face baselines — ``hf`` (plain ``generate`` on the weights as loaded), ``hf_packed`` (the same
 on the weights eedecode packed), ``hf_early_exit`` (assisted decoding with ``assistant_early_exit``,
@@ -21,11 +21,11 @@ from dataclasses import dataclass, replace
 
 from ..api.generation import generate
 from ..engine.mode import setting_type
-from ..modes import build_options, get_strategy, option_fields, strategy_names
+from ..modes import build_options, get_mode, mode_names, option_fields
 
 HF = "hf"  # the baseline of "vs HF generate" and "identical to HF"
 AR = "eedecode_ar"  # the baseline of the ideal speed-up and the efficiency
-#: Speculation's fields by the name of the strategy option they set.
+#: Speculation's fields by the name of the mode option they set.
 SPEC_OPTIONS = {
     "exit_layer": "exit_layer",
     "num_speculations": "num_speculations",
@@ -214,20 +214,20 @@ class Eedecode(Method):
     variant, its own ``fixed`` settings."""
 
     def __init__(self, mode: str, fixed: dict | None = None):
-        cls = get_strategy(mode)
+        cls = get_mode(mode)
         self.mode, self.fixed, self.lossless = mode, dict(fixed or {}), cls.lossless
         suffix = "".join(f"@{k}={v}" for k, v in self.fixed.items())
         self.name = f"eedecode_{cls.short}{suffix}"
         self.display = f"eedecode {mode.replace('_', '-')}" + (f" [{suffix[1:]}]" if suffix else "")
 
     def settings(self, spec):
-        cls = get_strategy(self.mode)
+        cls = get_mode(self.mode)
         own = option_fields(cls) if cls.benchmark_settings is None else cls.benchmark_settings
         values = {opt: getattr(spec, attr) for opt, attr in SPEC_OPTIONS.items() if opt in own}
         return {**{k: v for k, v in values.items() if v is not None}, **self.fixed}
 
     def validate(self, spec, num_layers):
-        build_options(get_strategy(self.mode), self.settings(spec)).validate(num_layers)
+        build_options(get_mode(self.mode), self.settings(spec)).validate(num_layers)
 
     def run(self, model, ids, mask, max_new_tokens, spec):
         common = dict(attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False)
@@ -241,7 +241,7 @@ def variant(name: str, what: str = "methods") -> Method:
     ``hf_early_exit@...`` (exit_layer, num_speculations, draft_confidence_threshold) and
     ``eedecode_oracle@...`` (exit_layer, max_drafts) likewise."""
     base, *pairs = name.split("@")
-    modes = {f"eedecode_{get_strategy(m).short}": m for m in strategy_names()}
+    modes = {f"eedecode_{get_mode(m).short}": m for m in mode_names()}
     others = {
         HFEarlyExit.name: (HFEarlyExit, tuple(SPEC_OPTIONS)),
         OracleBound.name: (OracleBound, OracleBound.fields),
@@ -251,7 +251,7 @@ def variant(name: str, what: str = "methods") -> Method:
             f"{what}: unknown {name!r}; a variant is eedecode_<short>@NAME=VALUE[@...], "
             "hf_early_exit@NAME=VALUE or eedecode_oracle@NAME=VALUE"
         )
-    fields = others[base][1] if base in others else option_fields(get_strategy(modes[base]))
+    fields = others[base][1] if base in others else option_fields(get_mode(modes[base]))
     fixed = {}
     for pair in pairs:
         key, eq, text = pair.partition("=")
@@ -265,8 +265,8 @@ def variant(name: str, what: str = "methods") -> Method:
 
 
 def available_methods() -> dict[str, Method]:
-    """Every method by name, in the default order; read from the strategy registry on each call."""
-    modes = sorted(strategy_names(), key=lambda m: (m != "autoregressive", m))  # the baseline first
+    """Every method by name, in the default order; read from the mode registry on each call."""
+    modes = sorted(mode_names(), key=lambda m: (m != "autoregressive", m))  # the baseline first
     methods = [
         HFGenerate(),
         HFGeneratePacked(),

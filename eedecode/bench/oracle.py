@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 
 from ..drafting.drafters import draft_from_exit, plain_step, verify
-from ..modes import Strategy, option, register, unregister
+from ..modes import Mode, option, register, unregister
 
 ORACLE = "oracle"
 
@@ -75,7 +75,7 @@ class OracleOptions:
             raise ValueError("runs: the oracle needs accepted_runs(...) of the batch as a tensor")
 
 
-class Oracle(Strategy):
+class Oracle(Mode):
     name, short = ORACLE, "oracle"
     description = "early-exit drafts of exactly the tokens that will be accepted (a bound)"
     Options = OracleOptions

@@ -1,5 +1,5 @@
 """Command-line arguments shared by every subcommand: the model to load, and the decoding mode
-with its settings (built from the strategy registry: every mode's ``Options`` fields are flags)."""
+with its settings (built from the mode registry: every mode's ``Options`` fields are flags)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import argparse
 from ..api.plan import DEFAULT_MODE, STATIC_MODE, default_mode
 from ..engine.mode import setting_type
 from ..model.loading import add_model_arguments, set_threads  # noqa: F401 (re-exported)
-from ..modes import all_option_fields, get_strategy, option_fields, strategy_names
+from ..modes import all_option_fields, get_mode, mode_names, option_fields
 
 
 def positive_int(text: str) -> int:
@@ -20,7 +20,7 @@ def positive_int(text: str) -> int:
 
 def add_mode_arguments(p: argparse.ArgumentParser) -> None:
     """``--mode`` and every registered mode's settings as flags (default: unset)."""
-    modes = strategy_names()
+    modes = mode_names()
     p.add_argument(
         "--mode",
         default=None,
@@ -38,8 +38,8 @@ def add_mode_arguments(p: argparse.ArgumentParser) -> None:
 def _help(name: str) -> str:
     """An option's help and the modes that have it (each mode's own words where they differ)."""
     helps = {}
-    for mode in strategy_names():
-        fields = option_fields(get_strategy(mode))
+    for mode in mode_names():
+        fields = option_fields(get_mode(mode))
         if name in fields:
             helps[mode] = fields[name].metadata.get("help", "")
     if len(set(helps.values())) == 1:
@@ -65,7 +65,7 @@ def mode_options(args, settings: dict) -> tuple[str, dict]:
     out = {name: getattr(args, name) for name in all_option_fields() if getattr(args, name, None) is not None}
     mode = args.mode or default_mode(set(out), out, None, None)
     if mode == STATIC_MODE:
-        for name in option_fields(get_strategy(mode)):
+        for name in option_fields(get_mode(mode)):
             if name not in out and settings.get(name) is not None:
                 out[name] = settings[name]
     return mode, out

@@ -1,7 +1,7 @@
 """Command line: ``eedecode generate``, and the subcommands of other modules (``bench``, ``train``).
 
 All presentation (streaming text, colours, tables, progress bars) lives here and in the benchmark
-module, never in the engine. Decoding modes and their flags come from the strategy registry.
+module, never in the engine. Decoding modes and their flags come from the mode registry.
 """
 
 from __future__ import annotations

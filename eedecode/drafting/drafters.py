@@ -1,4 +1,4 @@
-"""Drafters and the verification they share: the pieces speculative strategies are made of.
+"""Drafters and the verification they share: the pieces speculative modes are made of.
 
 A drafter proposes, per batch row, up to ``k`` tokens (a row may propose fewer: ``counts``),
 with their draft distributions when sampling, and says where verification starts:

@@ -1,10 +1,11 @@
-"""The decoding loop's state on the device, and token choice.
+"""The decoding loop: one generation's rounds, with one host synchronisation each.
 
-A :class:`Decoder` holds the cache and, per batch row, the *pending* token: the newest emitted
-token, not yet written to the cache. Each round a strategy (:mod:`eedecode.modes`) proposes
-and verifies tokens; :meth:`Decoder.step` then applies EOS and ``max_new_tokens`` per row without
-a Python loop over rows, rolls the cache back to each row's accepted length when the strategy
-asks for it, and synchronises with the host exactly once.
+A :class:`Decoder` owns the generation's :class:`~eedecode.engine.state.DecodingState` (the
+cache and, per batch row, the *pending* token: the newest emitted token, not yet written to the
+cache). Each round a mode (:mod:`eedecode.modes`) proposes and verifies tokens on that state;
+:meth:`Decoder.step` then applies EOS and ``max_new_tokens`` per row without a Python loop over
+rows, rolls the cache back to each row's accepted length when the mode asks for it, and
+synchronises with the host exactly once.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ import torch
 
 from ..model.runner import ModelRunner
 from .chooser import TokenChooser
-from .mode import Strategy
+from .mode import Mode, RoundView
+from .state import DecodingState
 
 Tensor = torch.Tensor
 
@@ -33,19 +35,6 @@ class DecodeStats:
     prefill_time_s: float = 0.0
 
 
-@dataclass
-class RoundView:
-    """What the host learns from a round's one synchronisation."""
-
-    running: bool  # some row goes on
-    max_remaining: int  # new tokens the furthest-behind running row may still emit
-    kept: list[list[int]] | None = None  # tokens each row emitted this round (when asked for)
-    cache_lengths: tuple[int, int] | None = None  # (max, min) row cache length, when the cache rolls back
-    counts: list[int] | None = (
-        None  # tokens each row's round produced, before EOS/length cuts (when asked for)
-    )
-
-
 class Decoder:
     """State of one generation, all on the device: the prompt, the cache, each row's pending token
     (the newest emitted token, not yet in the cache), cache length and activity, the output
@@ -57,46 +46,26 @@ class Decoder:
         self,
         runner: ModelRunner,
         chooser: TokenChooser,
-        strategy: Strategy,
+        mode: Mode,
         input_ids: Tensor,
         max_new_tokens: int,
         eos_token_id: tuple[int, ...] = (),
     ):
         B, P = input_ids.shape
-        max_drafts = min(strategy.max_drafts, max_new_tokens)  # a round never emits more than that
-        self.runner, self.chooser, self.strategy = runner, chooser, strategy
-        self.cache = runner.new_cache(B, P + max_new_tokens + max_drafts + 2)
-        dev = self.cache.device
-        self.prompt = input_ids.to(dev)
-        self.max_new = max_new_tokens
+        max_drafts = min(mode.max_drafts, max_new_tokens)  # a round never emits more than that
+        self.runner, self.chooser, self.mode = runner, chooser, mode
+        self.state = DecodingState(runner, chooser, input_ids, max_new_tokens, max_drafts)
+        dev = self.state.cache.device
         self.eos = torch.tensor(eos_token_id, dtype=torch.long, device=dev)
-        self.out = torch.zeros(B, max_new_tokens + max_drafts + 1, dtype=torch.long, device=dev)  # [B, W]
-        self.out_len = torch.zeros(B, dtype=torch.long, device=dev)
-        self.active = torch.ones(B, dtype=torch.bool, device=dev)
-        self.seq_len = torch.full((B,), P, dtype=torch.long, device=dev)  # cache length, between rounds
-        self.pending = torch.zeros(B, dtype=torch.long, device=dev)
         self.positions = torch.arange(max_drafts + 1, device=dev)
         # statistics, accumulated on the device
         self.hist = torch.zeros(max_drafts + 1, dtype=torch.long, device=dev)
         self.drafted = torch.zeros((), dtype=torch.long, device=dev)
         self.rounds = 0
         self.prefill_time_s = 0.0
-        # Host copies the sync brings back only when something needs them: each row's output length
-        # (processors that read the context), and each row's count (strategies that learn from it).
-        self.host_out_len: list[int] | None = [0] * B if not chooser.pipeline.context_free else None
-        self.wants_counts = strategy.observes_counts
+        # Each row's count comes back with the sync only for modes that learn from it.
+        self.wants_counts = mode.observes_counts
         self.records: list[tuple[Tensor, Tensor, Tensor]] = []  # (logits, scores, kept) per block
-        self.cache_bounds = (P, P)  # host (max, min) of seq_len, as of the last rollback
-
-    def sequences_so_far(self):
-        """Each row's tokens so far, ``(ids [G, P + n], rows [G])`` per group of rows with equal
-        ``n`` (the context of logits processors; needs :attr:`host_out_len`)."""
-        groups: dict[int, list[int]] = {}
-        for b, n in enumerate(self.host_out_len):
-            groups.setdefault(n, []).append(b)
-        for n, rows in groups.items():
-            idx = torch.tensor(rows, device=self.prompt.device)
-            yield torch.cat([self.prompt[idx], self.out[idx, :n]], 1), idx
 
     def prefill(
         self, input_ids: Tensor, attention_mask: Tensor | None, want_tokens: bool = False
@@ -104,20 +73,20 @@ class Decoder:
         """Write the prompt ``[B, P]`` to every layer and emit each row's first new token."""
         t0 = time.perf_counter()
         if attention_mask is not None:
-            self.cache.set_padding(attention_mask)
-        last = self.strategy.prefill(self, input_ids)  # [B, H]
-        token = self.chooser.choose(self, self.runner.logits(last))  # [B]
+            self.state.cache.set_padding(attention_mask)
+        last = self.mode.prefill(self.state, input_ids)  # [B, H]
+        token = self.chooser.choose(self.state, self.runner.logits(last))  # [B]
         view = self._emit(token[:, None], torch.ones_like(token), want_tokens, first=True)
         self.prefill_time_s = time.perf_counter() - t0
         return view
 
     def step(self, max_tokens: int, want_tokens: bool = False) -> RoundView:
-        """One round of the strategy: at most ``max_tokens`` new tokens per row."""
-        rnd = self.strategy.round(self, max_tokens)
+        """One round of the mode: at most ``max_tokens`` new tokens per row."""
+        rnd = self.mode.round(self.state, max_tokens)
         self.drafted += rnd.drafted
         view = self._emit(rnd.tokens, rnd.counts, want_tokens)
         self._rollback(view)
-        self.strategy.observe(rnd, view)
+        self.mode.observe(rnd, view)
         return view
 
     def _emit(self, tokens: Tensor, counts: Tensor, want_tokens: bool, first: bool = False) -> RoundView:
@@ -126,8 +95,8 @@ class Decoder:
         the cache holds the rest), stopping rows are rewound to an empty cache (what they hold no
         longer matters). ``first``: the prefill's token, which adds nothing to the cache and is not
         a round. One host synchronisation."""
-        m = tokens.shape[1]
-        running = self.active
+        st, m = self.state, tokens.shape[1]
+        running = st.active
         counts = counts * running  # stopped rows emit nothing
         pos = self.positions[:m]
         keep = counts
@@ -136,20 +105,20 @@ class Decoder:
             is_eos = torch.isin(tokens, self.eos) & (pos < counts[:, None])  # [B, m]
             hit_eos = is_eos.any(1)
             keep = torch.where(hit_eos, is_eos.int().argmax(1) + 1, counts)
-        room = self.max_new - self.out_len
+        room = st.max_new - st.out_len
         keep = torch.minimum(keep, room)  # [B]
-        self.out.scatter_(1, self.out_len[:, None] + pos, tokens)  # past `keep`: overwritten later
-        self.out_len += keep
+        st.out.scatter_(1, st.out_len[:, None] + pos, tokens)  # past `keep`: overwritten later
+        st.out_len += keep
         remaining = room - keep
-        self.active = (remaining > 0).logical_and_(running)
+        st.active = (remaining > 0).logical_and_(running)
         if hit_eos is not None:
-            self.active &= ~hit_eos
+            st.active &= ~hit_eos
         # The newest token becomes pending (a stopped row's is never used: its outputs are discarded).
         last = (counts - 1).clamp_min(0)
-        self.pending = tokens[:, 0] if m == 1 else tokens.gather(1, last[:, None])[:, 0]
+        st.pending = tokens[:, 0] if m == 1 else tokens.gather(1, last[:, None])[:, 0]
         if not first:
-            if self.strategy.rolls_back:  # stopping rows are rewound to an empty cache
-                self.seq_len = (self.seq_len + counts).mul_(self.active)
+            if self.mode.rolls_back:  # stopping rows are rewound to an empty cache
+                st.seq_len = (st.seq_len + counts).mul_(st.active)
             self.hist.scatter_add_(0, last, running.long())
             self.rounds += 1
         if self.chooser.recorded is not None:
@@ -161,15 +130,16 @@ class Decoder:
         """The round's one host synchronisation: one tensor, laid out as
         ``[max remaining of a running row | (min, max) cache length | output length per row |
         count per row | (kept count per row, tokens)]``, each part present only when needed: the
-        lengths when the strategy rolls back, the output lengths for processors that read the
-        context, the counts for strategies that learn from them, the tokens when asked for."""
-        B = self.out_len.shape[0]
-        parts = [(remaining * self.active).amax(0, keepdim=True)]
-        rolls_back = self.strategy.rolls_back
+        lengths when the mode rolls back, the output lengths for processors that read the
+        context, the counts for modes that learn from them, the tokens when asked for."""
+        st = self.state
+        B = st.out_len.shape[0]
+        parts = [(remaining * st.active).amax(0, keepdim=True)]
+        rolls_back = self.mode.rolls_back
         if rolls_back:
-            parts.append(torch.stack(torch.aminmax(self.seq_len)))  # min, max
-        if self.host_out_len is not None:
-            parts.append(self.out_len)
+            parts.append(torch.stack(torch.aminmax(st.seq_len)))  # min, max
+        if st.host_out_len is not None:
+            parts.append(st.out_len)
         with_counts = self.wants_counts and counts is not None
         if with_counts:
             parts.append(counts)
@@ -180,8 +150,8 @@ class Decoder:
         i = 1
         if rolls_back:
             view.cache_lengths, i = (host[2], host[1]), 3  # (max, min)
-        if self.host_out_len is not None:
-            self.host_out_len, i = host[i : i + B], i + B
+        if st.host_out_len is not None:
+            st.host_out_len, i = host[i : i + B], i + B
         if with_counts:
             view.counts, i = host[i : i + B], i + B
         if keep is not None:
@@ -192,32 +162,26 @@ class Decoder:
 
     def truncate(self, row: int, length: int) -> RoundView:
         """Stop ``row`` with ``length`` new tokens (a user stopping criterion fired; host path)."""
-        self.out_len[row] = length
-        self.active[row] = False
-        self.seq_len[row] = 0
-        view = self._sync(self.max_new - self.out_len)
+        self.state.out_len[row] = length
+        self.state.active[row] = False
+        self.state.seq_len[row] = 0
+        view = self._sync(self.state.max_new - self.state.out_len)
         self._rollback(view)
         return view
 
     def _rollback(self, view: RoundView) -> None:
-        """Move every layer of the cache to ``seq_len``, for strategies that may leave rejected
+        """Move every layer of the cache to ``seq_len``, for modes that may leave rejected
         tokens behind (plain decoding never does)."""
         if view.cache_lengths is not None:
-            hi, lo = self.cache_bounds = view.cache_lengths
-            self.cache.rollback(self.seq_len, hi, uniform=hi == lo)
-
-    def rewind(self) -> None:
-        """Move every layer back to ``seq_len`` mid-round (a drafter that wrote the KV of some
-        layers for its drafts, before a verification that rewrites every layer)."""
-        hi, lo = self.cache_bounds
-        self.cache.rollback(self.seq_len, hi, uniform=hi == lo)
+            hi, lo = self.state.cache_bounds = view.cache_lengths
+            self.state.cache.rollback(self.state.seq_len, hi, uniform=hi == lo)
 
     def output(self, prompt: Tensor, pad_token_id: int | None) -> Tensor:
         """``[B, P + new]``: each row's new tokens, padded after its end with ``pad_token_id``."""
-        width = int(self.out_len.max())
-        new = self.out[:, :width]
+        width = int(self.state.out_len.max())
+        new = self.state.out[:, :width]
         if pad_token_id is not None:
-            past_end = torch.arange(width, device=new.device)[None, :] >= self.out_len[:, None]
+            past_end = torch.arange(width, device=new.device)[None, :] >= self.state.out_len[:, None]
             new = new.masked_fill(past_end, pad_token_id)
         return torch.cat([prompt, new.to(prompt.device)], dim=1)
 

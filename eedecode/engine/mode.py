@@ -1,21 +1,21 @@
-"""The decoding-strategy seam: what every mode implements, and the one registry that
+"""The mode seam: what every mode implements, and the one registry that
 ``generate()``, the command line and the benchmark read.
 
-A strategy is one small object. Per round it drafts (or not), verifies or accepts, and says
+A mode is one small object. Per round it drafts (or not), verifies or accepts, and says
 what it leaves in the cache; :class:`~eedecode.engine.decoder.Decoder` owns everything else — the cache,
 each row's pending token, EOS and ``max_new_tokens``, the output buffer, the one host
-synchronisation per round — and calls the strategy once per round::
+synchronisation per round — and calls the mode once per round::
 
-    round = strategy.round(decoder, max_tokens)   # tokens [B, m], counts [B] (device tensors)
+    round = mode.round(decoder, max_tokens)   # tokens [B, m], counts [B] (device tensors)
     view = decoder.emit(round)                     # EOS / length cut, one host sync
-    strategy.observe(round, view)                  # feedback for adaptive policies
+    mode.observe(round, view)                  # feedback for adaptive policies
 
 Its settings are a frozen dataclass (``Options``): its fields are ``generate()``'s keyword
 arguments for the mode and the command line's flags. Registering a class makes it reachable
 from all three by its ``name``::
 
     @register
-    class MyMode(Strategy):
+    class MyMode(Mode):
         name, short = "my_mode", "mm"
         Options = MyOptions
         def round(self, state, max_tokens): ...
@@ -27,13 +27,12 @@ import argparse
 import dataclasses
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 import torch
 
-if TYPE_CHECKING:
-    from ..model.runner import ModelRunner
-    from .decoder import Decoder, RoundView
+from ..model.runner import ModelRunner
+from .state import DecodingState
 
 Tensor = torch.Tensor
 
@@ -47,6 +46,19 @@ class Round:
     drafted: Tensor | int = 0  # drafts made for running rows (statistics)
 
 
+@dataclass
+class RoundView:
+    """What the host learns from a round's one synchronisation."""
+
+    running: bool  # some row goes on
+    max_remaining: int  # new tokens the furthest-behind running row may still emit
+    kept: list[list[int]] | None = None  # tokens each row emitted this round (when asked for)
+    cache_lengths: tuple[int, int] | None = None  # (max, min) row cache length, when the cache rolls back
+    counts: list[int] | None = (
+        None  # tokens each row's round produced, before EOS/length cuts (when asked for)
+    )
+
+
 @dataclass(frozen=True)
 class NoOptions:
     """A mode without settings."""
@@ -56,12 +68,12 @@ class NoOptions:
 
 
 def option(default, help: str, hf_name: str | None = None, cli: bool = True):
-    """A field of a strategy's ``Options``: ``help`` for ``--help``; ``hf_name`` the Hugging Face
+    """A field of a mode's ``Options``: ``help`` for ``--help``; ``hf_name`` the Hugging Face
     ``GenerationConfig`` field that is an alias of it (taken from the generation config)."""
     return dataclasses.field(default=default, metadata={"help": help, "hf_name": hf_name, "cli": cli})
 
 
-class Strategy(ABC):
+class Mode(ABC):
     """One decoding mode. Subclasses set the class attributes and implement :meth:`round`."""
 
     name: ClassVar[str]  # generate(mode=...), --mode
@@ -88,13 +100,13 @@ class Strategy(ABC):
         """The most tokens a round may emit, minus one (sizes the cache and output buffer)."""
         return 0
 
-    def prefill(self, state: Decoder, input_ids: Tensor) -> Tensor:
+    def prefill(self, state: DecodingState, input_ids: Tensor) -> Tensor:
         """Write the prompt ``[B, P]`` to every layer of ``state.cache``; return the last state
         ``[B, H]`` (a mode may look at the layers on the way, as the adaptive one does)."""
         return self.runner.prefill(input_ids, state.cache)
 
     @abstractmethod
-    def round(self, state: Decoder, max_tokens: int) -> Round:
+    def round(self, state: DecodingState, max_tokens: int) -> Round:
         """Run one round for the rows of ``state``; emit at most ``max_tokens`` tokens per row
         (the decoder cuts at EOS and at each row's own limit)."""
 
@@ -116,19 +128,19 @@ class Strategy(ABC):
 
 
 # -- the registry ----------------------------------------------------------------------------------
-_REGISTRY: dict[str, type[Strategy]] = {}
+_REGISTRY: dict[str, type[Mode]] = {}
 
 
-def register(cls: type[Strategy]) -> type[Strategy]:
-    """Make a strategy reachable by its name from ``generate(mode=...)``, the CLI and the benchmark."""
+def register(cls: type[Mode]) -> type[Mode]:
+    """Make a mode reachable by its name from ``generate(mode=...)``, the CLI and the benchmark."""
     for attr in ("name", "short"):
         if not isinstance(getattr(cls, attr, None), str):
-            raise TypeError(f"{cls.__name__}: a strategy needs a class attribute {attr!r} (a str)")
+            raise TypeError(f"{cls.__name__}: a mode needs a class attribute {attr!r} (a str)")
     if not (dataclasses.is_dataclass(cls.Options) and cls.Options.__dataclass_params__.frozen):
         raise TypeError(f"{cls.__name__}.Options must be a frozen dataclass")
     clash = [s for s in _REGISTRY.values() if s.short == cls.short and s.name != cls.name]
     if clash:
-        raise ValueError(f"strategy short name {cls.short!r} is taken by {clash[0].name!r}")
+        raise ValueError(f"mode short name {cls.short!r} is taken by {clash[0].name!r}")
     _REGISTRY[cls.name] = cls
     return cls
 
@@ -137,22 +149,22 @@ def unregister(name: str) -> None:
     _REGISTRY.pop(name, None)
 
 
-def strategy_names() -> tuple[str, ...]:
+def mode_names() -> tuple[str, ...]:
     return tuple(_REGISTRY)
 
 
-def get_strategy(name: str) -> type[Strategy]:
+def get_mode(name: str) -> type[Mode]:
     if name not in _REGISTRY:
-        raise ValueError(f"mode: must be one of {strategy_names()}, got {name!r}")
+        raise ValueError(f"mode: must be one of {mode_names()}, got {name!r}")
     return _REGISTRY[name]
 
 
-def option_fields(cls: type[Strategy]) -> dict[str, dataclasses.Field]:
+def option_fields(cls: type[Mode]) -> dict[str, dataclasses.Field]:
     return {f.name: f for f in dataclasses.fields(cls.Options)}
 
 
 def all_option_fields() -> dict[str, dataclasses.Field]:
-    """Every registered strategy's option fields by name (a name two modes share is one field)."""
+    """Every registered mode's option fields by name (a name two modes share is one field)."""
     out: dict[str, dataclasses.Field] = {}
     for cls in _REGISTRY.values():
         for name, f in option_fields(cls).items():
@@ -160,7 +172,7 @@ def all_option_fields() -> dict[str, dataclasses.Field]:
     return out
 
 
-def build_options(cls: type[Strategy], values: dict[str, Any]):
+def build_options(cls: type[Mode], values: dict[str, Any]):
     """``cls.Options(**values)``; a value for a setting the mode does not have is an error."""
     fields = option_fields(cls)
     foreign = sorted(set(values) - set(fields))
@@ -174,8 +186,8 @@ def build_options(cls: type[Strategy], values: dict[str, Any]):
 def _kinds(name: str) -> set[str]:
     """The types a setting has across the registered modes (``int | None`` -> {"int"})."""
     kinds = set()
-    for mode in strategy_names():
-        f = option_fields(get_strategy(mode)).get(name)
+    for mode in mode_names():
+        f = option_fields(get_mode(mode)).get(name)
         if f is not None:
             kinds |= set(str(f.type).replace(" ", "").split("|")) - {"None"}
     return kinds

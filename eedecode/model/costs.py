@@ -1,5 +1,5 @@
 """What a full-depth pass over ``T`` tokens per row costs relative to one token, measured on this
-machine: the table a strategy needs to choose how many drafts to verify at once.
+machine: the table a mode needs to choose how many drafts to verify at once.
 
 Verifying ``k`` drafts is a pass over ``k + 1`` tokens. While decoding is bandwidth-bound that
 costs about one step whatever ``k``, but on a CPU the products are not free: MKL's

@@ -1,23 +1,23 @@
-"""Decoding strategies, found by name in one registry (:mod:`eedecode.engine.mode`).
+"""Decoding modes, found by name in one registry (:mod:`eedecode.engine.mode`).
 
 Built in: ``autoregressive`` (the baseline), ``self_speculative`` (LayerSkip-style drafting from
 a fixed exit layer, verified over the exit query cache), ``adaptive`` (how to draft chosen at
 run time by a bandit: plain, lookup or early-exit drafts) and ``early_exit`` (lossy: each token
 leaves at the first exit point whose criterion fires). Adding a mode is one module that defines
-a :class:`Strategy` subclass and decorates it with :func:`register`.
+a :class:`Mode` subclass and decorates it with :func:`register`.
 """
 
 from ..engine.mode import (
+    Mode,
     NoOptions,
     Round,
-    Strategy,
     all_option_fields,
     build_options,
-    get_strategy,
+    get_mode,
+    mode_names,
     option,
     option_fields,
     register,
-    strategy_names,
     unregister,
 )
 from . import adaptive, autoregressive, early_exit, self_speculative  # noqa: F401  (registers the built-in modes)
@@ -25,13 +25,13 @@ from . import adaptive, autoregressive, early_exit, self_speculative  # noqa: F4
 __all__ = [
     "NoOptions",
     "Round",
-    "Strategy",
+    "Mode",
     "all_option_fields",
     "build_options",
-    "get_strategy",
+    "get_mode",
     "option",
     "option_fields",
     "register",
-    "strategy_names",
+    "mode_names",
     "unregister",
 ]

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import torch
 
-from ..engine.mode import Round, Strategy, register
+from ..engine.mode import Mode, Round, register
 
 
 @register
-class Autoregressive(Strategy):
+class Autoregressive(Mode):
     name, short = "autoregressive", "ar"
     description = "one token per step through every layer (the baseline)"
     rolls_back = False  # every running row advances by exactly one token in every layer

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..engine.mode import Round, Strategy, option, register
+from ..engine.mode import Mode, Round, option, register
 from ..model.exit_criteria import (
     Cosine,
     Criterion,
@@ -110,12 +110,12 @@ class _Exits:
     """One round's exit decisions per row, on the device: who has exited, at what depth, with which
     state and exit-head token; and what patience needs carried from one exit point to the next."""
 
-    def __init__(self, strategy: EarlyExit, running: Tensor):
-        self.runner, self.criterion, self.stats = strategy.runner, strategy.criterion, strategy.stats
-        self.needs_unchanged = strategy.needs_unchanged
+    def __init__(self, mode: EarlyExit, running: Tensor):
+        self.runner, self.criterion, self.stats = mode.runner, mode.criterion, mode.stats
+        self.needs_unchanged = mode.needs_unchanged
         self.running = running  # [B] rows still generating
         self.exited = torch.zeros_like(running)  # [B] bool
-        self.depth = torch.full(running.shape, strategy.runner.num_layers, device=running.device)
+        self.depth = torch.full(running.shape, mode.runner.num_layers, device=running.device)
         self.hidden: Tensor | None = None  # [B, H] each exited row's exit state
         self.token: Tensor | None = None  # [B] its exit head's argmax there
         self.unchanged: Tensor | None = None
@@ -152,7 +152,7 @@ class _Exits:
 
 
 @register
-class EarlyExit(Strategy):
+class EarlyExit(Mode):
     name, short = "early_exit", "ee"
     description = "each token leaves at the first exit point whose criterion fires (lossy)"
     Options = EarlyExitOptions

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..engine.mode import Round, Strategy, option, register
+from ..engine.mode import Mode, Round, option, register
 
 
 @dataclass(frozen=True)
@@ -87,7 +87,7 @@ def _is_int(x) -> bool:
 
 
 @register
-class SelfSpeculative(Strategy):
+class SelfSpeculative(Mode):
     name, short = "self_speculative", "ss"
     description = "draft with the first E layers, verify with the rest over the exit query cache"
     Options = SelfSpeculativeOptions

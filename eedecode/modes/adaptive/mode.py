@@ -59,7 +59,7 @@ from ...drafting.drafters import (
 )
 from ...drafting.run_lengths import RunLengths
 from ...drafting.stop_rules import CalibratedStop, Calibration
-from ...engine.mode import Round, Strategy, register
+from ...engine.mode import Mode, Round, register
 from . import probe
 from .options import (  # noqa: F401 (re-exported)
     _POLICIES,
@@ -90,7 +90,7 @@ PROBED = "probe:"
 
 
 @register
-class Adaptive(Strategy):
+class Adaptive(Mode):
     name, short = "adaptive", "auto"
     description = "drafting chosen at run time: plain, lookup or early-exit drafts (a bandit)"
     Options = AdaptiveOptions

@@ -1,4 +1,4 @@
-"""The strategy seam: a new decoding mode is one class, registered once, and generate(), the
+"""The mode seam: a new decoding mode is one class, registered once, and generate(), the
 command line and the benchmark find it. The toy mode here lives only in this file."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import torch
 from conftest import cached_tiny_model
 
 import eedecode
-from eedecode.modes import Round, Strategy, get_strategy, option, register, strategy_names, unregister
+from eedecode.modes import Mode, Round, get_mode, mode_names, option, register, unregister
 
 
 @dataclass(frozen=True)
@@ -23,7 +23,7 @@ class FixedTokenOptions:
             raise ValueError(f"token: must be an int >= 0, got {self.token!r}")
 
 
-class FixedToken(Strategy):
+class FixedToken(Mode):
     """Drafts the same token k times; verifies all k + 1 tokens through every layer (lossless)."""
 
     name, short = "fixed_token", "ft"
@@ -85,18 +85,18 @@ def test_a_toy_mode_gets_command_line_flags(fixed_token_mode):
 
 
 def test_unregistered_mode_is_a_clear_error():
-    assert "fixed_token" not in strategy_names()
+    assert "fixed_token" not in mode_names()
     with pytest.raises(
         ValueError,
         match=r"mode: must be one of \('adaptive', 'autoregressive', 'early_exit', 'self_speculative'",
     ):
-        get_strategy("fixed_token")
+        get_mode("fixed_token")
     with pytest.raises(ValueError, match="mode: must be one of"):
         eedecode.generate(cached_tiny_model("llama"), torch.tensor([[5]]), mode="fixed_token")
 
 
 def test_registry_rejects_malformed_strategies():
-    class NoName(Strategy):
+    class NoName(Mode):
         def round(self, state, max_tokens):
             raise AssertionError
 
