@@ -32,12 +32,14 @@ from eedecode.bench import load_prompts, markdown_table, measure_step_costs, tim
 from eedecode.bench.measure import encode_prompts, hf_baseline_model
 from eedecode.bench.methods import Speculation
 from eedecode.bench.report import LEGEND, complete, machine_line
+from eedecode.model.corpus import stdlib_root
 from eedecode.model.loading import load_model
 from eedecode.model.runner import ModelRunner
-from eedecode.modes.adaptive.policy import Policy
+from eedecode.modes.adaptive import policy_file
+from eedecode.modes.adaptive.bandit import Bandit
+from eedecode.modes.adaptive.store import Policy, Tuned
 from eedecode.modes.adaptive.tune import blocks_from, search_skip_layers, token_ranking
 from eedecode.study.tuned_lens import TunedLensConfig, fit_tuned_lens
-from eedecode.training.data import stdlib_root
 
 #: Tuning text: standard-library modules outside the benchmark's held-out prompt modules.
 TUNING_MODULES = ("functools.py", "dataclasses.py", "enum.py", "contextlib.py")
@@ -74,9 +76,8 @@ def tune(model, tokenizer, out: Path, layers, steps: int, warm_tokens: int):
     blocks = blocks_from(tokenizer, texts, 128, runner.device)[:4]
     skip, agreement, predicted = search_skip_layers(runner, blocks)
     policy = out / "policy.json"
-    Policy([], model="", tuned={"skip_layers": skip, "draft_vocab": token_ranking(tokenizer, texts)}).save(
-        policy
-    )
+    tuned = Tuned(tuple(skip), tuple(token_ranking(tokenizer, texts)))
+    policy_file.save(Policy([], Bandit([]), tuned=tuned), policy)
     for text in texts:  # warm the bandit on the tuning text's openings
         inputs = tokenizer(text[:600], return_tensors="pt")
         generate(model, **inputs, max_new_tokens=warm_tokens, policy_in=str(policy), policy_out=str(policy))

@@ -25,8 +25,8 @@ import torch
 import eedecode
 from eedecode.bench import load_prompts
 from eedecode.bench.measure import encode_prompts
+from eedecode.model.corpus import stdlib_root
 from eedecode.model.loading import load_model
-from eedecode.training.data import stdlib_root
 
 #: Text to learn from: standard-library modules outside the benchmark's held-out prompt modules.
 LEARN_MODULES = ("functools.py", "dataclasses.py", "enum.py", "contextlib.py")

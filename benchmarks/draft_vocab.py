@@ -23,11 +23,11 @@ import time
 
 import torch
 
+from eedecode.model.corpus import stdlib_root
 from eedecode.model.loading import load_model
 from eedecode.model.runner import ModelRunner
 from eedecode.modes.adaptive.tune import blocks_from, token_ranking
 from eedecode.study.data import load_texts
-from eedecode.training.data import stdlib_root
 
 TUNING_MODULES = ("functools.py", "dataclasses.py", "enum.py", "contextlib.py")
 

@@ -23,9 +23,11 @@ import torch
 import eedecode
 from eedecode.bench import load_prompts
 from eedecode.bench.measure import encode_prompts
-from eedecode.drafting import drafters as drafting
+from eedecode.drafting.lookup import LookupDrafter
 from eedecode.model.loading import load_model
+from eedecode.model.memory import memory_of
 from eedecode.modes.adaptive import mode as adaptive
+from eedecode.modes.adaptive.planner import Planner
 
 
 def timed(cls, name: str, seconds: dict[str, list[float]], again: bool = False):
@@ -65,9 +67,9 @@ def main() -> None:
     # 1. the bookkeeping, right after a forward pass and again at once
     seconds: dict[str, list[float]] = {}
     spied = [
-        (drafting.Lookout, "look", True),
+        (LookupDrafter, "look", True),
         (adaptive.Adaptive, "observe", False),
-        (adaptive.Adaptive, "plan", False),
+        (Planner, "plan", False),
     ]
     real = [(cls, name, timed(cls, name, seconds, again)) for cls, name, again in spied]
     eedecode.generate(model, ids[0], max_new_tokens=new)  # warm-up
@@ -90,7 +92,7 @@ def main() -> None:
         "adaptive": {},
     }
     names = list(modes)
-    adaptive._POLICIES.clear()
+    memory_of(model).reset()
     for name in names:
         eedecode.generate(model, ids[0], max_new_tokens=new, **modes[name])
     spent = {n: [] for n in names}

@@ -25,6 +25,8 @@ _EXPORTS = {
     "LoadedModel": "eedecode.model.loading",
     "load_model": "eedecode.model.loading",
     "ModelRunner": "eedecode.model.runner",
+    "ModelMemory": "eedecode.model.memory",
+    "memory_of": "eedecode.model.memory",
     "Mode": "eedecode.modes",
     "register": "eedecode.modes",
     "mode_names": "eedecode.modes",

@@ -111,3 +111,20 @@ def silent_upper_layers(model, first: int = 1):
             layer.self_attn.o_proj.weight.zero_()
             layer.mlp.down_proj.weight.zero_()
     return model
+
+
+#: The vocabulary of the sampling tests' model: small enough to enumerate every short continuation.
+SMALL_VOCAB = 8
+
+
+@pytest.fixture(scope="module")
+def small_vocab_model():
+    # Weights scaled up so that the early exit disagrees with the final layer often enough for a
+    # wrong rule to show, while drafts are still accepted 25-70% of the time (bonus tokens occur).
+    model = tiny_model(
+        "llama", seed=3, vocab_size=SMALL_VOCAB, eos_token_id=None, bos_token_id=None, pad_token_id=None
+    )
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(2.0)
+    return model

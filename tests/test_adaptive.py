@@ -7,13 +7,28 @@ import torch
 from conftest import ARCHS, cached_tiny_model
 
 import eedecode
-from eedecode.drafting import drafters as drafting
+from eedecode.drafting.head import DraftHead
+from eedecode.drafting.lookup import LookupDrafter
+from eedecode.drafting.mixed import MixedDrafter
+from eedecode.model.memory import memory_of
 from eedecode.modes.adaptive import mode as adaptive
 from eedecode.modes.adaptive import options as adaptive_options
-from eedecode.modes.adaptive import probe
-from eedecode.modes.adaptive.policy import Arm, Policy
+from eedecode.modes.adaptive import planner, policy_file, probe
+from eedecode.modes.adaptive.arms import Arm, exit_layer_candidates
+from eedecode.modes.adaptive.bandit import Bandit, bucket_of
+from eedecode.modes.adaptive.store import Policy, Tuned
 
 NEW = 40
+
+
+def policies(model) -> dict:
+    """The adaptive mode's learned policies for ``model`` (in its memory), by options."""
+    return memory_of(model).modes.get("adaptive", {})
+
+
+def tuned_file(path, vocab) -> None:
+    """A policy file as `eedecode tune` writes one, with a token ranking."""
+    policy_file.save(Policy([], Bandit([]), tuned=Tuned(draft_vocab=tuple(vocab))), path)
 
 
 def ids(batch=1, n=9, seed=0):
@@ -33,7 +48,7 @@ def only_arms(monkeypatch):
 
     def force(*arms):
         monkeypatch.setattr(adaptive_options, "make_arms", lambda *a: list(arms))
-        monkeypatch.setattr(probe, "PAYS", 0.0)
+        monkeypatch.setattr(planner, "PAYS", 0.0)
 
     return force
 
@@ -54,9 +69,9 @@ ARMS = {
 @pytest.mark.parametrize("arch", ARCHS)
 def test_default_call_needs_no_settings_and_equals_hf(arch, monkeypatch):
     model = cached_tiny_model(arch, eos_token_id=None)
-    for pays in (probe.PAYS, 0.0):  # as it comes; and with every arm offered (exit drafts run)
-        monkeypatch.setattr(probe, "PAYS", pays)
-        adaptive._POLICIES.pop(model, None)
+    for pays in (planner.PAYS, 0.0):  # as it comes; and with every arm offered (exit drafts run)
+        monkeypatch.setattr(planner, "PAYS", pays)
+        memory_of(model).reset()
         drafted = 0
         for x in (ids(), repetitive()):
             ref = model.generate(x, max_new_tokens=NEW, do_sample=False, pad_token_id=0)
@@ -100,8 +115,8 @@ def test_off_a_cpu_the_batched_lookup_search_is_lossless_too(arm, only_arms, mon
 
     monkeypatch.setattr(adaptive.Adaptive, "__init__", off_cpu)
     searched = []
-    real = drafting.draft_from_lookup
-    monkeypatch.setattr(drafting, "draft_from_lookup", lambda *a: searched.append(1) or real(*a))
+    real = LookupDrafter.search
+    monkeypatch.setattr(LookupDrafter, "search", lambda self, *a: searched.append(1) or real(self, *a))
     model = cached_tiny_model("qwen2", eos_token_id=None)
     x = torch.cat([repetitive(2), ids(2, 15, seed=7)])
     x[0, :2] = 0  # left padding in one row
@@ -119,14 +134,14 @@ def test_mixed_rounds_give_each_row_its_own_drafter(only_arms, monkeypatch):
     model = cached_tiny_model("llama", eos_token_id=None)
     x = torch.cat([repetitive(2), ids(2, 15, seed=7)])  # two rows repeat themselves, two do not
     seen = []
-    real = adaptive.draft_mixed
+    real = MixedDrafter.propose
 
-    def spy(state, lookup, *a, **kw):
-        proposal = real(state, lookup, *a, **kw)
-        seen.append(((lookup.counts > 0) & state.active).tolist())
-        return proposal
+    def spy(self, state, k, stop=None):
+        found = self.lookup.propose(state, k)
+        seen.append(((found.counts > 0) & state.active).tolist())
+        return real(self, state, k, stop)
 
-    monkeypatch.setattr(adaptive, "draft_mixed", spy)
+    monkeypatch.setattr(MixedDrafter, "propose", spy)
     ref = model.generate(x, max_new_tokens=NEW, do_sample=False, pad_token_id=0)
     out = eedecode.generate(model, x, max_new_tokens=NEW, return_dict_in_generate=True)
     assert torch.equal(out.sequences, ref)
@@ -175,8 +190,8 @@ def test_policy_carries_over_and_saves_and_loads(tmp_path):
     model = cached_tiny_model("mistral", eos_token_id=None)
     path = tmp_path / "policy.json"
     eedecode.generate(model, repetitive(), max_new_tokens=NEW, policy_out=str(path))
-    saved = Policy.load(path)
-    rounds = sum(s.rounds for s in saved.stats.values())
+    saved = policy_file.load(path)
+    rounds = sum(s.rounds for s in saved.bandit.estimates.values())
     assert rounds > 0 and saved.model.startswith("mistral")
     out = eedecode.generate(
         model, repetitive(), max_new_tokens=NEW, policy_in=str(path), return_dict_in_generate=True
@@ -188,14 +203,12 @@ def test_policy_carries_over_and_saves_and_loads(tmp_path):
 
 
 def test_each_set_of_options_learns_its_own_policy_and_keeps_it_in_process():
-    from eedecode.modes.adaptive import mode as adaptive
-
     model = cached_tiny_model("llama", eos_token_id=None, num_hidden_layers=5)
-    adaptive._POLICIES.pop(model, None)
+    memory_of(model).reset()
 
     def rounds(**options):
-        policy = adaptive._POLICIES[model][adaptive._policy_key(adaptive.AdaptiveOptions(**options))]
-        return sum(s.rounds for s in policy.stats.values())
+        key = adaptive_options._policy_key(adaptive_options.AdaptiveOptions(**options))
+        return sum(s.rounds for s in policies(model)[key].bandit.estimates.values())
 
     first = eedecode.generate(model, repetitive(), max_new_tokens=NEW, return_dict_in_generate=True).stats
     learned = rounds()  # discounted round counts
@@ -220,7 +233,7 @@ def test_fixed_exit_layer_and_bad_settings():
     for kw, words in [
         (dict(exit_layer=9), "exit_layer: must be 'auto' or an int in 1..5"),
         (dict(exit_layer="deep"), "exit_layer: must be 'auto'"),
-        (dict(max_drafts=0), "max_drafts: must be an int >= 1"),
+        (dict(max_drafts=0), r"max_drafts: must be an int in 1\.\.64"),
         (dict(lookup="yes"), "lookup: must be True or False"),
         (dict(lookup_ngram=9), r"lookup_ngram: must be an int in 1\.\.8"),
         (dict(lookup_ngram=0), r"lookup_ngram: must be an int in 1\.\.8"),
@@ -248,7 +261,7 @@ class Recorder:
 def test_bad_policy_and_translator_files_are_refused_before_anything_streams(tmp_path):
     model = cached_tiny_model("llama", eos_token_id=None)
     tuned = tmp_path / "tuned.json"
-    Policy([], tuned={"draft_vocab": list(range(50))}).save(tuned)
+    tuned_file(tuned, range(50))
     (tmp_path / "corrupt.json").write_text("{")
     (tmp_path / "lens.safetensors").write_text("not a tensor file")
     cases = [
@@ -269,8 +282,7 @@ def test_bad_policy_and_translator_files_are_refused_before_anything_streams(tmp
 
 
 def test_a_translator_drafts_at_its_own_layers_and_stays_lossless(tmp_path, monkeypatch):
-    from eedecode.drafting import drafters as drafting
-    from eedecode.study import TunedLens
+    from eedecode.model.translator import TunedLens
 
     model = cached_tiny_model("llama", eos_token_id=None)
     H, L = model.config.hidden_size, model.config.num_hidden_layers
@@ -280,11 +292,11 @@ def test_a_translator_drafts_at_its_own_layers_and_stays_lossless(tmp_path, monk
             p.add_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(3)))
     path = lens.save(tmp_path / "lens.safetensors")
     translated = []
-    real = drafting.DraftHead._translate
+    real = DraftHead.translate
     monkeypatch.setattr(
-        drafting.DraftHead, "_translate", lambda self, h: translated.append(self.depth) or real(self, h)
+        DraftHead, "translate", lambda self, h: translated.append(self.depth) or real(self, h)
     )
-    monkeypatch.setattr(probe, "PAYS", 0.0)  # a tiny random model's layers never pay: offer them
+    monkeypatch.setattr(planner, "PAYS", 0.0)  # a tiny random model's layers never pay: offer them
     x = repetitive(2)
     ref = model.generate(x, max_new_tokens=NEW, do_sample=False, pad_token_id=0)
     out = eedecode.generate(model, x, max_new_tokens=NEW, translator=str(path), return_dict_in_generate=True)
@@ -306,15 +318,14 @@ def test_the_adaptive_modes_own_settings_pick_it_and_a_rewritten_policy_file_is_
     with pytest.raises(ValueError, match="lookup, exit_drafts: both False"):
         eedecode.generate(model, x, max_new_tokens=5, lookup=False, exit_drafts=False)
     path = tmp_path / "p.json"
-    Policy([], tuned={"draft_vocab": list(range(10))}).save(path)
+    tuned_file(path, range(10))
     eedecode.generate(model, x, max_new_tokens=5, policy_in=str(path))
     with pytest.raises(ValueError, match="ranks 10 tokens"):
         eedecode.generate(model, x, max_new_tokens=5, policy_in=str(path), draft_vocab=20)
-    Policy([], tuned={"draft_vocab": list(range(30))}).save(path)  # tuned again, same path
+    tuned_file(path, range(30))  # tuned again, same path
     eedecode.generate(model, x, max_new_tokens=5, policy_in=str(path), draft_vocab=20)
-    policies = adaptive._POLICIES[model].values()
-    assert any(len(p.tuned.get("draft_vocab", [])) == 30 for p in policies)
-    Policy([], tuned={}).save(path)
+    assert any(len(p.tuned.draft_vocab) == 30 for p in policies(model).values())
+    tuned_file(path, [])
     with pytest.raises(ValueError, match="draft_vocab: .* has no token ranking"):
         eedecode.generate(model, x, max_new_tokens=5, policy_in=str(path), draft_vocab=5)
 
@@ -330,16 +341,16 @@ def test_static_settings_pick_the_static_mode():
 
 
 def test_exit_layer_candidates():
-    assert adaptive.exit_layer_candidates(8) == [1, 2, 3, 4]
-    assert adaptive.exit_layer_candidates(30) == [1, 4, 8, 11, 15]
-    assert adaptive.exit_layer_candidates(2) == [1]
+    assert exit_layer_candidates(8) == [1, 2, 3, 4]
+    assert exit_layer_candidates(30) == [1, 4, 8, 11, 15]
+    assert exit_layer_candidates(2) == [1]
 
 
 def test_the_prompt_probe_is_the_prefill_plus_each_layers_agreement():
     """The probed prefill leaves the cache and the last state as the plain prefill does, and its
     agreement is the exit head's top-1 against the model's on every real position of the window."""
-    from types import SimpleNamespace
-
+    from eedecode.engine.chooser import TokenChooser
+    from eedecode.engine.state import DecodingState
     from eedecode.model.runner import ModelRunner
 
     model = cached_tiny_model("llama", eos_token_id=None)
@@ -347,14 +358,15 @@ def test_the_prompt_probe_is_the_prefill_plus_each_layers_agreement():
     x = ids(2, 12, seed=3)
     mask = torch.ones_like(x)
     mask[1, :3] = 0  # left padding in row 1
-    plain, probed = runner.new_cache(2, 20), runner.new_cache(2, 20)
+    plain = runner.new_cache(2, 20)
     plain.set_padding(mask)
-    probed.set_padding(mask)
+    state = DecodingState(runner, TokenChooser(), x, max_new_tokens=4)
+    state.cache.set_padding(mask)
     last = runner.prefill(x, plain)
-    got, probes, real = probe.probed_prefill(SimpleNamespace(runner=runner, cache=probed), x, [1, 3])
+    got, probes, real = probe.probed_prefill(state, x, [1, 3])
     torch.testing.assert_close(got, last)
     for i in range(runner.num_layers):
-        torch.testing.assert_close(probed.keys[i][..., :12, :], plain.keys[i][..., :12, :])
+        torch.testing.assert_close(state.cache.keys[i][..., :12, :], plain.keys[i][..., :12, :])
     W = min(12, probe.WINDOW)
     assert real.tolist() == [[True] * W, [False] * 3 + [True] * (W - 3)]
     with torch.no_grad():  # the same test, by hand, through the model's own modules
@@ -374,32 +386,31 @@ def test_only_the_best_predicted_exit_layer_is_offered_and_only_if_it_pays(monke
     only. The layer in use is judged on the probe too, not on its own rounds: what its rounds
     measure changes its draft length, never whether it is offered."""
     model = cached_tiny_model("llama", eos_token_id=None, num_hidden_layers=6)
-    adaptive._POLICIES.pop(model, None)
+    memory_of(model).reset()
     plans = []
-    real_plan = adaptive.Adaptive.plan
+    real_plan = planner.Planner.plan
 
     def spy(self, batch_size):
         real_plan(self, batch_size)
         plans.append((set(self.paying), dict(self.speedups), self))
 
-    monkeypatch.setattr(adaptive.Adaptive, "plan", spy)
-    monkeypatch.setattr(probe, "PAYS", 0.0)
+    monkeypatch.setattr(planner.Planner, "plan", spy)
+    monkeypatch.setattr(planner, "PAYS", 0.0)
     out = eedecode.generate(model, repetitive(1), max_new_tokens=NEW, return_dict_in_generate=True)
-    paying, speedups, mode = plans[-1]
-    assert set(speedups) == {f"exit:E={E}" for E in adaptive.exit_layer_candidates(6)}
+    paying, speedups, plan = plans[-1]
+    assert set(speedups) == {f"exit:E={E}" for E in exit_layer_candidates(6)}
     assert paying == {max(speedups, key=speedups.get)}
     used = {key for key in out.stats.details["arms"] if key.startswith("exit")}
     assert used and all(key.startswith(f"{next(iter(paying))}:") for key in used)
     # the offered layer's rounds say its drafts are never accepted: it stays offered (the bandit
     # judges it), while its draft length follows its rounds
     offered = next(iter(paying))
-    runs = mode.runs(offered)
-    runs.judged.add_(1e6)
-    mode.seconds.clear()  # the prior costs on both sides: no timing noise in the comparison
-    mode.plan(1)
-    assert mode.paying == {offered} and mode.speedups == speedups
-    assert mode.predicted[offered] < min(speedups.values())
-    monkeypatch.setattr(probe, "PAYS", max(speedups.values()) + 1.0)  # nothing reaches it
+    plan.runs(offered).judged.add_(1e6)
+    plan.policy.times.clear()  # the cost table on both sides: no timing noise in the comparison
+    plan.plan(1)
+    assert plan.paying == {offered} and plan.speedups == speedups
+    assert plan.predicted[offered] < min(speedups.values())
+    monkeypatch.setattr(planner, "PAYS", max(speedups.values()) + 1.0)  # nothing reaches it
     out = eedecode.generate(model, repetitive(1), max_new_tokens=NEW, return_dict_in_generate=True)
     assert plans[-1][0] == set()
     assert not any(key.startswith(("exit", "mixed")) for key in out.stats.details["arms"])
@@ -407,33 +418,34 @@ def test_only_the_best_predicted_exit_layer_is_offered_and_only_if_it_pays(monke
 
 def test_each_batch_size_bucket_keeps_its_own_estimates(tmp_path):
     model = cached_tiny_model("llama", eos_token_id=None, num_hidden_layers=5)
-    adaptive._POLICIES.pop(model, None)
+    memory_of(model).reset()
     path = tmp_path / "p.json"
     eedecode.generate(model, repetitive(1), max_new_tokens=NEW, policy_out=str(path))
-    one = {k: v.rounds for k, v in Policy.load(path).stats.items() if v.rounds > 0}
-    assert one and not any("@B" in k for k in one)
+    one = {s: v.rounds for s, v in policy_file.load(path).bandit.estimates.items() if v.rounds > 0}
+    assert one and all(s.bucket == 1 for s in one)
     eedecode.generate(model, repetitive(3), max_new_tokens=NEW, policy_out=str(path))
-    saved = Policy.load(path)
-    both = {k: v.rounds for k, v in saved.stats.items() if v.rounds > 0}
-    assert any(k.endswith("@B2") for k in both)  # batch 3 counts in the bucket of 2..3 rows
-    assert {k: v for k, v in both.items() if "@B" not in k} == one  # batch 1's estimates untouched
-    assert saved.learned["seconds@B2"] and saved.learned["seconds"]
-    assert saved.learned["probed"] and saved.learned["runs"]  # the probe and draft-length model
-    assert Policy.bucket_of(1) == "" and Policy.bucket_of(5) == "@B4" and Policy.bucket_of(16) == "@B16"
+    saved = policy_file.load(path)
+    both = {s: v.rounds for s, v in saved.bandit.estimates.items() if v.rounds > 0}
+    assert any(s.bucket == 2 for s in both)  # batch 3 counts in the bucket of 2..3 rows
+    assert {s: v for s, v in both.items() if s.bucket == 1} == one  # batch 1's estimates untouched
+    assert saved.times[2].plain and saved.times[1].plain
+    assert saved.probed and saved.saved_drafters and saved.saved_probe_runs  # the probe, the length model
+    assert (bucket_of(1), bucket_of(5), bucket_of(16)) == (1, 4, 16)
 
 
 def test_rounds_with_and_without_a_lookup_match_keep_their_own_estimates(only_arms):
     """Whether the row found a lookup match is the round's context: the arms' estimates are kept
     per context, and lookup is played only in rounds with a match."""
     model = cached_tiny_model("llama", eos_token_id=None)
-    adaptive._POLICIES.pop(model, None)
+    memory_of(model).reset()
     only_arms(ARMS["none"], ARMS["lookup"])
     eedecode.generate(model, repetitive(1), max_new_tokens=NEW)
     eedecode.generate(model, ids(1, 9, seed=8), max_new_tokens=NEW)
-    stats = {k: v.pulls for k, v in next(iter(adaptive._POLICIES[model].values())).stats.items() if v.pulls}
-    assert stats.get("none", 0) > 0 and stats.get("lookup:k=6" + adaptive.MATCHED, 0) > 0
-    assert "lookup:k=6" not in stats  # never played without a match
-    assert all(k in ("none", "none+match", "lookup:k=6+match") for k in stats)
+    estimates = next(iter(policies(model).values())).bandit.estimates
+    pulls = {(s.arm, s.matched): v.pulls for s, v in estimates.items() if v.pulls}
+    assert pulls.get(("none", False), 0) > 0 and pulls.get(("lookup:k=6", True), 0) > 0
+    assert ("lookup:k=6", False) not in pulls  # never played without a match
+    assert set(pulls) <= {("none", False), ("none", True), ("lookup:k=6", True)}
 
 
 def test_lookup_drafts_are_judged_in_every_round_with_a_match(only_arms, monkeypatch):
@@ -445,12 +457,12 @@ def test_lookup_drafts_are_judged_in_every_round_with_a_match(only_arms, monkeyp
 
     monkeypatch.setattr(run_lengths, "DISCOUNT", 1.0)  # plain counts
     model = cached_tiny_model("llama", eos_token_id=None)
-    adaptive._POLICIES.pop(model, None)
+    memory_of(model).reset()
     only_arms(ARMS["none"], ARMS["lookup"])
-    monkeypatch.setattr(Policy, "choose", lambda self, available, priors=None: Arm("none"))
+    monkeypatch.setattr(Bandit, "choose", lambda self, available, priors=None: Arm("none"))
     x = repetitive(1)
     seq = eedecode.generate(model, x, max_new_tokens=NEW)[0]
-    runs = next(iter(adaptive._POLICIES[model].values())).run_lengths["lookup"]
+    runs = next(iter(policies(model).values())).drafters["lookup"].runs
     runs.flush()
     judged = accepted = 0
     P = x.shape[1]  # round i emits seq[P + i] (the prefill emits seq[P]); the last drafts nothing
@@ -465,17 +477,16 @@ def test_lookup_drafts_are_judged_in_every_round_with_a_match(only_arms, monkeyp
 
 def test_saving_keeps_what_the_file_learned_for_drafters_not_used(tmp_path):
     model = cached_tiny_model("llama", eos_token_id=None, num_hidden_layers=5)
-    adaptive._POLICIES.pop(model, None)
+    memory_of(model).reset()
     path = tmp_path / "p.json"
     eedecode.generate(model, repetitive(1), max_new_tokens=NEW, policy_out=str(path))
-    before = Policy.load(path).learned
-    assert before["runs"] and before["calibration"]
-    adaptive._POLICIES.pop(model, None)  # a new process: starts from the file
+    before = policy_file.load(path)
+    assert before.saved_drafters and before.saved_probe_runs
+    memory_of(model).reset()  # a new process: starts from the file
     eedecode.generate(model, repetitive(1), max_new_tokens=1, policy_in=str(path), policy_out=str(path))
-    after = Policy.load(path).learned
-    assert set(after["runs"]) >= set(before["runs"]) and set(after["calibration"]) >= set(
-        before["calibration"]
-    )
+    after = policy_file.load(path)
+    assert set(after.saved_drafters) >= set(before.saved_drafters)
+    assert set(after.saved_probe_runs) >= set(before.saved_probe_runs)
 
 
 def test_in_a_batch_lookup_is_offered_where_the_laggards_found_a_match(only_arms, monkeypatch):
@@ -483,9 +494,9 @@ def test_in_a_batch_lookup_is_offered_where_the_laggards_found_a_match(only_arms
     rows without a match one token, are offered only when every laggard found a match. The
     laggards are computed here from the decoder's own output lengths."""
     model = cached_tiny_model("llama", eos_token_id=None)
-    adaptive._POLICIES.pop(model, None)
+    memory_of(model).reset()
     only_arms(ARMS["none"], ARMS["lookup"])
-    seen, real_look, real_choose = [], drafting.Lookout.look, Policy.choose
+    seen, real_look, real_choose = [], LookupDrafter.look, Bandit.choose
 
     def look(self, state, *a, **kw):
         found = real_look(self, state, *a, **kw)
@@ -499,27 +510,27 @@ def test_in_a_batch_lookup_is_offered_where_the_laggards_found_a_match(only_arms
 
     def choose(self, available, priors=None):
         if seen and "offered" not in seen[-1]:
-            seen[-1].update(offered=any(a.kind == "lookup" for a in available), context=self.context)
+            seen[-1].update(offered=any(a.kind == "lookup" for a in available), context=self.matched)
         return real_choose(self, available, priors)
 
-    monkeypatch.setattr(drafting.Lookout, "look", look)
-    monkeypatch.setattr(Policy, "choose", choose)
+    monkeypatch.setattr(LookupDrafter, "look", look)
+    monkeypatch.setattr(Bandit, "choose", choose)
     x = torch.cat([repetitive(1), ids(1, 15, seed=9)])  # row 0 repeats itself, row 1 hardly
     out = eedecode.generate(model, x, max_new_tokens=NEW, return_dict_in_generate=True)
     assert torch.equal(out.sequences, model.generate(x, max_new_tokens=NEW, do_sample=False, pad_token_id=0))
     for r in seen:
         behind = all(r["matched"][b] for b in r["laggards"])
         assert r["offered"] == behind
-        assert r["context"] == (adaptive.MATCHED if behind else "")
+        assert r["context"] == behind
     assert any(r["offered"] for r in seen)
     assert any(any(r["matched"]) and not r["offered"] for r in seen)  # a row matched, not a laggard
 
 
 def test_without_the_lookup_arm_nothing_is_looked_up(monkeypatch):
     model = cached_tiny_model("llama", eos_token_id=None)
-    monkeypatch.setattr(probe, "PAYS", 0.0)
-    adaptive._POLICIES.pop(model, None)
-    monkeypatch.setattr(drafting.Lookout, "look", lambda *a, **kw: pytest.fail("looked up"))
+    monkeypatch.setattr(planner, "PAYS", 0.0)
+    memory_of(model).reset()
+    monkeypatch.setattr(LookupDrafter, "look", lambda *a, **kw: pytest.fail("looked up"))
     out = eedecode.generate(
         model, repetitive(2), max_new_tokens=NEW, lookup=False, return_dict_in_generate=True
     )

@@ -48,15 +48,9 @@ def summed_stats(model, ids: list[torch.Tensor], max_new_tokens: int, **mode) ->
 
 
 # -- arithmetic ------------------------------------------------------------------------------------
-def test_speedup_and_ideal_speedup_arithmetic():
+def test_speedup_arithmetic():
     assert bench.speedup(300.0, 100.0) == 3.0
-    # a round of 4 drafts at c = 0.25 and a verify costing one step: 2 steps for mean(n) tokens
-    assert bench.ideal_speedup(3.0, 4.0, 0.25, 1.0) == pytest.approx(1.5)
-    assert bench.ideal_speedup(1.0, 0.0, 0.3, 1.0) == 1.0  # no drafts: the autoregressive step
-    # Leviathan et al.: mean(n) = (1 - a^(k+1)) / (1 - a)
-    assert bench.expected_tokens_per_round(0.0, 4) == 1.0
-    assert bench.expected_tokens_per_round(1.0, 4) == 5.0
-    assert bench.expected_tokens_per_round(0.5, 2) == pytest.approx(1.75)
+    assert bench.speedup(300.0, 0.0) != bench.speedup(300.0, 0.0)  # nan: no baseline
 
 
 def test_new_tokens_stop_at_the_first_eos():

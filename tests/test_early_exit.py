@@ -299,8 +299,15 @@ def test_self_speculative_kv_choices_give_the_same_greedy_tokens(arch, monkeypat
             kw = dict(exit_layer=E, num_speculations=k, kv_strategy=kv, max_new_tokens=25)
             out = eedecode.generate(model, ids, attention_mask=mask, **kw)
             assert torch.equal(out, ar), (E, k, kv)
-            shallow_blocks = {T for s, e, T in calls[1:] if (s, e) == (0, E)}  # after the prefill
-            assert max(shallow_blocks) == (k + 1 if kv == "rerun" else 1)
+            L = model.config.num_hidden_layers
+            after = calls[1:]  # after the prefill
+            drafting = max(T for s, e, T in after if (s, e) == (0, E))
+            full = max((T for s, e, T in after if (s, e) == (0, L)), default=0)
+            deep = max((T for s, e, T in after if (s, e) == (E, L)), default=0)
+            if kv == "rerun":  # every layer over the pending token and the drafts again
+                assert (drafting, full, deep) == (1, k + 1, 0)
+            else:  # layers < E never see a draft twice; [E, L) verifies over the exit states
+                assert (drafting, full, deep) == (1, 0, k + 1)
 
 
 # -- settings: errors, the command line ----------------------------------------------------------------

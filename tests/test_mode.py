@@ -8,9 +8,31 @@ from dataclasses import dataclass
 import pytest
 import torch
 from conftest import cached_tiny_model
+from test_sampling import PARAMS, PROMPT, chi_square_p_value, exact_joint, round_joint, sampled_round
 
 import eedecode
+from eedecode.drafting.base import Drafter, Proposal
+from eedecode.drafting.verify import verify, with_point_masses
+from eedecode.engine.acceptance import always_accept
 from eedecode.modes import Mode, Round, get_mode, mode_names, option, register, unregister
+
+
+class FixedTokenDrafter(Drafter):
+    """A toy drafter in one small class: proposes the same token ``k`` times per row (point-mass
+    drafts, which sampling verifies exactly), and counts what it was told of their fate."""
+
+    name = "fixed"
+
+    def __init__(self, token: int):
+        super().__init__()
+        self.token, self.accepted = token, []
+
+    def propose(self, state, k: int, stop=None) -> Proposal:
+        drafts = torch.full((state.batch_size, k), self.token, dtype=torch.long, device=state.pending.device)
+        return with_point_masses(state, Proposal(drafts, None, [], 0, None))
+
+    def observe(self, state, proposal, counts) -> None:
+        self.accepted.append((counts - 1).tolist())
 
 
 @dataclass(frozen=True)
@@ -24,24 +46,25 @@ class FixedTokenOptions:
 
 
 class FixedToken(Mode):
-    """Drafts the same token k times; verifies all k + 1 tokens through every layer (lossless)."""
+    """A toy mode in one small class: the toy drafter's drafts, verified by every layer (lossless)."""
 
     name, short = "fixed_token", "ft"
     Options = FixedTokenOptions
+
+    def __init__(self, options, runner):
+        super().__init__(options, runner)
+        self.drafter = FixedTokenDrafter(options.token)
 
     @property
     def max_drafts(self) -> int:
         return self.options.num_speculations
 
     def round(self, state, max_tokens: int) -> Round:
-        runner, B = self.runner, state.pending.shape[0]
         k = min(self.options.num_speculations, max_tokens - 1)
-        drafts = torch.full((B, k), self.options.token, dtype=torch.long, device=state.pending.device)
-        block = torch.cat([state.pending[:, None], drafts], 1)  # [B, k + 1]
-        h = runner.run_layers(runner.embed(block), 0, runner.num_layers, state.cache)
-        q = [torch.nn.functional.one_hot(drafts[:, i], runner.vocab_size).float() for i in range(k)]
-        tokens, counts = state.chooser.accept(runner, drafts, None, q, runner.logits(h))
-        return Round(tokens, counts, drafted=k * state.active.sum())
+        proposal = self.drafter.propose(state, k)
+        rnd = verify(state, proposal)
+        self.drafter.observe(state, proposal, rnd.counts)
+        return rnd
 
 
 @pytest.fixture
@@ -65,12 +88,29 @@ def test_a_registered_toy_mode_is_reachable_from_generate(fixed_token_mode):
     assert out.stats.mode == "fixed_token" and out.stats.options == {"token": common, "num_speculations": 3}
 
 
-def test_a_toy_mode_samples_and_validates(fixed_token_mode):
+def test_a_toy_mode_samples_exactly_and_the_check_can_fail(fixed_token_mode, small_vocab_model, monkeypatch):
+    """The toy mode's sampled rounds follow the target distribution (chi-square against the exact
+    joint of the round's tokens); the same check rejects the mode when acceptance always takes
+    its drafts."""
+    params = PARAMS["plain"]
+    exact = round_joint(exact_joint(small_vocab_model, PROMPT, params))
+    counts = sampled_round(small_vocab_model, PROMPT, params, "fixed_token", seed=5)
+    assert chi_square_p_value(counts, exact) > 1e-3
+    wrong = sampled_round(
+        small_vocab_model,
+        PROMPT,
+        params,
+        "fixed_token",
+        seed=5,
+        accept_rule=always_accept,
+        monkeypatch=monkeypatch,
+    )
+    assert chi_square_p_value(wrong, exact) < 1e-6
+
+
+def test_a_toy_mode_validates_its_settings(fixed_token_mode):
     model = cached_tiny_model("llama")
     ids = torch.tensor([[5, 6, 7]])
-    a = eedecode.generate(model, ids, mode="fixed_token", do_sample=True, seed=1, max_new_tokens=12)
-    b = eedecode.generate(model, ids, mode="fixed_token", do_sample=True, seed=1, max_new_tokens=12)
-    assert torch.equal(a, b)
     with pytest.raises(ValueError, match="token: must be an int >= 0"):
         eedecode.generate(model, ids, mode="fixed_token", token=-1)
     with pytest.raises(ValueError, match="exit_layer: not a setting of mode='fixed_token'"):
@@ -95,7 +135,7 @@ def test_unregistered_mode_is_a_clear_error():
         eedecode.generate(cached_tiny_model("llama"), torch.tensor([[5]]), mode="fixed_token")
 
 
-def test_registry_rejects_malformed_strategies():
+def test_registry_rejects_malformed_modes():
     class NoName(Mode):
         def round(self, state, max_tokens):
             raise AssertionError

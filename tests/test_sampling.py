@@ -8,7 +8,7 @@ import math
 
 import pytest
 import torch
-from conftest import tiny_model
+from conftest import SMALL_VOCAB, tiny_model
 from transformers.generation.logits_process import (
     LogitsProcessorList,
     NoRepeatNGramLogitsProcessor,
@@ -23,10 +23,11 @@ from eedecode.engine import chooser
 from eedecode.engine.acceptance import always_accept, greedy_accept, sample, speculative_accept
 from eedecode.modes.adaptive import mode as adaptive
 from eedecode.modes.adaptive import options as adaptive_options
-from eedecode.modes.adaptive import probe
-from eedecode.modes.adaptive.policy import Arm, Pace
+from eedecode.modes.adaptive import planner
+from eedecode.modes.adaptive.arms import Arm
+from eedecode.modes.adaptive.progress import BatchProgress
 
-V = 8  # a vocabulary small enough to enumerate every 4-token continuation
+V = SMALL_VOCAB  # small enough to enumerate every 4-token continuation
 N_NEW = 4  # the prefill's token, then one round: 2 drafts and the correction or bonus token
 
 
@@ -142,9 +143,8 @@ def sampled_round(
         monkeypatch.setattr(chooser.TokenChooser, "__init__", patched)
     ids = torch.tensor([prompt] * rows)
     # with max_new_tokens=4: one prefill token, then a round of 2 drafts (k=3 is capped by the length)
-    settings = dict(exit_layer=1, num_speculations=3) if mode == "self_speculative" else {}
-    if mode == "adaptive":
-        settings = dict(max_drafts=3)
+    settings = {"self_speculative": dict(exit_layer=1, num_speculations=3), "adaptive": dict(max_drafts=3)}
+    settings = settings.get(mode, {})
     out = eedecode.generate(
         model, ids, mode=mode, **settings, max_new_tokens=N_NEW, do_sample=True, seed=seed, **params
     )
@@ -165,17 +165,6 @@ def bonus_from_the_draft(drafts, q, p, generator):
     all_in = n == k + 1
     tokens[:, k] = torch.where(all_in, wrong, tokens[:, k])
     return tokens, n
-
-
-@pytest.fixture(scope="module")
-def small_vocab_model():
-    # Weights scaled up so that the early exit disagrees with the final layer often enough for a
-    # wrong rule to show, while drafts are still accepted 25-70% of the time (bonus tokens occur).
-    model = tiny_model("llama", seed=3, vocab_size=V, eos_token_id=None, bos_token_id=None, pad_token_id=None)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.mul_(2.0)
-    return model
 
 
 PARAMS = {
@@ -233,10 +222,10 @@ def test_adaptive_sampling_reproduces_the_target_distribution(small_vocab_model,
     the draft-length model says, and point-mass drafts (lookup) still sample exactly from the
     target, after the processors."""
     monkeypatch.setattr(adaptive_options, "make_arms", lambda *a: [arm])
-    monkeypatch.setattr(probe, "PAYS", 0.0)  # offered whatever the prompt's probe predicts
+    monkeypatch.setattr(planner, "PAYS", 0.0)  # offered whatever the prompt's probe predicts
     # lookup is offered where the laggards found a match: in the round sampled here every row is
     # a laggard and only some match, so it is offered wherever some row did (no laggards)
-    monkeypatch.setattr(Pace, "laggards", lambda self: [])
+    monkeypatch.setattr(BatchProgress, "laggards", lambda self: [])
     drafted = []
     real_verify = adaptive.verify
 

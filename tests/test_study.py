@@ -379,7 +379,7 @@ def test_command_writes_every_output_and_reloads_translators(tmp_path, capsys):
 
 
 def test_draft_cost_is_pooled_over_draft_lengths_and_the_fastest_median_kept(monkeypatch):
-    from eedecode import bench
+    from eedecode.drafting import step_costs
 
     def cell(ar, draft, verify):
         return {"ar_step_s": ar, "draft_step_s": draft, "verify_s": verify}
@@ -395,7 +395,7 @@ def test_draft_cost_is_pooled_over_draft_lengths_and_the_fastest_median_kept(mon
             cell(1, 0.4, 1.3),
         ]
     )
-    monkeypatch.setattr(bench, "measure_step_costs", lambda model, prompt, e, k, reps: next(fake))
+    monkeypatch.setattr(step_costs, "measure_step_costs", lambda model, prompt, e, k, reps: next(fake))
     costs = speed.measure_costs(None, None, [2], [1, 2, 3], reps=1, calls=2)
     assert [costs[(2, k)]["c_cell"] for k in (1, 2, 3)] == [0.3, 0.9, 0.4]
     assert [costs[(2, k)]["c"] for k in (1, 2, 3)] == [0.4, 0.4, 0.4]  # the median of E's cells

@@ -319,14 +319,6 @@ def test_evaluate_layers_equals_a_hand_loop_over_hf_hidden_states():
         assert stats["agreement"][d] == round((lg.argmax(-1) == final).float().mean().item(), 4)
 
 
-def test_ideal_speedup_known_values():
-    # (1 - a^(k+1)) / (1 - a) / (k c + 1)
-    assert tr.ideal_speedup(0.8, 2, 0.5) == pytest.approx(2.44 / 2.0)
-    assert tr.ideal_speedup(0.5, 1, 0.25) == pytest.approx(1.5 / 1.25)
-    assert tr.ideal_speedup(0.0, 3, 0.5) == pytest.approx(1 / 2.5)
-    assert tr.ideal_speedup(1.0, 3, 0.25) == pytest.approx(4 / 1.75)  # a = 1: every draft accepted
-
-
 def test_recommend_decoding_picks_the_best_predicted_cell():
     # L = 4. E=1 (c=1/4, a=.5): k=1 gives 1.5/1.25 = 1.2. E=2 (c=1/2, a=.8): k=1 1.8/1.5 = 1.2,
     # k=2 2.44/2 = 1.22, k=3 2.952/2.5 = 1.1808. E=3 (c=3/4, a=.9): k=1 1.9/1.75 = 1.0857.

@@ -15,8 +15,10 @@ import eedecode
 from eedecode.model import demo
 from eedecode.model.runner import ModelRunner
 from eedecode.modes.adaptive import options as adaptive_options
-from eedecode.modes.adaptive import probe
-from eedecode.modes.adaptive.policy import Arm, Policy
+from eedecode.modes.adaptive import planner, policy_file
+from eedecode.modes.adaptive.arms import Arm
+from eedecode.modes.adaptive.bandit import Bandit
+from eedecode.modes.adaptive.store import Policy, Tuned
 from eedecode.modes.adaptive.tune import predicted_speedup, search_skip_layers, token_ranking
 
 
@@ -55,10 +57,10 @@ def test_skip_arm_and_draft_vocab_are_lossless(tmp_path, monkeypatch):
     x = torch.randint(3, 97, (2, 9), generator=torch.Generator().manual_seed(1))
     ref = model.generate(x, max_new_tokens=30, do_sample=False, pad_token_id=0)
     path = tmp_path / "policy.json"
-    Policy([], tuned={"skip_layers": [0, 2, 5], "draft_vocab": list(range(96, 0, -1))}).save(path)
+    policy_file.save(Policy([], Bandit([]), tuned=Tuned((0, 2, 5), tuple(range(96, 0, -1)))), path)
     skip = Arm("skip", threshold=0.0, max_drafts=4, layers=(0, 2, 5))
     exit_ = Arm("exit", exit_layer=2, threshold=0.0, max_drafts=4)
-    monkeypatch.setattr(probe, "PAYS", 0.0)  # offered whatever the prompt's probe predicts
+    monkeypatch.setattr(planner, "PAYS", 0.0)  # offered whatever the prompt's probe predicts
     for arm in (skip, exit_):
         monkeypatch.setattr(adaptive_options, "make_arms", lambda *a, arm=arm: [arm])
         for kw in ({}, {"draft_vocab": 40}):
@@ -94,9 +96,9 @@ def test_tune_command_writes_a_policy_the_adaptive_mode_reads(tmp_path):
     ]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
-    policy = Policy.load(out)
+    policy = policy_file.load(out)
     # on the 8-layer plain demo model no layer can be dropped at a profit: no skip arm
-    assert policy.tuned["skip_layers"] == [] and "no layer set pays" in done.stderr
-    assert len(policy.tuned["draft_vocab"]) > 100
-    assert sum(s.rounds for s in policy.stats.values()) > 0 and "llama" in policy.model
+    assert policy.tuned.skip_layers == () and "no layer set pays" in done.stderr
+    assert len(policy.tuned.draft_vocab) > 100
+    assert sum(s.rounds for s in policy.bandit.estimates.values()) > 0 and "llama" in policy.model
     assert "policy:" in done.stderr

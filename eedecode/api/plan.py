@@ -75,10 +75,6 @@ class DecodingConfig:
     eos_token_id: tuple[int, ...] = ()
     pad_token_id: int | None = None
 
-    def setting(self, name: str, default=None):
-        """One of the mode's settings (``exit_layer``, ...), or ``default`` if it has none."""
-        return getattr(self.options, name, default)
-
 
 @dataclass
 class Plan:

@@ -7,6 +7,8 @@ import operator
 
 import torch
 
+from ..engine.mode import is_int
+
 Tensor = torch.Tensor
 
 #: Ranges of the numeric generation settings: name -> (kind, low, high, low inclusive, high inclusive).
@@ -26,10 +28,6 @@ _RANGES = {
     "repetition_penalty": ("number", 0, None, False, True),
     "max_time": ("number", 0, None, False, True),
 }
-
-
-def is_int(x) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool)
 
 
 def _describe(x) -> str:

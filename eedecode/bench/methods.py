@@ -20,7 +20,7 @@ import contextlib
 from dataclasses import dataclass, replace
 
 from ..api.generation import generate
-from ..engine.mode import setting_type
+from ..engine.mode import is_int, setting_type
 from ..modes import build_options, get_mode, mode_names, option_fields
 
 HF = "hf"  # the baseline of "vs HF generate" and "identical to HF"
@@ -44,20 +44,16 @@ class Speculation:
 
     def validate(self, num_layers: int) -> None:
         E, k = self.exit_layer, self.num_speculations
-        if not (_is_int(E) and 1 <= E <= num_layers - 1):
+        if not (is_int(E) and 1 <= E <= num_layers - 1):
             raise ValueError(f"exit_layer: must be an int in 1..{num_layers - 1}, got {E!r}")
-        if not (_is_int(k) and k >= 1):
+        if not (is_int(k) and k >= 1):
             raise ValueError(f"num_speculations: must be an int >= 1, got {k!r}")
         t = self.confidence_threshold
         if t is not None and not 0 <= t <= 1:
             raise ValueError(f"confidence_threshold: must be in [0, 1] or None, got {t!r}")
         n = self.prompt_lookup_num_tokens
-        if not (_is_int(n) and n >= 1):
+        if not (is_int(n) and n >= 1):
             raise ValueError(f"prompt_lookup_num_tokens: must be an int >= 1, got {n!r}")
-
-
-def _is_int(x) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool)
 
 
 class Method:

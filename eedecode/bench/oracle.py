@@ -19,7 +19,9 @@ from dataclasses import dataclass
 
 import torch
 
-from ..drafting.drafters import draft_from_exit, plain_step, verify
+from ..drafting.exit import ExitDrafter
+from ..drafting.verify import verify
+from ..engine.steps import plain_step
 from ..modes import Mode, option, register, unregister
 
 ORACLE = "oracle"
@@ -92,7 +94,8 @@ class Oracle(Mode):
         k = min(self.options.max_drafts, max_tokens - 1, int(n.max()))  # the oracle's host read
         if k <= 0:
             return plain_step(state)
-        return verify(state, draft_from_exit(state, self.options.exit_layer, k, RunStop(n.clamp(max=k))))
+        drafter = ExitDrafter(self.options.exit_layer)
+        return verify(state, drafter.propose(state, k, RunStop(n.clamp(max=k))))
 
     def describe(self) -> str:
         return f"oracle E={self.options.exit_layer}"

@@ -23,7 +23,7 @@ from collections import Counter
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from ..model.costs import preferred_block_sizes
+from ..model.costs import block_costs, preferred_block_sizes
 from .steps import median, step_functions
 
 #: Bytes copied by :class:`CopyBandwidth`: far larger than any cache.
@@ -147,7 +147,7 @@ def profile_steps(model, prompt: torch.Tensor, exit_layer: int, num_speculations
             "floor_ms": 1e3 * nbytes[name] / median(bandwidths),
             "floor_share": median(shares),
         }
-    blocks = {str(b): runner.block_costs(b, BLOCK_TOKENS) for b in BLOCK_BATCH_SIZES}
+    blocks = {str(b): block_costs(runner, b, BLOCK_TOKENS) for b in BLOCK_BATCH_SIZES}
     return {"bandwidth_bytes_per_s": median(bandwidths), "steps": rows, "block_costs": blocks}
 
 

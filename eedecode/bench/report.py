@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from ..model.costs import expected_tokens_per_round, ideal_speedup  # noqa: F401 (re-exported)
 from .methods import display_name
 
 LEGEND = """\
@@ -45,20 +46,6 @@ identical to HF: prompts whose output equals HF generate's, token for token. A l
 # -- arithmetic (pure) -----------------------------------------------------------------------------
 def speedup(tokens_per_s: float, baseline_tokens_per_s: float) -> float:
     return tokens_per_s / baseline_tokens_per_s if baseline_tokens_per_s > 0 else float("nan")
-
-
-def ideal_speedup(
-    mean_tokens_per_round: float, mean_drafts_per_round: float, draft_cost: float, verify_cost: float
-) -> float:
-    """``mean(n) / (mean(d)·c + v)``: tokens per round over the round's cost in autoregressive steps."""
-    return mean_tokens_per_round / (mean_drafts_per_round * draft_cost + verify_cost)
-
-
-def expected_tokens_per_round(acceptance: float, k: int) -> float:
-    """Mean tokens per round for i.i.d. acceptance α and k drafts: (1 − α^(k+1)) / (1 − α)."""
-    if acceptance >= 1.0:
-        return k + 1.0
-    return (1 - acceptance ** (k + 1)) / (1 - acceptance)
 
 
 def derive(record: dict) -> None:

@@ -8,7 +8,9 @@ import time
 from pathlib import Path
 
 from ..model.loading import add_model_arguments, set_threads
-from ..modes.adaptive.policy import Policy
+from ..modes.adaptive import policy_file
+from ..modes.adaptive.bandit import Bandit
+from ..modes.adaptive.store import Policy, Tuned
 from ..modes.adaptive.tune import blocks_from, search_skip_layers, token_ranking
 from .arguments import positive_int
 
@@ -35,6 +37,9 @@ def run_cli(args) -> int:
     from ..model.loading import load_model
     from ..model.runner import ModelRunner
 
+    out = Path(args.out)
+    if out.is_dir() or not out.parent.is_dir():
+        raise ValueError(f"--out: must be a file path in an existing folder, got {args.out!r}")
     set_threads(args)
     model, tokenizer, path, _ = load_model(args.model, args.device, args.dtype)
     if tokenizer is None:
@@ -48,14 +53,12 @@ def run_cli(args) -> int:
     with tqdm(total=L * (L + 1) // 2, desc="layer set", leave=False) as bar:
         layers, agreement, speed = search_skip_layers(runner, blocks, bar)
     ranking = token_ranking(tokenizer, texts)
-    out = Path(args.out)
-    tuned = {"skip_layers": layers, "draft_vocab": ranking}
-    seed = Policy([], model="", tuned=tuned)
-    seed.save(out)  # a policy with the tuned pieces; generating with it fills in the arms' stats
+    seed = Policy([], Bandit([]), tuned=Tuned(tuple(layers), tuple(ranking)))
+    policy_file.save(seed, out)  # the tuned pieces; generating with it fills in the arms' stats
     for prompt in tqdm(prompts, desc="warm policy", leave=False):
         inputs = tokenizer(prompt, return_tensors="pt").to(runner.device)
         generate(model, **inputs, max_new_tokens=args.max_new_tokens, policy_in=str(out), policy_out=str(out))
-    best = Policy.load(out).best()
+    best = policy_file.load(out, "--out").best()
     print(
         f"{path}: "
         + (
@@ -64,7 +67,7 @@ def run_cli(args) -> int:
             if layers
             else "no layer set pays for drafting (dropping any layer predicts a slowdown); "
         )
-        + f"{len(ranking)} distinct tokens ranked; best arm so far {best.key}; "
+        + f"{len(ranking)} distinct tokens ranked; best so far: {best.describe()}; "
         f"{time.perf_counter() - t0:.0f} s\n[eedecode] policy: {out}",
         file=sys.stderr,
     )

@@ -15,6 +15,9 @@ from __future__ import annotations
 
 import torch
 
+from ..engine.mode import Round
+from .base import Drafter, DraftStats, Proposal
+
 Tensor = torch.Tensor
 
 
@@ -113,3 +116,83 @@ class NgramIndex:
             counts.append(len(found))
             drafts.append(found + [0] * (k - len(found)))
         return drafts, counts
+
+
+class LookupDrafter(Drafter):
+    """Lookup drafts: up to ``k`` per row, continuing its latest earlier occurrence of its last
+    n-gram (at most ``ngram_max`` tokens). Their draft distribution is a point mass, which
+    sampling needs once they are verified (:func:`~eedecode.drafting.verify.with_point_masses`).
+
+    A mode that adapts looks for them every round, whoever drafts it (:meth:`look`): whether rows
+    found a match says what kind of text the round is in, and the drafts are judged against the
+    round's tokens afterwards (:meth:`judge`), played or not. On a CPU they come from the host's
+    n-gram index (:class:`NgramIndex`, :meth:`start`), as lists, with no tensor arithmetic: there
+    a round's bookkeeping runs right after a forward pass, with cold caches, where each operation
+    costs several times its usual time. Elsewhere: the batched search on the device
+    (:func:`lookup_drafts`) and one host read."""
+
+    name = "lookup"
+
+    def __init__(self, ngram_max: int = 3, stats: DraftStats | None = None):
+        super().__init__(stats)
+        self.ngram_max = ngram_max
+        self.index: NgramIndex | None = None
+        self.found = None  # this round's drafts: (drafts, counts) lists, or a Proposal
+        self.judged = None  # this round's (drafts, drafts per running row), for judge
+
+    def start(self, state, input_ids: Tensor, on_cpu: bool) -> None:
+        """At the prefill: keep each row's n-grams on the host (``on_cpu``), or search on the device."""
+        self.index = NgramIndex(input_ids, state.cache.pad, self.ngram_max) if on_cpu else None
+        self.found = self.judged = None
+
+    def search(self, state, k: int) -> Proposal:
+        """The batched search over each row's context, on the device (no host read)."""
+        context = torch.cat([state.prompt, state.out], 1)  # [B, P + W]
+        end = state.prompt.shape[1] + state.out_len
+        drafts, counts = lookup_drafts(context, state.cache.pad, end, k, self.ngram_max)
+        return Proposal(drafts, counts, [], 0, None)
+
+    def look(self, state, k: int, laggards: list[int]) -> tuple[bool, bool, bool]:
+        """Find up to ``k`` drafts per row for this round; whether some running row found a
+        match, whether every one did, whether the ``laggards`` did (one host read)."""
+        if self.index is None:
+            found = self.search(state, k)
+            matched = (found.counts > 0) & state.active
+            done = matched | ~state.active
+            self.found, self.judged = found, (found.drafts, found.per_row(state.active))
+            some, every, behind = torch.stack([matched.any(), done.all(), done[laggards].all()]).tolist()
+            return some, every, behind
+        self.index.update(state.out, state.out_len.tolist())
+        drafts, counts = self.index.drafts(k)
+        active = state.active.tolist()
+        matched = [c > 0 and a for c, a in zip(counts, active, strict=True)]
+        done = [m or not a for m, a in zip(matched, active, strict=True)]
+        self.found = (drafts, counts)
+        self.judged = (drafts, [c * a for c, a in zip(counts, active, strict=True)])
+        return any(matched), all(done), all(done[b] for b in laggards)
+
+    def propose(self, state, k: int, stop=None) -> Proposal:
+        """This round's drafts (those :meth:`look` found, else a search now; no stop rule)."""
+        if self.found is None:
+            self.found = self.search(state, k)
+        if not isinstance(self.found, Proposal):  # the host's lists
+            drafts, counts = self.found
+            self.found = Proposal(torch.tensor(drafts), torch.tensor(counts), [], 0, None)
+        return self.found
+
+    def observe(self, state, proposal: Proposal, counts: Tensor) -> None:
+        """Nothing: lookup drafts are judged after every round, played or not (:meth:`judge`)."""
+
+    def judge(self, rnd: Round, counts: list[int]) -> None:
+        """Tell the draft-length model how far this round's drafts would have run, against the
+        tokens the round emitted (``rnd.tokens`` ``[B, m]``; ``counts``: ``rnd.counts`` on the host)."""
+        if self.judged is None:
+            return
+        (drafts, per_row), self.judged, self.found = self.judged, None, None
+        if self.stats is None:
+            return
+        runs = self.stats.runs
+        if isinstance(drafts, list):
+            runs.judge_rows(drafts, per_row, rnd.tokens.tolist(), counts)
+        else:
+            runs.judge(drafts, per_row, rnd.tokens, rnd.counts, runs.judged.device)

@@ -65,23 +65,42 @@ class TokenChooser:
             return scores.argmax(-1)
         return sample(scores.softmax(-1), self.generator)
 
-    def draft(self, state, h: Tensor, drafts: Tensor | None = None, i: int = 0, confidence: bool = True):
+    def draft(
+        self,
+        state,
+        h: Tensor,
+        drafts: Tensor | None = None,
+        i: int = 0,
+        confidence: bool = True,
+        head=None,
+    ):
         """Exit-layer states ``[B, H]`` -> draft token ``[B]``, q ``[B, V]`` if already computed,
         and the draft's confidence ``[B]`` (the probability of the likeliest token; None from a
         greedy draft when ``confidence`` is False). ``drafts`` ``[B, >= i]``: the round's earlier
-        drafts (the context of draft ``i``)."""
+        drafts (the context of draft ``i``). ``head``: a draft head in front of the model's own
+        (a translator, a smaller vocabulary: :class:`~eedecode.drafting.head.DraftHead`)."""
         runner = state.runner
+        if head is not None:
+            h = head.translate(h)
         if not self.do_sample and self.pipeline.empty:
-            stats = runner.exit_head(h, stats=DRAFT_STATS if confidence else {"argmax"})
-            return stats.argmax, None, stats.max_prob
+            if head is None or head.vocab is None:
+                stats = runner.exit_head(h, stats=DRAFT_STATS if confidence else {"argmax"})
+                return stats.argmax, None, stats.max_prob
+            stats = head.subset_stats(h, DRAFT_STATS)
+            if stats is not None:
+                return stats.argmax, None, stats.max_prob
         use_gumbel = self.gumbel_drafts if self.gumbel_drafts is not None else h.is_cuda
-        if self.gumbel_eligible and use_gumbel:
+        # a Gumbel draft's q is rebuilt at verification from the untranslated exit states
+        if self.gumbel_eligible and use_gumbel and head is None:
             seed = torch.randint(-_SEED_BOUND, _SEED_BOUND, (1,), generator=self.generator, device=h.device)
             stats = runner.exit_head(
                 h, temperature=self.temperature, seed=seed, stats=DRAFT_STATS | {"sample"}
             )
             return stats.sample, None, stats.max_prob
-        scores = self._scores(runner.exit_head_logits(h)[:, None], state, drafts, offset=i)[:, 0]
+        logits = runner.exit_head_logits(h)
+        if head is not None:
+            logits = head.mask(logits)
+        scores = self._scores(logits[:, None], state, drafts, offset=i)[:, 0]
         if not self.do_sample:
             return scores.argmax(-1), None, scores.softmax(-1).max(-1).values
         q = scores.softmax(-1)

@@ -67,6 +67,11 @@ class NoOptions:
         pass
 
 
+def is_int(x) -> bool:
+    """An int, and not a bool (a setting's type check)."""
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
 def option(default, help: str, hf_name: str | None = None, cli: bool = True):
     """A field of a mode's ``Options``: ``help`` for ``--help``; ``hf_name`` the Hugging Face
     ``GenerationConfig`` field that is an alias of it (taken from the generation config)."""

@@ -24,7 +24,7 @@ Only `tl.*` math is used, so the same source runs in Triton's interpreter (TRITO
 CPU tensors. Triton decides between compiling and interpreting at decoration time: for its own
 library when triton is first imported, for these kernels when this module is imported.
 
-Longer than 400 lines because the three kernels, their shared `@triton.jit` helpers and the
+Longer than 350 lines because the three kernels, their shared `@triton.jit` helpers and the
 launcher read as one unit: they share constants and the partials layout, and splitting them
 would scatter one algorithm over files (the formatter puts each launch argument on its own line).
 """

@@ -1,29 +1,31 @@
-"""What a full-depth pass over ``T`` tokens per row costs relative to one token, measured on this
-machine: the table a mode needs to choose how many drafts to verify at once.
+"""The cost model: what a draft step and a verification cost, in plain decoding steps, and what a
+round of drafting is therefore worth. The adaptive mode plans with it, the benchmark reports its
+ideal speed-up with it, and the agreement study predicts speed with it.
 
-Verifying ``k`` drafts is a pass over ``k + 1`` tokens. While decoding is bandwidth-bound that
-costs about one step whatever ``k``, but on a CPU the products are not free: MKL's
-kernel for 1 to 3 rows grows with the rows, oneDNN serves 4 rows and more at a fixed cost per call
-(:mod:`eedecode.kernels.cpu_matmul`). Measured at one thread on the demo model, batch 1: ~1.15 for
-2 tokens, ~1.35 for 3, ~1.45 for 4 to 8 (docs/benchmarks.md). At large batches the products
-become compute-bound and the cost grows with every token, which is why speculation stops paying
-there.
+* **Measured**: :func:`block_costs` times a full-depth pass (layers ``[0, L)`` and the logits) over
+  ``T`` tokens per row on a scratch cache, relative to one token, once per model, batch size and
+  length (the minimum of a few passes: the work is deterministic, interference only adds). It is
+  what verifying ``T - 1`` drafts costs. While decoding is bandwidth-bound that is about one step
+  whatever ``T``; on a CPU the products are not free (which library serves how many rows:
+  :mod:`eedecode.kernels.cpu_matmul`), and at large batches every extra token costs compute.
+* **By the weights a step reads**: :func:`layer_cost`, a draft step from exit layer ``E`` as the
+  share of the weights it reads (its layers and the LM head), before any draft step was timed.
+* **The round**: :func:`expected_tokens_per_round` (i.i.d. acceptance, Leviathan et al. 2023) and
+  :func:`ideal_speedup`, ``mean(n) / (mean(d)·c + v)``.
 
-:func:`block_costs` times ``runner.run_layers`` over ``[0, L)`` and the logits on a scratch cache
-(the minimum of a few passes: the work is deterministic, interference only adds), once per model,
-batch size and length, and keeps the table while the model lives.
+Tables are kept in the model's :class:`~eedecode.model.memory.ModelMemory`.
 """
 
 from __future__ import annotations
 
 import time
-import weakref
 
 import torch
 
+from .memory import memory_of
+
 #: Positions already in the scratch cache when a block is timed.
 CONTEXT = 32
-_TABLES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> {(B, T): costs}
 
 
 @torch.no_grad()
@@ -38,8 +40,12 @@ def _time_blocks(runner, batch_size: int, max_tokens: int, reps: int) -> list[fl
     for _ in range(reps + 1):  # the first pass warms up
         for T, hidden in enumerate(blocks, start=1):
             cache.rollback(base, CONTEXT, uniform=True)
+            if hidden.is_cuda:
+                torch.cuda.synchronize(hidden.device)
             t0 = time.perf_counter()
             runner.logits(runner.run_layers(hidden, 0, runner.num_layers, cache))
+            if hidden.is_cuda:
+                torch.cuda.synchronize(hidden.device)
             best[T - 1] = min(best[T - 1], time.perf_counter() - t0)
     return [t / best[0] for t in best]
 
@@ -47,8 +53,8 @@ def _time_blocks(runner, batch_size: int, max_tokens: int, reps: int) -> list[fl
 def block_costs(runner, batch_size: int, max_tokens: int, reps: int = 3) -> list[float]:
     """``costs[T - 1]``: a pass of layers ``[0, L)`` and the LM head over ``T`` tokens per row at
     ``batch_size`` rows, relative to one token, for ``T = 1 .. max_tokens`` (measured once per
-    model, batch size and ``max_tokens``; on a GPU the times are those the host sees)."""
-    tables = _TABLES.setdefault(runner.model, {})
+    model, batch size and ``max_tokens``)."""
+    tables = memory_of(runner.model).block_costs
     key = (batch_size, max_tokens)
     if key not in tables:
         tables[key] = _time_blocks(runner, batch_size, max_tokens, reps)
@@ -59,3 +65,30 @@ def preferred_block_sizes(costs: list[float]) -> list[int]:
     """The block sizes worth verifying: ``T`` such that every larger block costs more. (If a larger
     block costs no more, verifying fewer tokens saves nothing.)"""
     return [T for T in range(1, len(costs) + 1) if all(c > costs[T - 1] for c in costs[T:])]
+
+
+def layer_cost(runner, layers: int) -> float:
+    """A draft step through ``layers`` layers and the exit head, in full steps, by the weights it
+    reads against every layer and the head: a decoding step reads each weight once."""
+    memory = memory_of(runner.model)
+    if memory.weight_counts is None:
+        memory.weight_counts = (
+            sum(p.numel() for p in runner.layers[0].parameters()),
+            runner.lm_head.weight.numel(),
+        )
+    per_layer, head = memory.weight_counts
+    return (layers * per_layer + head) / (runner.num_layers * per_layer + head)
+
+
+def expected_tokens_per_round(acceptance: float, k: int) -> float:
+    """Mean tokens per round for i.i.d. acceptance α and k drafts: (1 − α^(k+1)) / (1 − α)."""
+    if acceptance >= 1.0:
+        return k + 1.0
+    return (1 - acceptance ** (k + 1)) / (1 - acceptance)
+
+
+def ideal_speedup(
+    mean_tokens_per_round: float, mean_drafts_per_round: float, draft_cost: float, verify_cost: float
+) -> float:
+    """``mean(n) / (mean(d)·c + v)``: tokens per round over the round's cost in plain steps."""
+    return mean_tokens_per_round / (mean_drafts_per_round * draft_cost + verify_cost)

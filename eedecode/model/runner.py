@@ -15,7 +15,6 @@ import torch.nn.functional as F
 
 from ..kernels import DEFAULT_STATS, ExitHeadStats, exit_head, exit_head_logits, logits_stats
 from ..kernels.cpu_matmul import linear, matmul_t, streams_from_memory
-from . import costs
 from .cache import BlockContext, KVCache
 from .compat import check_supported
 from .layer_ops import (
@@ -264,16 +263,6 @@ class ModelRunner:
         ctx.kv_len = length if length is not None else int(positions.max()) + 1
         cos, sin = self._rope(x, ctx)
         return rotate(x, cos, sin)
-
-    def block_costs(self, batch_size: int, max_tokens: int) -> list[float]:
-        """Cost of a full-depth pass over ``T = 1 .. max_tokens`` tokens per row relative to one
-        token, measured on this machine once per model (:func:`eedecode.model.costs.block_costs`): what
-        verifying ``k = T - 1`` drafts costs against an autoregressive step."""
-        return costs.block_costs(self, batch_size, max_tokens)
-
-    def preferred_block_sizes(self, batch_size: int, max_tokens: int) -> list[int]:
-        """Block sizes ``T`` (``k + 1``) worth verifying: every larger block costs more."""
-        return costs.preferred_block_sizes(self.block_costs(batch_size, max_tokens))
 
     def logits(self, hidden: Tensor) -> Tensor:
         """Final norm + LM head through the model's own modules on any hidden state ``[..., H]``

@@ -3,9 +3,8 @@ other mode (the honest baseline the speculative modes are measured against)."""
 
 from __future__ import annotations
 
-import torch
-
 from ..engine.mode import Mode, Round, register
+from ..engine.steps import plain_step
 
 
 @register
@@ -15,10 +14,7 @@ class Autoregressive(Mode):
     rolls_back = False  # every running row advances by exactly one token in every layer
 
     def round(self, state, max_tokens: int) -> Round:
-        runner = self.runner
-        h = runner.run_layers(runner.embed(state.pending[:, None]), 0, runner.num_layers, state.cache)
-        token = state.chooser.choose(state, runner.logits(h[:, 0]))  # [B]
-        return Round(token[:, None], torch.ones_like(token))
+        return plain_step(state)
 
     def describe(self) -> str:
         return "autoregressive"

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..engine.mode import Mode, Round, option, register
+from ..engine.mode import Mode, Round, is_int, option, register
 from ..model.exit_criteria import (
     Cosine,
     Criterion,
@@ -72,16 +72,12 @@ class EarlyExitOptions:
             raise ValueError(f"kv_strategy: must be one of {tuple(KV_STRATEGIES)}, got {self.kv_strategy!r}")
 
 
-def _is_int(x) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool)
-
-
 def exit_points(options: EarlyExitOptions, num_layers: int) -> tuple[int, ...]:
     """The exit depths, ascending: ``exit_layers``, else every layer from ``min_exit_layer``."""
     top = num_layers - 1
     if options.exit_layers is None:
         first = 1 if options.min_exit_layer is None else options.min_exit_layer
-        if not _is_int(first) or not 1 <= first <= top:
+        if not is_int(first) or not 1 <= first <= top:
             raise ValueError(
                 f"min_exit_layer: must be an int in 1..{top} for a model of {num_layers} layers, "
                 f"got {first!r}"
@@ -95,7 +91,7 @@ def exit_points(options: EarlyExitOptions, num_layers: int) -> tuple[int, ...]:
             layers = [int(x) for x in layers.split(",")]
         except ValueError:
             raise ValueError(f"exit_layers: expected comma-separated ints, got {layers!r}") from None
-    if isinstance(layers, (int, bool)) or not all(_is_int(x) for x in layers) or not layers:
+    if isinstance(layers, (int, bool)) or not all(is_int(x) for x in layers) or not layers:
         raise ValueError(f"exit_layers: must be one or more ints in 1..{top}, got {options.exit_layers!r}")
     bad = [x for x in layers if not 1 <= x <= top]
     if bad or len(set(layers)) != len(layers):

@@ -19,9 +19,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-
-from ..engine.mode import Mode, Round, option, register
+from ..drafting.exit import ExitDrafter
+from ..drafting.verify import verify
+from ..engine.mode import Mode, Round, is_int, option, register
 
 
 @dataclass(frozen=True)
@@ -46,12 +46,12 @@ class SelfSpeculativeOptions:
 
     def validate(self, num_layers: int) -> None:
         E = self.exit_layer
-        if E is not None and (not _is_int(E) or not 1 <= E <= num_layers - 1):
+        if E is not None and (not is_int(E) or not 1 <= E <= num_layers - 1):
             raise ValueError(
                 f"exit_layer: must be an int in 1..{num_layers - 1} for a model of {num_layers} "
                 f"layers, got {E!r}"
             )
-        if not _is_int(self.num_speculations) or self.num_speculations < 1:
+        if not is_int(self.num_speculations) or self.num_speculations < 1:
             raise ValueError(f"num_speculations: must be an int >= 1, got {self.num_speculations!r}")
         t = self.draft_confidence_threshold
         if t is not None and not (isinstance(t, (int, float)) and not isinstance(t, bool) and 0 <= t <= 1):
@@ -82,10 +82,6 @@ KV_STRATEGIES = ("exit_query", "rerun")
 HEURISTIC_MAX_DRAFTS = 32
 
 
-def _is_int(x) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool)
-
-
 @register
 class SelfSpeculative(Mode):
     name, short = "self_speculative", "ss"
@@ -98,6 +94,7 @@ class SelfSpeculative(Mode):
         self.heuristic = options.schedule == "heuristic"
         self.observes_counts = self.heuristic
         self.drafted_last = 0
+        self.drafter = ExitDrafter(options.exit_layer, rerun=options.kv_strategy == "rerun")
 
     @property
     def max_drafts(self) -> int:
@@ -115,42 +112,12 @@ class SelfSpeculative(Mode):
                 self.k = max(1, self.k - 1)
 
     def round(self, state, max_tokens: int) -> Round:
-        runner, cache, E = self.runner, state.cache, self.options.exit_layer
-        num_drafts = min(self.k, max_tokens - 1, self.max_drafts)
-        threshold = self.options.draft_confidence_threshold
-        # 1) draft: layers [0, E) and the exit head, keeping the layer-E states.
-        x = state.pending[:, None]  # [B, 1]
-        exit_states, drafts, qs = [], [], []
-        needs_context = not state.chooser.pipeline.context_free
-        for i in range(num_drafts):
-            h = runner.run_layers(runner.embed(x), 0, E, cache)  # [B, 1, H]
-            exit_states.append(h)
-            context = torch.cat(drafts, 1) if needs_context and drafts else None
-            token, q, confidence = state.chooser.draft(state, h[:, 0], context, i, threshold is not None)
-            x = token[:, None]
-            drafts.append(x)
-            if q is not None:
-                qs.append(q)
-            # HF's assistant_confidence_threshold: reads the confidence on the host, one
-            # synchronisation per draft (only when a threshold is set).
-            if threshold is not None and i + 1 < num_drafts:
-                confident = (confidence >= threshold) & state.active
-                if not bool(confident.any()):
-                    break
-        k = self.drafted_last = len(drafts)
-        # 2) verify: the last draft through [0, E), then every unverified token through [E, L).
-        if self.options.kv_strategy == "rerun":  # forget the drafts' shallow KV; all of [0, E) again
-            cache.rollback(state.seq_len, cache.bound[E], cache.uniform)
-            block = torch.cat([state.pending[:, None], *drafts], 1)  # [B, k+1]
-            states = runner.run_layers(runner.embed(block), 0, E, cache)
-        else:
-            exit_states.append(runner.run_layers(runner.embed(x), 0, E, cache))
-            states = torch.cat(exit_states, 1)  # [B, k+1, H]: the exit query cache
-        h = runner.run_layers(states, E, runner.num_layers, cache)  # [B, k+1, H]
-        # 3) accept.
-        drafts_t = torch.cat(drafts, 1) if drafts else x.new_zeros(x.shape[0], 0)
-        tokens, counts = state.chooser.accept(state, drafts_t, states[:, :k], qs, runner.logits(h))
-        return Round(tokens, counts, drafted=k * state.active.sum())
+        k = min(self.k, max_tokens - 1, self.max_drafts)
+        # 1) draft with [0, E) and the exit head; 2) verify with [E, L) over the exit states (or
+        # every layer again: "rerun"); 3) accept. The decoder then rolls the cache back (4).
+        proposal = self.drafter.propose(state, k, self.options.draft_confidence_threshold)
+        self.drafted_last = proposal.k
+        return verify(state, proposal)
 
     def describe(self) -> str:
         o = self.options

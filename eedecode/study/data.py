@@ -34,7 +34,7 @@ class Text:
 def builtin_texts(name: str) -> list[Text]:
     """The ``code`` or ``prose`` corpus (see the module docstring)."""
     if name == "code":
-        from ..training.data import HELD_OUT_MODULES, stdlib_root
+        from ..model.corpus import HELD_OUT_MODULES, stdlib_root
 
         root = stdlib_root()
         files = [root / f for f in HELD_OUT_MODULES if (root / f).is_file()]

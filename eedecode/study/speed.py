@@ -5,18 +5,17 @@ with k drafts, predicted from a teacher-forced study.
 A greedy round starting after position t drafts layer E's top-1 at positions t, t+1, ...; it
 accepts the drafts up to the first one that differs from the full model's top-1 (at most k) and
 emits one token of the full model after them, so the next round starts right after that token.
-The study reads the accepted counts from the observed runs of consecutive agreement along the text
-(:func:`tokens_per_round`), not from an independence assumption; for independent agreement with
-probability a the same walk gives ``(1 - a^(k+1)) / (1 - a)`` (Leviathan et al. 2023), reported
-beside it. Caveat: the drafts of a real round follow the model's own greedy text, here they follow
-the given text.
+The study reads the accepted counts from the observed runs of consecutive agreement along the
+text (:func:`tokens_per_round`), not from an independence assumption; for independent agreement
+with probability a the same walk gives ``(1 - a^(k+1)) / (1 - a)`` (Leviathan et al. 2023),
+reported beside it. Caveat: the drafts of a real round follow the model's own greedy text, here
+they follow the given text.
 
 Ideal speed-up over autoregressive decoding: ``mean(n) / (k c + v)``, with c the cost of a draft
 step and v that of a verification, relative to an autoregressive step, measured by
-:func:`eedecode.bench.measure_step_costs` (the engine's own pieces, as ``eedecode bench`` times
-them). ``eedecode bench --exit-layer E --num-speculations k`` measures the real tokens per round
-and speed-up at one cell, which checks the prediction.
-"""
+:func:`eedecode.drafting.step_costs.measure_step_costs` (the drafters' own pieces, as ``eedecode
+bench`` times them). ``eedecode bench --exit-layer E --num-speculations k`` measures the real
+tokens per round and speed-up at one cell, which checks the prediction."""
 
 from __future__ import annotations
 
@@ -60,7 +59,7 @@ def tokens_per_round(agree: Tensor, k: int) -> float:
 
 def independent_tokens_per_round(agreement: float, k: int) -> float:
     """``(1 - a^(k+1)) / (1 - a)``: the mean for independent agreement with probability a."""
-    from ..bench import expected_tokens_per_round
+    from ..model.costs import expected_tokens_per_round
 
     return expected_tokens_per_round(agreement, k)
 
@@ -86,7 +85,7 @@ def measure_costs(
     step of a few milliseconds is often preempted, and the fastest of several medians is closer
     to what the step costs. A draft step does not depend on k: each cell's ``c`` is the median of
     E's cells (the cell's own is kept as ``c_cell``)."""
-    from ..bench import measure_step_costs
+    from ..drafting.step_costs import measure_step_costs
 
     costs = {}
     for e in exits:
@@ -111,7 +110,7 @@ def speed_table(
 ) -> list[dict]:
     """Per (E, k): agreement at E, tokens per round (observed runs and independent), and with
     ``costs`` the measured c, v and the ideal speed-up. ``agree [D, N]``, N = blocks x positions."""
-    from ..bench import ideal_speedup
+    from ..model.costs import ideal_speedup
 
     rows = []
     for e in exits:

@@ -1,6 +1,6 @@
-"""The tuned lens: one affine translator per exit depth, ``h -> W_d h + b_d``, put in front of the
-model's own exit head (Belrose et al. 2023, "Eliciting Latent Predictions from Transformers with
-the Tuned Lens", arXiv 2303.08112).
+"""Training the tuned lens (:class:`~eedecode.model.translator.TunedLens`): one affine translator
+per exit depth, ``h -> W_d h + b_d``, put in front of the model's own exit head (Belrose et al.
+2023, "Eliciting Latent Predictions from Transformers with the Tuned Lens", arXiv 2303.08112).
 
 Translators start at the identity (``W = I``, ``b = 0``: the logit lens) and are trained on the
 frozen model by distillation: per token of a training split, minimise
@@ -9,117 +9,31 @@ frozen model by distillation: per token of a training split, minimise
 Nesterov momentum; Adam needs no per-model learning rate); every depth's translator is trained on
 the same batches, one backward pass per depth.
 
-File format (``tuned_lens.safetensors``, read back by :meth:`TunedLens.load`): a safetensors file
-with, per translated exit depth ``d``, the float32 tensors ``translators.<d>.weight`` ``[H, H]``
-and ``translators.<d>.bias`` ``[H]``; its string metadata holds ``format`` (``eedecode-tuned-lens``),
-``version`` (``1``), ``num_layers``, ``hidden_size``, ``depths`` (comma-separated), ``model`` and
-``training`` (a JSON record). A depth without a translator (the last layer) is the logit lens.
+The file it writes is read back, checked, by :meth:`TunedLens.load`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import torch
 
 from ..model.runner import ModelRunner
+from ..model.translator import FORMAT, TunedLens, read_lens  # noqa: F401 (re-exported)
 
 Tensor = torch.Tensor
 
-FORMAT, VERSION = "eedecode-tuned-lens", "1"
 #: Adam's epsilon: far below the translators' gradients in real training (~1e-2 on SmolLM2), far
 #: above float rounding noise (~1e-6), which Adam would otherwise scale up to full-size steps when
 #: a translator already sits at its optimum (a layer that changes nothing).
 ADAM_EPS = 1e-5
 
 
-class TunedLens(torch.nn.Module):
-    """Translators for the exit depths ``depths`` below ``num_layers``; ``lens(d, h)`` translates
-    ``h [..., H]`` (identity at depths without a translator)."""
-
-    def __init__(self, hidden_size: int, num_layers: int, depths):
-        super().__init__()
-        self.hidden_size, self.num_layers = hidden_size, num_layers
-        self.translators = torch.nn.ModuleDict()
-        for d in sorted(set(depths)):
-            if 1 <= d < num_layers:
-                t = torch.nn.Linear(hidden_size, hidden_size)
-                with torch.no_grad():
-                    t.weight.copy_(torch.eye(hidden_size))
-                    t.bias.zero_()
-                self.translators[str(d)] = t
-
-    @property
-    def depths(self) -> list[int]:
-        return sorted(int(d) for d in self.translators)
-
-    def forward(self, depth: int, hidden: Tensor) -> Tensor:
-        t = self.translators[str(depth)] if str(depth) in self.translators else None  # noqa: SIM401 (no .get)
-        return hidden if t is None else t(hidden.to(t.weight.dtype)).to(hidden.dtype)
-
-    def save(self, path: str | Path, *, model: str = "", training: dict | None = None) -> Path:
-        from safetensors.torch import save_file
-
-        tensors = {
-            f"translators.{k}": v.detach().float().cpu().contiguous()
-            for k, v in self.translators.state_dict().items()
-        }
-        meta = {
-            "format": FORMAT,
-            "version": VERSION,
-            "num_layers": str(self.num_layers),
-            "hidden_size": str(self.hidden_size),
-            "depths": ",".join(map(str, self.depths)),
-            "model": model,
-            "training": json.dumps(training or {}),
-        }
-        save_file(tensors, str(path), metadata=meta)
-        return Path(path)
-
-    @classmethod
-    def load(cls, path: str | Path, device=None) -> TunedLens:
-        from safetensors import safe_open
-
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-            if meta.get("format") != FORMAT:
-                raise ValueError(
-                    f"translators: {path} is not an eedecode tuned lens (format {meta.get('format')!r})"
-                )
-            depths = [int(d) for d in meta["depths"].split(",") if d]
-            lens = cls(int(meta["hidden_size"]), int(meta["num_layers"]), depths)
-            state = {k[len("translators.") :]: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
-        lens.translators.load_state_dict(state)
-        lens.metadata = meta
-        return lens.to(device) if device is not None else lens
-
-
 def check_lens_file(path, what: str = "translators", num_layers: int | None = None) -> list[int]:
-    """The depths an eedecode tuned-lens file translates; a ValueError naming ``what`` unless
-    ``path`` is one (for a model of ``num_layers`` layers, when given). Reads only the header."""
-    from safetensors import safe_open
-
-    if not isinstance(path, (str, Path)) or not Path(path).is_file():
-        raise ValueError(
-            f"{what}: {path!r} is not a file; expected tuned_lens.safetensors from "
-            "`eedecode agreement --lens tuned`"
-        )
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-    except Exception as e:  # safetensors raises its own error types for a file that is not one
-        raise ValueError(f"{what}: {path} is not a safetensors file ({e})") from None
-    if meta.get("format") != FORMAT:
-        raise ValueError(f"{what}: {path} is not an eedecode tuned lens (format {meta.get('format')!r})")
-    if num_layers is not None and int(meta.get("num_layers", -1)) != num_layers:
-        raise ValueError(
-            f"{what}: {path} was trained for a model of {meta.get('num_layers')} layers, not {num_layers}"
-        )
-    return [int(d) for d in meta.get("depths", "").split(",") if d]
+    """The depths an eedecode tuned-lens file translates (:func:`~eedecode.model.translator.read_lens`)."""
+    return read_lens(path, what, num_layers)[1]
 
 
 @dataclass(frozen=True)

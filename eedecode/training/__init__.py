@@ -18,7 +18,7 @@ per-layer statistics), :mod:`.loop` (model, optimiser, schedule, loop), :mod:`.c
 ``python -m eedecode.training``).
 """
 
-from .checkpoint import ideal_speedup, recommend_decoding, save_checkpoint
+from .checkpoint import recommend_decoding, save_checkpoint
 from .config import TrainConfig
 from .data import HELD_OUT_MODULES, PROMPTS_PATH, stdlib_prompts, write_prompts
 from .evaluate import evaluate_layers, format_layer_table
@@ -36,7 +36,6 @@ __all__ = [
     "exit_hidden_states",
     "exit_loss_weights",
     "format_layer_table",
-    "ideal_speedup",
     "layer_dropout_rates",
     "lr_at",
     "recommend_decoding",

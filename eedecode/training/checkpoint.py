@@ -18,29 +18,23 @@ from pathlib import Path
 
 import torch
 
+from ..model.costs import expected_tokens_per_round, ideal_speedup
 from ..model.loading import SETTINGS_FILE
 
 MAX_SPECULATIONS = 8
 
 
-def ideal_speedup(agreement: float, num_speculations: int, draft_cost: float) -> float:
-    """Expected tokens per round over the round's cost, for ``k`` drafts each accepted with
-    probability ``a`` and costing ``c`` of a full forward: ``(1 - a^(k+1)) / (1 - a) / (k c + 1)``
-    (the numerator written as ``sum_{j<=k} a^j``, which also holds at ``a = 1``)."""
-    expected_tokens = sum(agreement**j for j in range(num_speculations + 1))
-    return expected_tokens / (num_speculations * draft_cost + 1.0)
-
-
 def recommend_decoding(agreement: Sequence[float], max_speculations: int = MAX_SPECULATIONS) -> dict:
     """The ``eedecode.json`` settings from per-depth agreement with the last layer (``agreement[d -
     1]`` for the exit after ``d`` of ``L`` layers): the exit layer ``E`` in ``1..L-1`` and draft
-    count ``k`` in ``1..max_speculations`` of the highest :func:`ideal_speedup` (the shallowest
-    and fewest on ties)."""
+    count ``k`` in ``1..max_speculations`` of the highest ideal speed-up
+    (:func:`~eedecode.model.costs.ideal_speedup` with acceptance ``a`` and draft cost ``E / L``;
+    the shallowest and fewest on ties)."""
     L = len(agreement)
     if L < 2:
         raise ValueError(f"agreement: need at least 2 layers, got {L}")
     best = max(
-        (ideal_speedup(agreement[e - 1], k, e / L), -e, -k)
+        (ideal_speedup(expected_tokens_per_round(agreement[e - 1], k), k, e / L, 1.0), -e, -k)
         for e in range(1, L)
         for k in range(1, max_speculations + 1)
     )

@@ -1,5 +1,4 @@
-"""What the prompt already says about each exit layer, before any draft is made from it; and
-the adaptive mode's cost model.
+"""What the prompt already says about each exit layer, before any draft is made from it.
 
 The prefill runs every layer over the prompt anyway. While the adaptive policy knows little
 about an exit layer, the prefill stops there on its way up, and on the prompt's last
@@ -9,15 +8,14 @@ is accepted exactly when the two agree. (The probe reads the plain top-1: it ign
 processors, sampling and a restricted draft vocabulary, which only its statistics would see.)
 Two things come of it, both before the first round:
 
-* **The stop rule's calibration** (:class:`eedecode.drafting.stop_rules.Calibration`) is seeded with each
-  probed position's confidence and agreement, so drafts from a layer never tried do not run to
-  the maximum length on an uninformed prior.
-* **The draft-length model** (:class:`eedecode.drafting.run_lengths.RunLengths`) is seeded with the runs of
-  agreement along the window. From it and the costs (:func:`layer_cost`, :func:`prior_costs`,
-  :func:`measured_costs`) the adaptive mode predicts each exit layer's speed-up, DEL's expected
-  accepted tokens per unit of cost (Zarch et al. 2025), and offers only the best layer, and
-  only if it is predicted to pay: on a model whose shallow layers agree badly it explores no
-  hopeless arm.
+* **The stop rule's calibration** (:class:`eedecode.drafting.stop_rules.Calibration`) is seeded
+  with each probed position's confidence and agreement, so drafts from a layer never tried do not
+  run to the maximum length on an uninformed prior.
+* **The draft-length model** (:class:`eedecode.drafting.run_lengths.RunLengths`) is seeded with
+  the runs of agreement along the window. From it and the cost model (:mod:`eedecode.model.costs`)
+  the plan (:mod:`.planner`) predicts each exit layer's speed-up, DEL's expected accepted tokens
+  per unit of cost (Zarch et al. 2025), and offers only the best layer, and only if it is
+  predicted to pay: on a model whose shallow layers agree badly it explores no hopeless arm.
 
 Probing stops for a layer once it has seen :data:`ENOUGH` positions (a couple of prompts) and
 resumes now and then, so that a layer not offered can come back. Prompt text agrees less with
@@ -29,13 +27,9 @@ layer): a layer predicted not to beat plain decoding costs exploration and canno
 
 from __future__ import annotations
 
-import weakref
-
 import torch
 
 Tensor = torch.Tensor
-#: model -> (weights of one layer, weights of the LM head): counted once per model.
-_WEIGHTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 #: Prompt positions probed per call (the last ones).
 WINDOW = 32
@@ -45,11 +39,6 @@ ENOUGH = 64
 #: prompt text agrees with the model less than the model's own continuations, so rounds soon
 #: outweigh the probe.
 RUN_WEIGHT = 0.25
-#: Offer an exit layer when its predicted speed-up over plain decoding is at least this.
-PAYS = 1.0
-#: Before it is measured: what each token beyond the first adds to a verification, in plain
-#: decoding steps (on a CPU at batch size 1, 0.1-0.3 for the demo models; near 0 on a GPU).
-VERIFY_SLOPE = 0.2
 
 
 @torch.no_grad()
@@ -76,35 +65,3 @@ def probed_prefill(state, input_ids: Tensor, layers: list[int], translate=None) 
         st = runner.exit_head(translate(E, s) if translate is not None else s, stats=("argmax", "max_prob"))
         probes[E] = (st.max_prob, st.argmax == final)
     return h[:, -1], probes, real
-
-
-def layer_cost(runner, exit_layer: int) -> float:
-    """A draft step from ``exit_layer`` in full steps, by the weights it reads (its layers and the
-    LM head against every layer and the head): a decoding step reads each weight once."""
-    if runner.model not in _WEIGHTS:
-        _WEIGHTS[runner.model] = (
-            sum(p.numel() for p in runner.layers[0].parameters()),
-            runner.lm_head.weight.numel(),
-        )
-    per_layer, head = _WEIGHTS[runner.model]
-    return (exit_layer * per_layer + head) / (runner.num_layers * per_layer + head)
-
-
-def prior_costs(max_drafts: int) -> list[float]:
-    """``v(T)`` for ``T = 1 .. max_drafts + 1`` before anything is measured: a verification of
-    ``T`` tokens as one plain step plus :data:`VERIFY_SLOPE` per extra token."""
-    return [1.0 + VERIFY_SLOPE * (T - 1) for T in range(1, max_drafts + 2)]
-
-
-def measured_costs(seconds: dict, entry: int, costs: list[float]) -> list[float]:
-    """A verification of ``T`` tokens entering at layer ``entry`` and its round's bookkeeping, in
-    plain decoding rounds, from ``seconds`` (the adaptive mode's measured times: ``none``,
-    ``overhead``, ``verify:<entry>:<T>`` and, for an exit layer, ``exit:E=<entry>``, the pass
-    that makes the last draft's exit state); ``costs[T - 1]`` (the prior) where not measured."""
-    full, overhead = seconds.get("none"), seconds.get("overhead", 0.0)
-    overhead += seconds.get(f"exit:E={entry}", 0.0) if entry else 0.0
-    out = []
-    for T, prior in enumerate(costs, start=1):
-        v = seconds.get(f"verify:{entry}:{T}")
-        out.append((v + overhead) / full if v and full else prior)
-    return out

@@ -20,18 +20,19 @@ from collections import Counter
 
 import torch
 
-from ...drafting.drafters import segments
+from ...drafting.skip import segments
+from ...model.costs import expected_tokens_per_round, ideal_speedup
 
 #: Drafts per round assumed when predicting the speed-up of a layer set.
 PREDICT_DRAFTS = 4
 
 
 def predicted_speedup(agreement: float, layers: int, num_layers: int, k: int = PREDICT_DRAFTS) -> float:
-    """Tokens per round over the round's cost in full steps: ``(1 - a^(k+1)) / (1 - a)`` tokens
-    (Leviathan et al. 2023) for ``k`` drafts of cost ``layers / num_layers`` each, plus one
-    verification pass of about one step."""
-    a = min(agreement, 1.0 - 1e-9)
-    return (1 - a ** (k + 1)) / (1 - a) / (k * layers / num_layers + 1.0)
+    """The ideal speed-up (:func:`~eedecode.model.costs.ideal_speedup`) of ``k`` drafts per round
+    through ``layers`` of ``num_layers`` layers (a draft step costing ``layers / num_layers`` of a
+    step, a verification about one) accepted i.i.d. with probability ``agreement``."""
+    a = min(agreement, 1.0)
+    return ideal_speedup(expected_tokens_per_round(a, k), k, layers / num_layers, 1.0)
 
 
 @torch.no_grad()

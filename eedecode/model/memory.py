@@ -1,0 +1,50 @@
+"""What eedecode keeps for a model between calls, in one object the caller can see, keep and reset.
+
+Measuring a step's costs and learning a drafting policy take time; both hold for one model on one
+machine, so they are kept: the verification cost table per batch size and block length
+(:mod:`eedecode.model.costs`), the weight counts the cost prior is built from, and each decoding
+mode's learned state (the adaptive mode's policies, one per set of drafting options). They live in
+the model's :class:`ModelMemory`, which :func:`memory_of` returns (the same object for as long as the
+model lives; nothing is attached to the model itself). ``memory_of(model).reset()`` forgets it all.
+"""
+
+from __future__ import annotations
+
+import weakref
+
+_MEMORIES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+class ModelMemory:
+    """One model's measured costs and learned decoding state."""
+
+    def __init__(self):
+        self.block_costs: dict[tuple[int, int], list[float]] = {}  # (batch, tokens) -> costs
+        self.weight_counts: tuple[int, int] | None = None  # (one layer, the LM head)
+        self.modes: dict[str, object] = {}  # mode name -> what the mode learned (its own type)
+
+    def of_mode(self, name: str, factory):
+        """The learned state of mode ``name``, made by ``factory()`` the first time."""
+        if name not in self.modes:
+            self.modes[name] = factory()
+        return self.modes[name]
+
+    def reset(self) -> None:
+        """Forget every measurement and everything learned for this model."""
+        self.block_costs.clear()
+        self.weight_counts = None
+        self.modes.clear()
+
+    def __repr__(self) -> str:
+        return (
+            f"ModelMemory(block cost tables: {len(self.block_costs)}, "
+            f"modes with learned state: {sorted(self.modes)})"
+        )
+
+
+def memory_of(model) -> ModelMemory:
+    """The :class:`ModelMemory` of ``model`` (a new one the first time)."""
+    memory = _MEMORIES.get(model)
+    if memory is None:
+        memory = _MEMORIES[model] = ModelMemory()
+    return memory
