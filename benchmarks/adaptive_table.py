@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from eedecode.api.generation import generate
 from eedecode.bench import load_prompts, markdown_table, measure_step_costs, time_methods
-from eedecode.bench.measure import encode_prompts, hf_baseline_model
+from eedecode.bench.measure import encode_prompts
 from eedecode.bench.methods import Speculation
 from eedecode.bench.report import LEGEND, complete, machine_line
 from eedecode.model.corpus import stdlib_root
@@ -45,7 +45,7 @@ from eedecode.study.tuned_lens import TunedLensConfig, fit_tuned_lens
 TUNING_MODULES = ("functools.py", "dataclasses.py", "enum.py", "contextlib.py")
 
 
-def sweep(model, hf_model, prompt_ids, exits, lengths, max_new_tokens):
+def sweep(model, prompt_ids, exits, lengths, max_new_tokens):
     cells = []
     for e, k in tqdm([(e, k) for e in exits for k in lengths], desc="sweep", leave=False):
         res = time_methods(
@@ -54,7 +54,6 @@ def sweep(model, hf_model, prompt_ids, exits, lengths, max_new_tokens):
             prompt_ids,
             spec=Speculation(e, k),
             max_new_tokens=max_new_tokens,
-            hf_model=hf_model,
         )
         cells.append(
             {
@@ -117,7 +116,6 @@ def main(argv=None) -> None:
     L = model.config.num_hidden_layers
     prompts = load_prompts(None, args.num_prompts)
     prompt_ids = encode_prompts(tokenizer, prompts, model.config.vocab_size, "cpu")
-    hf_model = hf_baseline_model(model)
     exits = (
         [int(x) for x in args.sweep_exit_layers.split(",")]
         if args.sweep_exit_layers
@@ -125,7 +123,7 @@ def main(argv=None) -> None:
     )
     lengths = [int(x) for x in args.sweep_draft_lengths.split(",")]
     cells, best, median, best_hf = sweep(
-        model, hf_model, prompt_ids[: args.sweep_prompts], exits, lengths, args.max_new_tokens // 2
+        model, prompt_ids[: args.sweep_prompts], exits, lengths, args.max_new_tokens // 2
     )
     print(f"sweep: best {best}, median {median}, HF early exit best {best_hf}", flush=True)
     policy, translator, tuned = tune(model, tokenizer, out, sorted(set(exits)), args.lens_steps, 32)
@@ -160,7 +158,6 @@ def main(argv=None) -> None:
             max_new_tokens=args.max_new_tokens,
             repeats=args.repeats,
             progress=bar,
-            hf_model=hf_model,
         )
     settings = {
         "exit_layer": spec.exit_layer,

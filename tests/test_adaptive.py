@@ -234,6 +234,7 @@ def test_fixed_exit_layer_and_bad_settings():
         (dict(exit_layer=9), "exit_layer: must be 'auto' or an int in 1..5"),
         (dict(exit_layer="deep"), "exit_layer: must be 'auto'"),
         (dict(max_drafts=0), r"max_drafts: must be an int in 1\.\.64"),
+        (dict(max_drafts=10**6), r"max_drafts: must be an int in 1\.\.64"),
         (dict(lookup="yes"), "lookup: must be True or False"),
         (dict(lookup_ngram=9), r"lookup_ngram: must be an int in 1\.\.8"),
         (dict(lookup_ngram=0), r"lookup_ngram: must be an int in 1\.\.8"),
@@ -259,26 +260,57 @@ class Recorder:
 
 
 def test_bad_policy_and_translator_files_are_refused_before_anything_streams(tmp_path):
+    import json
+
+    from safetensors.torch import save_file
+
+    from eedecode.model.translator import TunedLens
+
     model = cached_tiny_model("llama", eos_token_id=None)
+    H, L = model.config.hidden_size, model.config.num_hidden_layers
     tuned = tmp_path / "tuned.json"
     tuned_file(tuned, range(50))
     (tmp_path / "corrupt.json").write_text("{")
     (tmp_path / "lens.safetensors").write_text("not a tensor file")
+    data = policy_file.to_json(Policy([], Bandit([]), tuned=Tuned((0, 99), ())))
+    (tmp_path / "skip.json").write_text(json.dumps(data))
+    data["tuned"] = {"skip_layers": [], "draft_vocab": [5, 9999]}
+    (tmp_path / "vocab.json").write_text(json.dumps(data))
+    TunedLens(H + 1, L, [2]).save(tmp_path / "wide.safetensors")
+    TunedLens(H, L, [2]).save(tmp_path / "good.safetensors")
+    meta = {"format": "eedecode-tuned-lens", "version": "1", "num_layers": str(L), "hidden_size": str(H)}
+    save_file(
+        {"translators.2.weight": torch.eye(H)}, str(tmp_path / "missing.safetensors"), {**meta, "depths": "2"}
+    )
+    save_file({}, str(tmp_path / "meta.safetensors"), {**meta, "num_layers": "many", "depths": ""})
     cases = [
         (dict(policy_in=str(tmp_path / "corrupt.json")), "policy_in: .* not an eedecode policy file"),
         (dict(policy_in=str(tmp_path)), "policy_in: .* is a directory"),
         (dict(policy_in=5), "policy_in: must be a path"),
         (dict(policy_in=str(tuned), draft_vocab=51), "draft_vocab: .* ranks 50 tokens"),
+        (dict(policy_in=str(tmp_path / "skip.json")), r"skip.json: tuned\.skip_layers\[1\]: .*\[0, 6\)"),
+        (dict(policy_in=str(tmp_path / "vocab.json")), r"vocab.json: tuned\.draft_vocab\[1\]: .*token id"),
         (dict(policy_out=str(tmp_path / "missing" / "p.json")), "policy_out: must be a file path"),
         (dict(policy_out=str(tmp_path)), "policy_out: must be a file path"),
         (dict(translator=str(tmp_path / "none.safetensors")), "translator: .* is not a file"),
         (dict(translator=str(tmp_path / "lens.safetensors")), "translator: .* not a safetensors file"),
+        (
+            dict(translator=str(tmp_path / "wide.safetensors")),
+            f"translator: .*wide.safetensors: .*hidden size {H + 1}",
+        ),
+        (
+            dict(translator=str(tmp_path / "missing.safetensors")),
+            "translator: .* tensors do not match .*missing",
+        ),
+        (dict(translator=str(tmp_path / "meta.safetensors")), "translator: .* metadata .* integers"),
     ]
     for kw, words in cases:
         streamer = Recorder()
         with pytest.raises(ValueError, match=words):
             eedecode.generate(model, ids(), max_new_tokens=5, streamer=streamer, **kw)
         assert streamer.calls == [], kw
+    out = eedecode.generate(model, ids(), max_new_tokens=5, translator=str(tmp_path / "good.safetensors"))
+    assert out.shape == (1, ids().shape[1] + 5)
 
 
 def test_a_translator_drafts_at_its_own_layers_and_stays_lossless(tmp_path, monkeypatch):

@@ -406,9 +406,9 @@ def test_profile_counts_ops_and_reports_the_floor():
     assert "floor share" in table and "preferred T" in table
 
 
-def test_hf_baselines_run_on_the_weights_as_loaded(monkeypatch):
-    """eedecode packs the model in place; HF generate is timed on a copy taken before that, and
-    hf_packed on the packed model itself."""
+def test_hf_runs_on_the_model_as_given_and_hf_packed_on_a_copy_packed_in_place(monkeypatch):
+    """eedecode leaves the model as it is: HF generate is timed on the model itself, and
+    hf_packed on a copy whose weights are packed in place; the model ends the run unpacked."""
     from eedecode.model.packing import packed_layer
 
     seen = {}
@@ -420,7 +420,7 @@ def test_hf_baselines_run_on_the_weights_as_loaded(monkeypatch):
             return _run(self, model, *a, **kw)
 
         monkeypatch.setattr(cls, "run", spy)
-    model = tiny_model("llama", eos_token_id=None, bos_token_id=None)  # fresh: not packed yet
+    model = tiny_model("llama", eos_token_id=None, bos_token_id=None)
     spec = bench.Speculation(2, 2)
     record = bench.run_benchmark(
         model,
@@ -432,5 +432,5 @@ def test_hf_baselines_run_on_the_weights_as_loaded(monkeypatch):
         show_progress=False,
     )
     assert record["settings"]["hf_weights"] == "as loaded"
-    assert seen["hf_packed"] is model and packed_layer(model.model.layers[0]) is not None
-    assert seen["hf"] is not model and packed_layer(seen["hf"].model.layers[0]) is None
+    assert seen["hf"] is model and packed_layer(model.model.layers[0]) is None
+    assert seen["hf_packed"] is not model and packed_layer(seen["hf_packed"].model.layers[0]) is not None

@@ -33,7 +33,16 @@ CASES = [
     (dict(exit_layer=2.5), ValueError, ["exit_layer", "int"]),
     (dict(exit_layer=None), ValueError, ["exit_layer", "required", "adaptive"]),
     # a bad value given is named before the exit layer that was not
-    (dict(exit_layer=None, num_assistant_tokens_schedule="weird"), ValueError, ["schedule", "weird"]),
+    (
+        dict(exit_layer=None, num_assistant_tokens_schedule="weird"),
+        ValueError,
+        ["num_assistant_tokens_schedule (eedecode's schedule)", "weird"],
+    ),
+    (
+        dict(exit_layer=None, num_speculations=None, kv_strategy="rerun"),
+        ValueError,
+        ["kv_strategy: selects mode='self_speculative'", "exit_layer: required"],
+    ),
     (
         dict(mode="autoregressive", exit_layer=None, num_speculations=None, num_assistant_tokens=3),
         ValueError,
@@ -46,7 +55,6 @@ CASES = [
     (dict(max_new_tokens=-1), ValueError, ["max_new_tokens", ">= 1"]),
     (dict(max_new_tokens=0), ValueError, ["max_new_tokens", ">= 1"]),
     (dict(max_new_tokens=2.5), ValueError, ["max_new_tokens", "an int"]),
-    (dict(max_new_tokens=252), ValueError, ["max_new_tokens", "max_position_embeddings", "256"]),
     (
         dict(attention_mask=torch.ones(1, 4, dtype=torch.long)),
         ValueError,
@@ -70,6 +78,11 @@ CASES = [
     (dict(input_ids="hello"), ValueError, ["input_ids", "LongTensor"]),
     (dict(generator=3), ValueError, ["generator", "torch.Generator"]),
     (dict(seed="7"), ValueError, ["seed", "int"]),
+    (dict(seed=2**70), ValueError, ["seed", "[-2**63, 2**64)"]),
+    (dict(pack="yes"), ValueError, ["pack", "'copy', 'in_place', 'none'"]),
+    (dict(num_threads=0), ValueError, ["num_threads", ">= 1"]),
+    (dict(inputs_embeds=torch.zeros(1, 5, 32)), ValueError, ["inputs_embeds", "token ids"]),
+    (dict(past_key_values=object()), ValueError, ["past_key_values", "its own cache"]),
     (dict(num_speculations=10**9), None, []),  # capped by the tokens left: no giant allocation
     (dict(repetition_penalty=0.0), ValueError, ["repetition_penalty", "> 0"]),
     (dict(num_return_sequences=2), ValueError, ["num_return_sequences"]),

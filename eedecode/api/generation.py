@@ -15,82 +15,23 @@ the allowed values, and nothing reaches the streamer.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
 
 import torch
 from transformers import GenerationConfig
-from transformers.generation.utils import GenerateDecoderOnlyOutput
 
 from ..engine.chooser import TokenChooser
 from ..engine.decoder import Decoder, DecodeStats
 from ..engine.processors import LogitsPipeline
 from ..model.compat import check_generation, check_supported
+from ..model.layer_ops import execution_device
 from ..model.runner import ModelRunner
+from ..model.threads import auto_threads, threads
 from ..modes import get_mode
+from .outputs import GenerateOutput, GenerationStats
 from .plan import DecodingConfig, Plan, options_dict, prepare
 from .validation import check_call
 
 Tensor = torch.Tensor
-
-
-@dataclass
-class GenerationStats:
-    """What a generate() call did. Rates are per row-round (one round of one batch row)."""
-
-    mode: str
-    options: dict  # the mode's settings
-    description: str  # the mode and its settings, in words
-    rounds: int
-    drafted_tokens: int
-    accepted_tokens: int
-    new_tokens: int  # tokens returned, all rows
-    accepted_length_histogram: list[int]  # [a]: row-rounds in which exactly a drafts were accepted
-    wall_time_s: float
-    prefill_time_s: float
-    row_rounds: int
-    details: dict = field(default_factory=dict)  # mode-specific (the adaptive mode: arms pulled, ...)
-
-    @property
-    def exit_layer(self) -> int | None:
-        return self.options.get("exit_layer")
-
-    @property
-    def num_speculations(self) -> int | None:
-        return self.options.get("num_speculations")
-
-    @property
-    def acceptance_rate(self) -> float:
-        return self.accepted_tokens / self.drafted_tokens if self.drafted_tokens else 0.0
-
-    @property
-    def mean_tokens_per_round(self) -> float:
-        """Tokens produced per row-round: accepted drafts plus the correction or bonus token."""
-        return (self.accepted_tokens + self.row_rounds) / self.row_rounds if self.row_rounds else 0.0
-
-    @property
-    def tokens_per_second(self) -> float:
-        return self.new_tokens / self.wall_time_s if self.wall_time_s > 0 else 0.0
-
-    def summary(self) -> str:
-        head = (
-            f"{self.new_tokens} new tokens in {self.wall_time_s:.3f} s ({self.tokens_per_second:.1f} tok/s)"
-        )
-        own = "".join(f", {k.replace('_', ' ')} {v:.2f}" for k, v in self.details.items() if type(v) is float)
-        if not self.drafted_tokens:
-            return f"{head}; {self.description}, {self.rounds} steps{own}"
-        return (
-            f"{head}; {self.description}: {self.rounds} rounds, "
-            f"acceptance {self.acceptance_rate:.1%}, {self.mean_tokens_per_round:.2f} tokens/round, "
-            f"accepted-length histogram {self.accepted_length_histogram}"
-        )
-
-
-@dataclass
-class GenerateOutput(GenerateDecoderOnlyOutput):
-    """Returned when ``return_dict_in_generate=True``: Hugging Face's output object (attribute and
-    key access; ``scores`` / ``logits`` when ``output_scores`` / ``output_logits``), plus ``stats``."""
-
-    stats: GenerationStats | None = None
 
 
 # -- the loop --------------------------------------------------------------------------------------
@@ -130,18 +71,16 @@ def generate(
     Every argument is checked before anything runs: a bad one raises with its name and the
     allowed values, and nothing reaches the streamer.
     """
-    check_supported(model)
-    runner = ModelRunner(model)
-    plan = prepare(
-        model, runner, input_ids, attention_mask, mode, generation_config, kwargs, stopping_criteria
-    )
+    check_supported(model)  # what the model is, and modules eedecode would not run: refused
+    plan = prepare(model, input_ids, attention_mask, mode, generation_config, kwargs, stopping_criteria)
     cfg = plan.config
-    check_generation(runner, plan.input_ids.shape[1] + cfg.max_new_tokens, cfg.mode != "autoregressive")
+    device = execution_device(model.model.embed_tokens)
+    check_generation(model, plan.input_ids.shape[1] + cfg.max_new_tokens, cfg.mode != "autoregressive")
     B = plan.input_ids.shape[0]
     stopping = len(plan.stopping_criteria) > 0
-    check_call(streamer, generator, seed, B, stopping, cfg.pad_token_id, cfg.eos_token_id, runner.device)
+    check_call(streamer, generator, seed, B, stopping, cfg.pad_token_id, cfg.eos_token_id, device)
     if generator is None and seed is not None:
-        generator = torch.Generator(device=runner.device).manual_seed(seed)
+        generator = torch.Generator(device=device).manual_seed(seed)
     pipeline = LogitsPipeline(plan.processors)
     if pipeline.stateful and cfg.mode != "autoregressive":
         raise ValueError(
@@ -150,7 +89,11 @@ def generate(
         )
     chooser = TokenChooser(cfg.do_sample, pipeline, generator)
     chooser.record = plan.output_scores or plan.output_logits
-    sequences, stats, records = run(runner, plan, chooser, streamer)
+    # Everything is checked: now the model is run (its weights packed beside it, not changed).
+    count = plan.num_threads if plan.num_threads is not None else auto_threads(model, device)
+    with threads(count):
+        runner = ModelRunner(model, pack=plan.pack)
+        sequences, stats, records = run(runner, plan, chooser, streamer)
     if not plan.return_dict:
         return sequences
     scores, logits = _per_step(records) if records else (None, None)
@@ -168,7 +111,9 @@ def run(runner: ModelRunner, plan: Plan, chooser: TokenChooser, streamer=None):
     config = plan.config
     input_ids = plan.input_ids
     mode = get_mode(config.mode)(config.options, runner)
-    decoder = Decoder(runner, chooser, mode, input_ids, config.max_new_tokens, config.eos_token_id)
+    decoder = Decoder(
+        runner, chooser, mode, input_ids, config.max_new_tokens, config.eos_token_id, config.pad_token_id
+    )
     # Tokens come back to the host only for a streamer or stopping criteria.
     criteria = plan.stopping_criteria
     want_tokens = streamer is not None or len(criteria) > 0
@@ -188,7 +133,8 @@ def run(runner: ModelRunner, plan: Plan, chooser: TokenChooser, streamer=None):
         streamer.end()
     mode.finish()
     sequences = decoder.output(input_ids, config.pad_token_id)
-    stats = _public_stats(config, mode, decoder.stats(), int(decoder.state.out_len.sum()), t0)
+    new = int(decoder.state.out_len.sum())
+    stats = _public_stats(config, mode, decoder.stats(), new, t0, input_ids.shape[0])
     return sequences, stats, _records(decoder)
 
 
@@ -241,7 +187,11 @@ class _CriteriaStopper:
         return view
 
 
-def _public_stats(config: DecodingConfig, mode, s: DecodeStats, new_tokens: int, t0: float):
+def _public_stats(config: DecodingConfig, mode, s: DecodeStats, new_tokens: int, t0: float, batch: int):
+    wall = time.perf_counter() - t0
+    # the rounds after the prefill (whose token per row is no round's): what drafting changes
+    decode_rate = (new_tokens - batch) / max(wall - s.prefill_time_s, 1e-9)
+    estimate = mode.speedup_over_plain(s, decode_rate)
     return GenerationStats(
         mode=config.mode,
         options=options_dict(config),
@@ -251,8 +201,10 @@ def _public_stats(config: DecodingConfig, mode, s: DecodeStats, new_tokens: int,
         accepted_tokens=s.accepted_tokens,
         new_tokens=new_tokens,
         accepted_length_histogram=list(s.accepted_length_histogram),
-        wall_time_s=time.perf_counter() - t0,
+        wall_time_s=wall,
         prefill_time_s=s.prefill_time_s,
         row_rounds=s.row_rounds,
         details=mode.report(),
+        speedup_over_plain=None if estimate is None else estimate[0],
+        speedup_source=None if estimate is None else estimate[1],
     )

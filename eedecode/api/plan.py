@@ -31,6 +31,8 @@ from transformers.generation.stopping_criteria import (
     StoppingCriteriaList,
 )
 
+from ..model.packing import PACK_MODES
+from ..model.threads import check_num_threads
 from ..modes import all_option_fields, build_options, get_mode, option_fields
 from . import validation
 
@@ -38,30 +40,13 @@ Tensor = torch.Tensor
 DEFAULT_MODE = "adaptive"
 STATIC_MODE = "self_speculative"
 
-#: Settings eedecode cannot honour while they differ from these values (None: unset).
-_UNSUPPORTED = {
-    "num_beams": 1,
-    "num_beam_groups": 1,
-    "penalty_alpha": None,
-    "constraints": None,
-    "force_words_ids": None,
-    "dola_layers": None,
-    "use_mtp": False,
-    "guidance_scale": 1.0,
-    "output_attentions": False,
-    "output_hidden_states": False,
-    "token_healing": False,
-    "prompt_lookup_num_tokens": None,
-}
-_REASONS = {
-    "num_beams": "beam search is not a speculative decoding mode",
-    "guidance_scale": "classifier-free guidance needs a second forward pass per token",
-    "output_attentions": "eedecode's attention is fused (scaled_dot_product_attention)",
-    "output_hidden_states": "use eedecode.study for per-layer states",
-    "prompt_lookup_num_tokens": "prompt-lookup drafting is not an eedecode mode",
-}
 #: Keyword arguments of generate() that are neither GenerationConfig fields nor mode settings.
-_CALL_ARGUMENTS = ("tokenizer", "logits_processor", "prefix_allowed_tokens_fn")
+_CALL_ARGUMENTS = ("tokenizer", "logits_processor", "prefix_allowed_tokens_fn", "pack", "num_threads")
+#: Hugging Face inputs eedecode refuses, and why.
+_REFUSED_INPUTS = {
+    "inputs_embeds": "eedecode drafts and verifies token ids; pass input_ids",
+    "past_key_values": "eedecode keeps its own cache; pass the whole prompt as input_ids",
+}
 
 
 @dataclass(frozen=True)
@@ -88,6 +73,8 @@ class Plan:
     return_dict: bool
     output_scores: bool
     output_logits: bool
+    pack: str = "copy"  # how the weights are packed for the call (eedecode.model.packing)
+    num_threads: int | None = None  # CPU threads for the call (None: chosen by the model's size)
 
 
 def options_dict(config: DecodingConfig) -> dict:
@@ -170,15 +157,22 @@ def _explicit(model, generation_config, hf_kwargs: dict) -> dict:
     return chosen
 
 
-def _check_unsupported(gen: GenerationConfig, chosen: dict) -> None:
-    for key, neutral in _UNSUPPORTED.items():
-        value = getattr(gen, key, None)
-        if value is None or value == neutral:
-            continue
-        origin = chosen.get(key, (None, "argument"))[1]
-        where = "" if origin == "argument" else f" (from {origin})"
-        reason = _REASONS.get(key, "not supported by eedecode")
-        raise ValueError(f"{key}: eedecode.generate does not support {key}={value!r}{where}; {reason}")
+def _validate(options, mode: str, num_layers: int, picked_by: set | None, chosen: dict) -> None:
+    """``options.validate``, its errors naming what the caller wrote: a setting given by its HF
+    name is named so, and a required setting missing from a mode that other settings picked
+    says which settings picked it."""
+    try:
+        options.validate(num_layers)
+    except ValueError as err:
+        message = str(err)
+        for name, f in option_fields(get_mode(mode)).items():
+            alias = f.metadata.get("hf_name")
+            if message.startswith(f"{name}:") and alias in chosen and name not in chosen:
+                raise ValueError(f"{alias} (eedecode's {name}){message[len(name) :]}") from None
+            if message.startswith(f"{name}: required") and picked_by:
+                given = ", ".join(sorted(picked_by))
+                raise ValueError(f"{given}: selects mode={mode!r} (its setting); {message}") from None
+        raise
 
 
 def _mode_options(mode: str, engine: dict, gen: GenerationConfig, chosen: dict):
@@ -202,11 +196,32 @@ def _mode_options(mode: str, engine: dict, gen: GenerationConfig, chosen: dict):
     return build_options(cls, {**values, **foreign})  # a foreign setting raises, naming it
 
 
+def _start(model, input_ids, generation_config, kwargs: dict):
+    """Inputs Hugging Face takes that eedecode refuses raise, naming why; no ``input_ids``
+    starts from the BOS token, as HF does (one row)."""
+    for name, why in _REFUSED_INPUTS.items():
+        if kwargs.get(name) is not None:
+            raise ValueError(f"{name}: not supported by eedecode.generate; {why}")
+        kwargs.pop(name, None)
+    if input_ids is not None:
+        return input_ids
+    sources = (generation_config, model.generation_config, model.config)
+    bos = next((c.bos_token_id for c in sources if getattr(c, "bos_token_id", None) is not None), None)
+    if bos is None:
+        raise ValueError("input_ids: needed, since the model has no bos_token_id to start from")
+    bos = bos[0] if isinstance(bos, (list, tuple)) else bos
+    return torch.tensor([[bos]], device=model.device)
+
+
 def prepare(
-    model, runner, input_ids, attention_mask, mode, generation_config, kwargs: dict, stopping_criteria
+    model, input_ids, attention_mask, mode, generation_config, kwargs: dict, stopping_criteria
 ) -> Plan:
-    """Validate and resolve a generate() call. ``kwargs``: generate()'s other keyword arguments."""
+    """Validate and resolve a generate() call. ``kwargs``: generate()'s other keyword arguments.
+    Reads the model's configuration and generation config; touches nothing."""
+    num_layers, vocab_size = len(model.model.layers), model.config.vocab_size
+    input_ids = _start(model, input_ids, generation_config, kwargs)
     engine_given = {k for k, v in kwargs.items() if v is not None and k in engine_option_names()}
+    inferred = mode is None
     if mode is None:
         mode = default_mode(engine_given, kwargs, generation_config, model)
     if not isinstance(mode, str):
@@ -214,12 +229,15 @@ def prepare(
     mode = mode.replace("-", "_")  # the command line's spelling (early-exit) is accepted too
     get_mode(mode)
     engine, hf_kwargs, call = split_kwargs(kwargs)
+    if call.get("pack") is not None and call["pack"] not in PACK_MODES:
+        raise ValueError(f"pack: must be one of {PACK_MODES}, got {call['pack']!r}")
+    check_num_threads(call.get("num_threads"))
     if generation_config is not None and not isinstance(generation_config, GenerationConfig):
         raise ValueError(
             "generation_config: must be a transformers.GenerationConfig, "
             f"got {type(generation_config).__name__}"
         )
-    validation.check_input_ids(input_ids, runner.vocab_size)
+    validation.check_input_ids(input_ids, vocab_size)
     validation.check_attention_mask(attention_mask, input_ids)
     validation.check_settings(hf_kwargs)
     if generation_config is not None:
@@ -234,9 +252,9 @@ def prepare(
     chosen = _explicit(model, generation_config, hf_kwargs)
     with _quiet():
         gen, model_kwargs = model._prepare_generation_config(generation_config, **hf_kwargs)
-    _check_unsupported(gen, chosen)
+    validation.check_unsupported(gen, chosen)
     options = _mode_options(mode, engine, gen, chosen)
-    options.validate(runner.num_layers)
+    _validate(options, mode, num_layers, engine_given if inferred else None, chosen)
 
     B = input_ids.shape[0]
     with _quiet():
@@ -253,7 +271,7 @@ def prepare(
             gen, has_default_max, has_default_min, "input_ids", P, input_ids
         )
         model._validate_generated_length(gen, P, has_default_max)
-        validation.check_token_lists(gen, runner.vocab_size)
+        validation.check_token_lists(gen, vocab_size)
         for name in ("logits_processor", "stopping_criteria"):
             given = call.get(name) if name == "logits_processor" else stopping_criteria
             what = f"{name}: must be a list of {name.replace('_', ' ')} objects (callables)"
@@ -301,4 +319,6 @@ def prepare(
         return_dict=bool(gen.return_dict_in_generate),
         output_scores=bool(gen.output_scores),
         output_logits=bool(gen.output_logits),
+        pack=call.get("pack") if call.get("pack") is not None else "copy",
+        num_threads=call.get("num_threads"),
     )

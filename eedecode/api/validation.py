@@ -127,8 +127,8 @@ def check_call(
         raise ValueError(f"generator: must be a torch.Generator, got {_describe(generator)}")
     if generator is not None and generator.device.type != torch.device(device).type:
         raise ValueError(f"generator: is on {generator.device}, the model on {device}")
-    if seed is not None and not is_int(seed):
-        raise ValueError(f"seed: must be an int, got {_describe(seed)}")
+    if seed is not None and not (is_int(seed) and -(2**63) <= seed < 2**64):
+        raise ValueError(f"seed: must be an int in [-2**63, 2**64), got {_describe(seed)}")
     if batch_size > 1 and pad_token_id is None and (eos or stopping):
         raise ValueError("pad_token_id: needed to pad batch rows that stop early; pass pad_token_id=")
 
@@ -167,3 +167,40 @@ def check_token_lists(generation_config, vocab_size: int) -> None:
                     raise ValueError(
                         f"sequence_bias: token id {t!r} is outside the vocabulary [0, {vocab_size})"
                     )
+
+
+#: Settings eedecode cannot honour while they differ from these values (None: unset).
+_UNSUPPORTED = {
+    "num_beams": 1,
+    "num_beam_groups": 1,
+    "penalty_alpha": None,
+    "constraints": None,
+    "force_words_ids": None,
+    "dola_layers": None,
+    "use_mtp": False,
+    "guidance_scale": 1.0,
+    "output_attentions": False,
+    "output_hidden_states": False,
+    "token_healing": False,
+    "prompt_lookup_num_tokens": None,
+}
+_REASONS = {
+    "num_beams": "beam search is not a speculative decoding mode",
+    "guidance_scale": "classifier-free guidance needs a second forward pass per token",
+    "output_attentions": "eedecode's attention is fused (scaled_dot_product_attention)",
+    "output_hidden_states": "use eedecode.study for per-layer states",
+    "prompt_lookup_num_tokens": "prompt-lookup drafting is not an eedecode mode",
+}
+
+
+def check_unsupported(gen, chosen: dict) -> None:
+    """Settings eedecode cannot honour, from the merged generation config ``gen``; ``chosen``
+    says where each came from (named in the error when it is the model's generation config)."""
+    for key, neutral in _UNSUPPORTED.items():
+        value = getattr(gen, key, None)
+        if value is None or value == neutral:
+            continue
+        origin = chosen.get(key, (None, "argument"))[1]
+        where = "" if origin == "argument" else f" (from {origin})"
+        reason = _REASONS.get(key, "not supported by eedecode")
+        raise ValueError(f"{key}: eedecode.generate does not support {key}={value!r}{where}; {reason}")

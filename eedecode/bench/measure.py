@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from ..model.packing import packed_layer
+from ..model.packing import pack_head, pack_layer, packed_layer
 from . import steps
 from .methods import AR, HF, Speculation, pad_token_id, resolve_methods
 from .steps import measure_step_costs, median, sync
@@ -130,17 +130,21 @@ class MethodResult:
     extra: dict = field(default_factory=dict)  # the method's other settings
 
 
-def hf_baseline_model(model):
-    """The model the HF baselines run on: a copy taken before eedecode packs the weights in place
-    (packing changes the layout HF's forward reads, and so its speed), or the model itself when
-    nothing will be packed (not on the CPU) or it is packed already (then said in the record)."""
-    if next(model.parameters()).device.type != "cpu" or weights_layout(model) == "packed":
+def packed_in_place(model):
+    """A copy of the model with its weights packed in place (:mod:`eedecode.model.packing`), for
+    the baseline that shows what that layout alone gives HF's own forward; the model itself off a
+    CPU (nothing is packed there)."""
+    if next(model.parameters()).device.type != "cpu":
         return model
-    return copy.deepcopy(model)
+    packed = copy.deepcopy(model)
+    for layer in packed.model.layers:
+        pack_layer(layer)
+    pack_head(packed.lm_head, packed.model.embed_tokens)
+    return packed
 
 
 def weights_layout(model) -> str:
-    """ "packed" if eedecode has packed any of the model's layers in place, else "as loaded"."""
+    """ "packed" if the model's layers were packed in place (pack="in_place"), else "as loaded"."""
     return "packed" if any(packed_layer(layer) for layer in model.model.layers) else "as loaded"
 
 
@@ -155,15 +159,16 @@ def time_methods(
     warmup=1,
     repeats=1,
     progress=None,
-    hf_model=None,
+    packed_model=None,
 ) -> dict[str, MethodResult]:
     """Decode every prompt (in batches of ``batch_size``) with every method (names), ``repeats``
     times, the methods taking turns on each batch. ``identical_to_hf`` counts the rows whose
     output equals HF generate's, when ``"hf"`` is among the methods. Methods that run on the
-    weights as loaded get ``hf_model`` (default: the model)."""
+    weights packed in place get ``packed_model`` (:func:`packed_in_place`, made when needed)."""
     spec = spec or Speculation()
     chosen = resolve_methods(methods)
-    hf_model = model if hf_model is None else hf_model
+    if packed_model is None and any(m.packed_in_place for m in chosen):
+        packed_model = packed_in_place(model)
     if batch_size > 1 and any(m.batch_one_only for m in chosen):
         one = [m.name for m in chosen if m.batch_one_only]
         raise ValueError(f"methods: {', '.join(one)} run at batch size 1 only, asked for {batch_size}")
@@ -172,8 +177,8 @@ def time_methods(
     batches = list(_batches(prompt_ids, batch_size, 0 if pad is None else pad))
     for ids, mask in batches[:warmup]:
         for m in chosen:
-            m.prepare(hf_model if m.as_loaded else model, ids, mask, max_new_tokens, spec)
-            m.run(hf_model if m.as_loaded else model, ids, mask, max_new_tokens, spec)
+            m.prepare(packed_model if m.packed_in_place else model, ids, mask, max_new_tokens, spec)
+            m.run(packed_model if m.packed_in_place else model, ids, mask, max_new_tokens, spec)
     names = [m.name for m in chosen]
     rates = {n: [] for n in names}  # one entry per (repeat, batch), aligned across methods
     stats = {n: [] for n in names}
@@ -181,10 +186,10 @@ def time_methods(
     new_tokens = dict.fromkeys(names, 0)
     for turn, (rep, (ids, mask)) in enumerate((r, b) for r in range(repeats) for b in batches):
         for m in chosen[turn % len(chosen) :] + chosen[: turn % len(chosen)]:
-            m.prepare(hf_model if m.as_loaded else model, ids, mask, max_new_tokens, spec)
+            m.prepare(packed_model if m.packed_in_place else model, ids, mask, max_new_tokens, spec)
             sync(ids.device)
             t0 = steps.clock()
-            seq, st = m.run(hf_model if m.as_loaded else model, ids, mask, max_new_tokens, spec)
+            seq, st = m.run(packed_model if m.packed_in_place else model, ids, mask, max_new_tokens, spec)
             sync(ids.device)
             dt = steps.clock() - t0
             new = _count_new(seq, ids.shape[1], eos, pad)
@@ -284,14 +289,16 @@ def run_measurements(
     total = repeats * sum(len(ms) * -(-len(prompt_ids) // b) for b, ms in plan.items())
     results = []
     hf_weights = weights_layout(model)
-    hf_model = hf_baseline_model(model)
+    packed_model = packed_in_place(model) if any(m.packed_in_place for m in chosen) else None
     with tqdm(total=total, desc="bench", disable=not show_progress, leave=False) as bar:
         for b, ms in plan.items():
             bar.set_postfix_str(f"batch {b}")
             kw = dict(batch_size=b, max_new_tokens=max_new_tokens, warmup=warmup, repeats=repeats)
-            timed = time_methods(model, ms, prompt_ids, spec=spec, progress=bar, hf_model=hf_model, **kw)
+            timed = time_methods(
+                model, ms, prompt_ids, spec=spec, progress=bar, packed_model=packed_model, **kw
+            )
             results += timed.values()
-    del hf_model
+    del packed_model
     settings = {
         "exit_layer": spec.exit_layer,
         "num_speculations": spec.num_speculations,

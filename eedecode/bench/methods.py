@@ -1,11 +1,12 @@
 """The benchmark's methods, by name, in one table built from the mode registry.
 
-Hugging Face baselines — ``hf`` (plain ``generate`` on the weights as loaded), ``hf_packed`` (the same
-on the weights eedecode packed), ``hf_early_exit`` (assisted decoding with ``assistant_early_exit``,
-LayerSkip's drafter) and ``hf_prompt_lookup`` (assisted decoding with ``prompt_lookup_num_tokens``,
-n-gram drafts from the prompt) — and ``eedecode_<short>`` for every
-mode registered in :mod:`eedecode.modes`, so a newly registered mode is measured without a
-change here. Every method decodes greedily; HF's assisted decoding runs batch size 1 only.
+Hugging Face baselines: ``hf`` (plain ``generate`` on the model as given), ``hf_packed`` (the
+same on a copy of the model with its weights packed in place, as eedecode's hot path reads them),
+``hf_early_exit`` (assisted decoding with ``assistant_early_exit``, LayerSkip's drafter) and
+``hf_prompt_lookup`` (assisted decoding with ``prompt_lookup_num_tokens``, n-gram drafts from the
+prompt); and ``eedecode_<short>`` for every mode registered in :mod:`eedecode.modes`, so a newly
+registered mode is measured without a change here. Every method decodes greedily; HF's assisted
+decoding runs batch size 1 only.
 
 A mode with other settings than its defaults is a *variant*, named
 ``eedecode_<short>@NAME=VALUE[@NAME=VALUE...]`` after its ``Options`` fields, e.g.
@@ -63,10 +64,10 @@ class Method:
     name: str
     display: str
     batch_one_only = False
-    #: Runs on the weights as loaded. eedecode packs the model in place (eedecode/model/packing.py),
-    #: which also changes the layout HF's own forward reads: the benchmark hands these methods a
-    #: copy of the model taken before any packing (:func:`~eedecode.bench.measure.hf_baseline_model`).
-    as_loaded = False
+    #: Runs on a copy of the model whose weights are packed in place (eedecode/model/packing.py):
+    #: what that layout alone gives Hugging Face's own forward
+    #: (:func:`~eedecode.bench.measure.packed_in_place`). Every other method gets the model as given.
+    packed_in_place = False
     in_default = True  # measured when no methods are named
     lossless = True  # greedy output equals HF generate's (else: "identical to HF" is not its test)
 
@@ -86,7 +87,6 @@ class Method:
 
 class HFGenerate(Method):
     name, display = HF, "HF generate"
-    as_loaded = True
 
     def run(self, model, ids, mask, max_new_tokens, spec):
         extra = self.hf_arguments(spec)
@@ -98,10 +98,10 @@ class HFGenerate(Method):
 
 
 class HFGeneratePacked(HFGenerate):
-    """HF generate on the model eedecode packed: the share of the speed-up the layout alone gives."""
+    """HF generate on a copy packed in place: the share of the speed-up the layout alone gives."""
 
     name, display = "hf_packed", "HF generate (packed weights)"
-    as_loaded = False
+    packed_in_place = True
 
 
 class HFEarlyExit(HFGenerate):

@@ -10,7 +10,7 @@ Lossy modes (early exit) have no exit layer or draft length to sweep and are lef
 
 from __future__ import annotations
 
-from .measure import check_count, encode_prompts, hf_baseline_model, time_methods, weights_layout
+from .measure import check_count, encode_prompts, time_methods, weights_layout
 from .methods import AR, HF, Speculation, available_methods
 
 FOCUS = "eedecode_ss"  # the method whose speed-up the heatmap draws
@@ -49,10 +49,10 @@ def run_sweep(
     prompt_ids = encode_prompts(tokenizer, prompts, model.config.vocab_size, device)
     methods = sweep_methods()
     cells = []
-    hf_weights, hf_model = weights_layout(model), hf_baseline_model(model)
+    hf_weights = weights_layout(model)
     for e, k in tqdm(grid, desc="sweep", disable=not show_progress, leave=False):
         spec = Speculation(e, k, confidence_threshold)
-        kw = dict(max_new_tokens=max_new_tokens, warmup=warmup, repeats=repeats, hf_model=hf_model)
+        kw = dict(max_new_tokens=max_new_tokens, warmup=warmup, repeats=repeats)
         cells.append(_cell(e, k, time_methods(model, methods, prompt_ids, spec=spec, **kw)))
     return {
         "cells": cells,

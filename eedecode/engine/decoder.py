@@ -50,11 +50,12 @@ class Decoder:
         input_ids: Tensor,
         max_new_tokens: int,
         eos_token_id: tuple[int, ...] = (),
+        pad_token_id: int | None = None,
     ):
         B, P = input_ids.shape
         max_drafts = min(mode.max_drafts, max_new_tokens)  # a round never emits more than that
         self.runner, self.chooser, self.mode = runner, chooser, mode
-        self.state = DecodingState(runner, chooser, input_ids, max_new_tokens, max_drafts)
+        self.state = DecodingState(runner, chooser, input_ids, max_new_tokens, max_drafts, pad_token_id)
         dev = self.state.cache.device
         self.eos = torch.tensor(eos_token_id, dtype=torch.long, device=dev)
         self.positions = torch.arange(max_drafts + 1, device=dev)
@@ -128,8 +129,8 @@ class Decoder:
 
     def _sync(self, remaining: Tensor, counts=None, keep=None, tokens=None) -> RoundView:
         """The round's one host synchronisation: one tensor, laid out as
-        ``[max remaining of a running row | (min, max) cache length | output length per row |
-        count per row | (kept count per row, tokens)]``, each part present only when needed: the
+        ``[max remaining of a running row | (min, max) cache length | (output length, running) per
+        row | count per row | (kept count per row, tokens)]``, each part present only when needed: the
         lengths when the mode rolls back, the output lengths for processors that read the
         context, the counts for modes that learn from them, the tokens when asked for."""
         st = self.state
@@ -139,7 +140,7 @@ class Decoder:
         if rolls_back:
             parts.append(torch.stack(torch.aminmax(st.seq_len)))  # min, max
         if st.host_out_len is not None:
-            parts.append(st.out_len)
+            parts += [st.out_len, st.active.long()]
         with_counts = self.wants_counts and counts is not None
         if with_counts:
             parts.append(counts)
@@ -151,7 +152,8 @@ class Decoder:
         if rolls_back:
             view.cache_lengths, i = (host[2], host[1]), 3  # (max, min)
         if st.host_out_len is not None:
-            st.host_out_len, i = host[i : i + B], i + B
+            st.host_out_len, st.host_active = host[i : i + B], [a == 1 for a in host[i + B : i + 2 * B]]
+            i += 2 * B
         if with_counts:
             view.counts, i = host[i : i + B], i + B
         if keep is not None:

@@ -121,6 +121,12 @@ class Mode(ABC):
     def finish(self) -> None:  # noqa: B027 (optional hook)
         """Called once after the last round (a policy may save itself here)."""
 
+    def speedup_over_plain(self, stats, decode_rate: float) -> tuple[float, str] | None:
+        """This call's rounds against plain decoding on this model, and how that was had (words),
+        or None. ``stats``: the call's :class:`~eedecode.engine.decoder.DecodeStats`;
+        ``decode_rate``: its tokens per second after the prefill."""
+        return None
+
     def report(self) -> dict:
         """Mode-specific statistics for :class:`~eedecode.api.generation.GenerationStats` ``details``."""
         return {}

@@ -9,13 +9,15 @@ sees exactly the ``input_ids`` that Hugging Face's one-token-at-a-time loop woul
 what keeps verification lossless under processors that read the context.
 
 Processors that ignore ``input_ids`` (the warpers) run once over the whole block. The others run
-per position, and per group of rows whose sequences have the same length. That is a host loop,
-taken only when such a processor is present.
+per position of the block, and per group of running rows whose sequences have the same length,
+each call with the whole batch in its row order (``batch_id`` in ``prefix_allowed_tokens_fn``,
+a bias indexed by row, per-row state: all as in Hugging Face's loop); only the group's rows'
+scores are kept. In autoregressive decoding every running row has the same length, so a
+processor is called once per step, as HF calls it; in a speculative round it is called once per
+position and length group. That is a host loop, taken only when such a processor is present.
 """
 
 from __future__ import annotations
-
-import copy
 
 import torch
 from transformers.generation import logits_process as lp
@@ -43,26 +45,9 @@ CONTEXT_FREE = tuple(
 )
 
 
-#: Processors that keep a tensor per batch row: sliced to the rows of a group when called on one.
-ROW_STATE = {"RepetitionPenaltyLogitsProcessor": ("prompt_ignore_length",)}
 #: Processors that update internal state on every call: they cannot score positions that may be
 #: rejected afterwards (a speculative round scores drafts that verification throws away).
 STATEFUL = ("SynthIDTextWatermarkLogitsProcessor",)
-
-
-def _for_rows(processors, rows: Tensor, batch_size: int):
-    """The processors as they apply to ``rows`` of the batch (per-row state sliced)."""
-    if rows.numel() == batch_size:
-        return processors
-    out = lp.LogitsProcessorList()
-    for p in processors:
-        attrs = [a for a in ROW_STATE.get(type(p).__name__, ()) if isinstance(getattr(p, a, None), Tensor)]
-        if attrs:
-            p = copy.copy(p)
-            for a in attrs:
-                setattr(p, a, getattr(p, a).to(rows.device)[rows])
-        out.append(p)
-    return out
 
 
 class LogitsPipeline:
@@ -88,10 +73,11 @@ class LogitsPipeline:
     def __call__(self, logits: Tensor, context=None, drafts: Tensor | None = None, offset: int = 0) -> Tensor:
         """Processed fp32 scores ``[B, m, V]`` of ``logits`` ``[B, m, V]``.
 
-        ``context``: an object whose ``sequences_so_far()`` yields ``(ids [G, n], rows [G])`` for each group
-        of rows with equal length: the tokens each row has so far (needed unless every processor is
-        context-free). Position ``j`` of the block scores the token after those tokens and
-        ``drafts[:, :offset + j]`` (``drafts`` ``[B, >= offset + m - 1]``).
+        ``context``: an object whose ``sequences_so_far()`` yields ``(ids [B, n], rows [G])`` for
+        each group of running rows with equal length: the whole batch's tokens so far, of which the
+        group's rows are kept (needed unless every processor is context-free). Position ``j`` of
+        the block scores the token after those tokens and ``drafts[:, :offset + j]`` (``drafts``
+        ``[B, >= offset + m - 1]``).
         """
         logits = logits.float()
         if self.empty:
@@ -102,9 +88,8 @@ class LogitsPipeline:
             return self.processors(dummy, logits.reshape(B * m, V).clone()).view(B, m, V)
         scores = torch.empty_like(logits)
         for base, rows in context.sequences_so_far():
-            processors = _for_rows(self.processors, rows, B)
             for j in range(m):
                 n = offset + j
-                ids = base if n == 0 else torch.cat([base, drafts[rows, :n]], 1)
-                scores[rows, j] = processors(ids, logits[rows, j].clone())
+                ids = base if n == 0 else torch.cat([base, drafts[:, :n].to(base.device)], 1)
+                scores[rows, j] = self.processors(ids, logits[:, j].clone())[rows]
         return scores

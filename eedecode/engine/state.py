@@ -32,6 +32,7 @@ class DecodingState:
         input_ids: Tensor,
         max_new_tokens: int,
         max_drafts: int = 0,
+        pad_token_id: int | None = None,
     ):
         B, P = input_ids.shape
         self.runner, self.chooser = runner, chooser
@@ -44,8 +45,11 @@ class DecodingState:
         self.active = torch.ones(B, dtype=torch.bool, device=dev)  # [B] the row still runs
         self.seq_len = torch.full((B,), P, dtype=torch.long, device=dev)  # [B] cache length, between rounds
         self.pending = torch.zeros(B, dtype=torch.long, device=dev)  # [B] newest token, not yet cached
-        # Each row's output length on the host, kept only for logits processors that read the context.
+        # Each row's output length and activity on the host, kept only for logits processors that
+        # read the context.
         self.host_out_len: list[int] | None = [0] * B if not chooser.pipeline.context_free else None
+        self.host_active: list[bool] = [True] * B
+        self.pad_token_id = 0 if pad_token_id is None else pad_token_id
         self.cache_bounds = (P, P)  # host (max, min) of seq_len, as of the last rollback
 
     @property
@@ -53,14 +57,24 @@ class DecodingState:
         return self.prompt.shape[0]
 
     def sequences_so_far(self):
-        """Each row's tokens so far, ``(ids [G, P + n], rows [G])`` per group of rows with equal
-        ``n`` (the context of logits processors; needs :attr:`host_out_len`)."""
+        """The context of logits processors: per group of running rows with equal output length
+        ``n``, ``(ids [B, P + n], rows [G])``. ``ids`` holds the whole batch in its row order, as
+        Hugging Face's loop shows it to a processor: the group's rows their tokens so far, a row
+        that stopped its tokens and then ``pad_token_id`` (as HF pads finished rows), a row further
+        along the first ``n`` of its new tokens (a stand-in: only the group's rows' scores are
+        kept). Needs :attr:`host_out_len`."""
         groups: dict[int, list[int]] = {}
-        for b, n in enumerate(self.host_out_len):
-            groups.setdefault(n, []).append(b)
+        for b, (n, running) in enumerate(zip(self.host_out_len, self.host_active, strict=True)):
+            if running:
+                groups.setdefault(n, []).append(b)
+        if not groups:  # nothing runs (a prefill scores every row at n = 0)
+            groups = {0: list(range(self.batch_size))}
+        dev = self.prompt.device
         for n, rows in groups.items():
-            idx = torch.tensor(rows, device=self.prompt.device)
-            yield torch.cat([self.prompt[idx], self.out[idx, :n]], 1), idx
+            new = self.out[:, :n]
+            past_end = torch.arange(n, device=dev)[None, :] >= self.out_len[:, None]
+            ids = torch.cat([self.prompt, new.masked_fill(past_end, self.pad_token_id)], 1)
+            yield ids, torch.tensor(rows, device=dev)
 
     def rewind(self) -> None:
         """Move every layer back to ``seq_len`` mid-round (a drafter that wrote the KV of some

@@ -1,6 +1,12 @@
 """What eedecode can reproduce of a Hugging Face model, checked before anything runs: the
-architecture, hooks on modules whose forward the runner never calls, train-mode dropout, RoPE
-variants whose frequencies change with the sequence length, and the position limit."""
+architecture; modules whose ``forward`` the runner never calls (the model, its body, the decoder
+layers, their attention blocks) replaced, subclassed or hooked; train-mode dropout; RoPE variants
+whose frequencies change with the sequence length.
+
+The runner calls the projections, norms, MLPs and the rotary embedding through the modules
+themselves whenever they are not exactly Hugging Face's (:mod:`eedecode.model.layer_ops`), so a
+patched or hooked one of those is honoured; it never calls the others' ``forward``, so a change
+there would be silently skipped: it is refused, naming the module."""
 
 from __future__ import annotations
 
@@ -50,47 +56,57 @@ def _user_hooked(m: torch.nn.Module) -> bool:
     return any(not _is_transformers_hook(h) for h in hooks)
 
 
-def _unrunnable_hooks(model):
-    """Modules whose forward eedecode never calls, with hooks on them: the model, its body, the
-    decoder layers, their attention blocks and the rotary embedding."""
+def _changed(m: torch.nn.Module) -> str | None:
+    """How ``m``'s forward is not Hugging Face's own, or None: a forward set on the instance, a
+    class from outside transformers (a subclass overriding it), hooks."""
+    if "forward" in m.__dict__ and getattr(m, "_hf_hook", None) is None:  # accelerate's own: handled
+        return "its forward was replaced"
+    if not type(m).__module__.startswith("transformers."):
+        return f"its class {type(m).__qualname__} (from {type(m).__module__}) is not Hugging Face's"
+    if _user_hooked(m):
+        return "it has a forward hook or pre-hook"
+    return None
+
+
+def _unrunnable_changes(model):
+    """Modules whose forward eedecode never calls, changed: the model, its body, the decoder
+    layers and their attention blocks."""
     inner = model.model
-    candidates = [("", model), ("model", inner), ("model.rotary_emb", inner.rotary_emb)]
+    candidates = [("the model", model), ("model.model", inner)]
     for i, layer in enumerate(inner.layers):
-        candidates += [(f"model.layers.{i}", layer), (f"model.layers.{i}.self_attn", layer.self_attn)]
-    return [(n, m) for n, m in candidates if _user_hooked(m)]
+        candidates += [
+            (f"model.model.layers.{i}", layer),
+            (f"model.model.layers.{i}.self_attn", layer.self_attn),
+        ]
+    hooked_rope = _user_hooked(inner.rotary_emb)
+    found = [(name, why) for name, m in candidates if (why := _changed(m)) is not None]
+    return found + ([("model.model.rotary_emb", "it has a forward hook or pre-hook")] if hooked_rope else [])
 
 
-def check_generation(runner, total_len: int, speculative: bool) -> None:
+def check_generation(model, total_len: int, speculative: bool) -> None:
     """Raise, naming the cause, where running this model layer range by layer range would not
     compute what its own forward computes."""
-    model = runner.model
-    dropout = getattr(runner.config, "attention_dropout", 0.0) or 0.0
+    config = model.config
+    dropout = getattr(config, "attention_dropout", 0.0) or 0.0
     if model.training and dropout > 0:
         raise ValueError(
             f"model: is in train() mode with attention_dropout={dropout}; its outputs would be random. "
             "Call model.eval() first"
         )
-    hooked = _unrunnable_hooks(model)
-    if hooked:
-        name = hooked[0][0]
+    changed = _unrunnable_changes(model)
+    if changed:
+        name, why = changed[0]
         raise ValueError(
-            f"model: {name or 'the model'} has a forward hook or pre-hook; eedecode runs the decoder "
-            "layers through their submodules and would skip it. Remove it, or register it on a "
-            "projection, norm or MLP (those hooks are honoured)"
+            f"model: {name}: {why}; eedecode runs the decoder layers through their submodules "
+            "(projections, norms, MLP) and would skip it. Undo it, or make the change on a "
+            "projection, norm or MLP (those are honoured)"
         )
-    rope = getattr(runner.rotary_emb, "rope_type", "default")
-    switch = _rope_switch_length(runner.config, rope) if rope in _LENGTH_DEPENDENT_ROPE else None
-    crosses = switch is not None and total_len > switch
-    if speculative and crosses:
+    rope = getattr(model.model.rotary_emb, "rope_type", "default")
+    switch = _rope_switch_length(config, rope) if rope in _LENGTH_DEPENDENT_ROPE else None
+    if speculative and switch is not None and total_len > switch:
         raise ValueError(
             f"rope_scaling: {rope!r} RoPE changes its frequencies once a sequence passes {switch} "
             f"positions; verifying several tokens at once would not match one-at-a-time decoding. "
             f"This generation reaches {total_len} positions: use mode='autoregressive', or fewer "
             "max_new_tokens"
-        )
-    limit = runner.max_positions
-    if limit is not None and total_len > limit and not (rope == "dynamic" and not speculative):
-        raise ValueError(
-            f"max_new_tokens: the prompt and max_new_tokens reach {total_len} positions, more than the "
-            f"model's max_position_embeddings ({limit})"
         )

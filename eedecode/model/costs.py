@@ -2,7 +2,8 @@
 round of drafting is therefore worth. The adaptive mode plans with it, the benchmark reports its
 ideal speed-up with it, and the agreement study predicts speed with it.
 
-* **Measured**: :func:`block_costs` times a full-depth pass (layers ``[0, L)`` and the logits) over
+* **Measured**: :func:`block_costs` (and, from two points, :func:`linear_block_costs`) times a
+  full-depth pass (layers ``[0, L)`` and the logits) over
   ``T`` tokens per row on a scratch cache, relative to one token, once per model, batch size and
   length (the minimum of a few passes: the work is deterministic, interference only adds). It is
   what verifying ``T - 1`` drafts costs. While decoding is bandwidth-bound that is about one step
@@ -29,16 +30,18 @@ CONTEXT = 32
 
 
 @torch.no_grad()
-def _time_blocks(runner, batch_size: int, max_tokens: int, reps: int) -> list[float]:
+def _time_blocks(runner, batch_size: int, sizes: list[int], reps: int) -> list[float]:
+    """Seconds of a full-depth pass over ``T`` tokens per row, for each ``T`` in ``sizes``
+    (relative to the first)."""
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(0, runner.vocab_size, (batch_size, CONTEXT), generator=g).to(runner.device)
-    cache = runner.new_cache(batch_size, CONTEXT + max_tokens)
+    cache = runner.new_cache(batch_size, CONTEXT + max(sizes))
     runner.prefill(ids, cache)
     base = torch.full((batch_size,), CONTEXT, dtype=torch.long, device=cache.device)
-    blocks = [runner.embed(ids[:, :T]) for T in range(1, max_tokens + 1)]
-    best = [float("inf")] * max_tokens
+    blocks = [runner.embed(ids[:, :T]) for T in sizes]
+    best = [float("inf")] * len(sizes)
     for _ in range(reps + 1):  # the first pass warms up
-        for T, hidden in enumerate(blocks, start=1):
+        for i, hidden in enumerate(blocks):
             cache.rollback(base, CONTEXT, uniform=True)
             if hidden.is_cuda:
                 torch.cuda.synchronize(hidden.device)
@@ -46,7 +49,7 @@ def _time_blocks(runner, batch_size: int, max_tokens: int, reps: int) -> list[fl
             runner.logits(runner.run_layers(hidden, 0, runner.num_layers, cache))
             if hidden.is_cuda:
                 torch.cuda.synchronize(hidden.device)
-            best[T - 1] = min(best[T - 1], time.perf_counter() - t0)
+            best[i] = min(best[i], time.perf_counter() - t0)
     return [t / best[0] for t in best]
 
 
@@ -57,8 +60,29 @@ def block_costs(runner, batch_size: int, max_tokens: int, reps: int = 3) -> list
     tables = memory_of(runner.model).block_costs
     key = (batch_size, max_tokens)
     if key not in tables:
-        tables[key] = _time_blocks(runner, batch_size, max_tokens, reps)
+        tables[key] = _time_blocks(runner, batch_size, list(range(1, max_tokens + 1)), reps)
     return tables[key]
+
+
+def linear_block_costs(runner, batch_size: int, max_tokens: int, reps: int = 2) -> list[float]:
+    """:func:`block_costs` from two measured points (one token, ``max_tokens`` tokens), in
+    between a straight line: cheap enough to measure inside a call (a few passes, once per
+    model, batch size and length)."""
+    tables = memory_of(runner.model).block_costs
+    key = (batch_size, max_tokens, "linear")
+    if key not in tables:
+        one, last = _time_blocks(runner, batch_size, [1, max_tokens], reps) if max_tokens > 1 else (1.0, 1.0)
+        slope = (last - one) / max(max_tokens - 1, 1)
+        tables[key] = [1.0 + slope * (T - 1) for T in range(1, max_tokens + 1)]
+    return tables[key]
+
+
+def measured_block_costs(runner, batch_size: int, max_tokens: int) -> list[float] | None:
+    """A verification table of at least ``max_tokens`` already measured for this model and batch
+    size (nothing is measured here), or None."""
+    tables = memory_of(runner.model).block_costs
+    found = [t for (b, n, *_), t in tables.items() if b == batch_size and n >= max_tokens]
+    return found[0] if found else None
 
 
 def preferred_block_sizes(costs: list[float]) -> list[int]:

@@ -13,6 +13,7 @@ import contextlib
 import functools
 import importlib.util
 import json
+import re
 import warnings
 from pathlib import Path
 from typing import NamedTuple
@@ -72,24 +73,77 @@ def smollm2_path() -> Path:
     return path
 
 
+#: A Hugging Face model id: ``owner/name`` (letters, digits, ``-_.``), nothing else.
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.\-]*/[\w.\-]+")
+WEIGHT_FILES = ("*.safetensors", "*.bin", "*.pt", "*.pth", "*.gguf")
+
+
 def resolve_model_path(model: str | Path | None) -> Path:
-    """A demo name, ``smollm2``, or a path -> the checkpoint folder or ``.gguf`` file."""
+    """A demo name, ``smollm2``, a path, or a Hugging Face model id found in the local cache ->
+    the checkpoint folder or ``.gguf`` file."""
     if model is None or str(model) in DEMO_NAMES:
         return demo.demo_model_path(DEMO_NAMES[str(model or "demo")])
     if str(model) == SMOLLM2:
         return smollm2_path()
     path = Path(model).expanduser()
+    if not path.exists() and HUB_ID.fullmatch(str(model)):
+        path = cached_hub_model(str(model))
     if not path.exists():
         names = ", ".join([*DEMO_NAMES, SMOLLM2, SYNTHETIC_PREFIX + "<shape>"])
         raise FileNotFoundError(
-            f"model: {str(model)!r} is not a file or folder (or one of {names}); "
-            "models are loaded offline from local files"
+            f"model: {str(model)!r} is not a file or folder, a model in the local Hugging Face cache, "
+            f"or one of {names}; models are loaded offline from local files"
         )
     if path.is_file() and path.suffix != ".gguf":
         raise ValueError(f"model: {path} is a file but not a .gguf file; pass a checkpoint folder or a .gguf")
-    if path.is_dir() and not (path / "config.json").is_file():
-        raise FileNotFoundError(f"model: {path} has no config.json; is it a Hugging Face checkpoint folder?")
+    if path.is_dir():
+        config = path / "config.json"
+        if not config.is_file():
+            raise FileNotFoundError(
+                f"model: {path} has no config.json; is it a Hugging Face checkpoint folder?"
+            )
+        _read_json(config, "model")
+        if not any(any(path.glob(pattern)) for pattern in WEIGHT_FILES):
+            raise FileNotFoundError(f"model: {path} has no weights (no .safetensors or .bin file)")
     return path
+
+
+def cached_hub_model(model_id: str) -> Path:
+    """The local snapshot of Hugging Face model ``model_id`` (no network: the cache only)."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.constants import HF_HUB_CACHE
+
+    try:
+        return Path(snapshot_download(model_id, local_files_only=True))
+    except Exception:  # not cached (LocalEntryNotFoundError), or a cache the hub cannot read
+        raise FileNotFoundError(
+            f"model: {model_id!r} is not in the local Hugging Face cache ({HF_HUB_CACHE}); eedecode loads "
+            f"models offline: download it where a network is available (`hf download {model_id}`), "
+            "or pass its folder"
+        ) from None
+
+
+def _read_json(path: Path, what: str) -> dict:
+    """A JSON object from ``path``; a ValueError naming ``what`` and the file otherwise."""
+    try:
+        data = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ValueError(f"{what}: {path} is not valid JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{what}: {path} must hold a JSON object, got {type(data).__name__}")
+    return data
+
+
+def describe_model(model: str | None) -> str:
+    """What loading ``model`` means, in words, for a progress message (no file is read)."""
+    name = str(model or "demo")
+    if name in DEMO_NAMES:
+        return f"the shipped {DEMO_NAMES[name].replace('_', '-')} demo model"
+    if name == SMOLLM2:
+        return f"SmolLM2-135M ({SMOLLM2_FILE}: dequantising the GGUF, this takes a while)"
+    if name.endswith(".gguf"):
+        return f"{name} (dequantising the GGUF)"
+    return name
 
 
 def recommended_settings(path: str | Path) -> dict:
@@ -98,7 +152,7 @@ def recommended_settings(path: str | Path) -> dict:
     f = (path if path.is_dir() else path.parent) / SETTINGS_FILE
     if path.is_file() and path.suffix == ".gguf":
         f = path.with_suffix(".eedecode.json")
-    return json.loads(f.read_text()) if f.is_file() else {}
+    return _read_json(f, "settings") if f.is_file() else {}
 
 
 @contextlib.contextmanager

@@ -1,7 +1,8 @@
 """What eedecode keeps for a model between calls, in one object the caller can see, keep and reset.
 
-Measuring a step's costs and learning a drafting policy take time; both hold for one model on one
-machine, so they are kept: the verification cost table per batch size and block length
+Packing the weights, measuring a step's costs and learning a drafting policy take time; all three
+hold for one model on one machine, so they are kept: the packed copy of the weights
+(:mod:`eedecode.model.packing`), the verification cost table per batch size and block length
 (:mod:`eedecode.model.costs`), the weight counts the cost prior is built from, and each decoding
 mode's learned state (the adaptive mode's policies, one per set of drafting options). They live in
 the model's :class:`ModelMemory`, which :func:`memory_of` returns (the same object for as long as the
@@ -22,6 +23,8 @@ class ModelMemory:
         self.block_costs: dict[tuple[int, int], list[float]] = {}  # (batch, tokens) -> costs
         self.weight_counts: tuple[int, int] | None = None  # (one layer, the LM head)
         self.modes: dict[str, object] = {}  # mode name -> what the mode learned (its own type)
+        #: The packed copy of the weights (eedecode.model.packing): (fingerprint, layers, head).
+        self.packed: tuple | None = None
 
     def of_mode(self, name: str, factory):
         """The learned state of mode ``name``, made by ``factory()`` the first time."""
@@ -34,11 +37,12 @@ class ModelMemory:
         self.block_costs.clear()
         self.weight_counts = None
         self.modes.clear()
+        self.packed = None
 
     def __repr__(self) -> str:
         return (
-            f"ModelMemory(block cost tables: {len(self.block_costs)}, "
-            f"modes with learned state: {sorted(self.modes)})"
+            f"ModelMemory(packed copy: {self.packed is not None}, block cost tables: "
+            f"{len(self.block_costs)}, modes with learned state: {sorted(self.modes)})"
         )
 
 

@@ -1,5 +1,4 @@
-"""Packed weights: each decoder layer's projections in the layout the CPU hot path reads fastest,
-made once per model, in place, without a second copy of the weights.
+"""Packed weights: each decoder layer's projections in the layout the CPU hot path reads fastest.
 
 Per decoder layer, every matrix transposed and contiguous (``[in, out]``), groups side by side::
 
@@ -13,18 +12,23 @@ and the LM head ``[H, V]`` when it is not tied to the embedding and at most
 :mod:`eedecode.kernels.cpu_matmul` (MKL reads transposed weights fastest for 1 to 3 rows; fusing
 saves three products per layer).
 
-**In place.** The model's parameters become views of the packed storage (``q_proj.weight`` is
-``qkv[:, :q].t()``), so the model holds one copy of its weights; packing a layer needs one
-layer's group of matrices as scratch. The model's own forward and Hugging Face ``generate`` still
-work and compute the same function, rounded differently: ``F.linear`` on a transposed view
-makes MKL multiply with the other transpose flag. ``load_state_dict`` and in-place optimizer
-steps write into the packed storage. ``state_dict()`` returns contiguous copies of the packed
-parameters, which ``save_pretrained`` needs.
+Three ways (``pack=`` of :func:`packed_weights`, ``generate(pack=...)``):
 
-**Found again, never cached.** :func:`packed_layer` recognises a packed layer from its
-parameters' strides and shared storage. Nothing is kept on the side, so a parameter that was
-replaced (``model.to(...)``, a new ``Parameter``) is simply not packed any more, and the next
-runner packs it again.
+* **``"copy"``, the default: beside the model.** The packed matrices are new tensors, made once
+  per model and kept in its :class:`~eedecode.model.memory.ModelMemory`; the model is not touched
+  (its forward, ``state_dict()`` and ``save_pretrained`` behave exactly as before). They cost a
+  second copy of the layers' projection weights (and of an untied LM head up to
+  :data:`HEAD_MAX_BYTES`). Each call checks that the model's parameters are still the ones copied
+  (the same tensors, unmodified: their storage and version counters), and packs again if not.
+  When the copy would take more than half of the memory available, the call runs unpacked.
+* **``"in_place"``, opt-in: no second copy.** The model's parameters become views of the packed
+  storage (``q_proj.weight`` is ``qkv[:, :q].t()``); packing a layer needs one layer's group of
+  matrices as scratch. This changes the model: its own forward computes the same function rounded
+  differently (``F.linear`` on a transposed view makes MKL multiply with the other transpose flag;
+  in bfloat16 the logits move), and ``state_dict()`` returns contiguous copies, which
+  ``save_pretrained`` needs but which no longer alias the parameters. :func:`packed_layer`
+  recognises such a layer again from its parameters' strides and shared storage.
+* **``"none"``**: every layer runs through its modules.
 
 **What is packed.** A layer on the CPU whose seven projections are plain ``nn.Linear`` without
 hooks, in one dtype of float32 / bfloat16 / float16, with a bias on all or none of a group's
@@ -35,13 +39,18 @@ this layout was never measured).
 
 from __future__ import annotations
 
+import os
+import warnings
 from dataclasses import dataclass
 
 import torch
 
+from .memory import memory_of
+
 Tensor = torch.Tensor
 
 PACK_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+PACK_MODES = ("copy", "in_place", "none")
 #: A head larger than this stays ``[V, H]``: transposing it needs a whole second copy as scratch.
 HEAD_MAX_BYTES = 64 << 20
 _ATTENTIONS = ("LlamaAttention", "MistralAttention", "Qwen2Attention")
@@ -211,3 +220,92 @@ def pack_head(lm_head, embed_tokens) -> Tensor | None:
         _pack_group([lm_head])
         found = _packed_group([lm_head])
     return found[0]
+
+
+# -- packing beside the model --------------------------------------------------------------------
+def _copy_group(linears: list[torch.nn.Linear]) -> tuple[Tensor, Tensor | None]:
+    """New tensors: the group's weights transposed side by side ``[in, sum(out)]``, and biases."""
+    weight = torch.cat([lin.weight.detach().t() for lin in linears], 1).contiguous()
+    bias = torch.cat([lin.bias.detach() for lin in linears]) if linears[0].bias is not None else None
+    return weight, bias
+
+
+def _copy_layer(layer) -> PackedLayer | None:
+    found = packed_layer(layer)  # packed in place earlier: nothing to copy
+    if found is not None or not packable(layer):
+        return found
+    return PackedLayer(*(t for g in _groups(layer) for t in _copy_group(g)))
+
+
+def _head_packable(lm_head, embed_tokens) -> bool:
+    w = getattr(lm_head, "weight", None)
+    return (
+        type(lm_head) is torch.nn.Linear
+        and not hooked(lm_head)
+        and lm_head.bias is None
+        and w is not getattr(embed_tokens, "weight", None)
+        and w.dtype in PACK_DTYPES
+        and w.device.type == "cpu"
+        and w.numel() * w.element_size() <= HEAD_MAX_BYTES
+    )
+
+
+def _fingerprint(model) -> tuple:
+    """The parameters as they are now: which tensors, where their data is, how often modified
+    (every in-place change bumps a tensor's version counter)."""
+    return tuple((id(p), p.data_ptr(), p._version, p.dtype, tuple(p.shape)) for p in model.parameters())
+
+
+def _available_bytes() -> int | None:
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _copy_bytes(layers, lm_head, embed_tokens) -> int:
+    total = 0
+    for layer in layers:
+        if packable(layer) and packed_layer(layer) is None:
+            total += sum(lin.weight.numel() * lin.weight.element_size() for g in _groups(layer) for lin in g)
+    if _head_packable(lm_head, embed_tokens) and _packed_group([lm_head]) is None:
+        total += lm_head.weight.numel() * lm_head.weight.element_size()
+    return total
+
+
+def packed_weights(model, layers, lm_head, embed_tokens, pack="copy") -> tuple[list, Tensor | None]:
+    """Per decoder layer its :class:`PackedLayer` (None: it runs through its modules), and the LM
+    head as ``[H, V]`` (None: it stays ``[V, H]``), packed as ``pack`` says (see the module
+    docstring)."""
+    if pack not in PACK_MODES:
+        raise ValueError(f"pack: must be one of {PACK_MODES}, got {pack!r}")
+    if pack == "in_place":
+        return [pack_layer(layer) for layer in layers], pack_head(lm_head, embed_tokens)
+    if pack == "none":
+        return [packed_layer(layer) for layer in layers], None
+    memory = memory_of(model)
+    # the parameters, and what may be packed now (a hook registered since runs through its module)
+    fingerprint = (
+        _fingerprint(model),
+        tuple(packable(layer) for layer in layers),
+        _head_packable(lm_head, embed_tokens),
+    )
+    kept = memory.packed
+    if kept is not None and kept[0] == fingerprint:
+        return kept[1], kept[2]
+    memory.packed = None  # the model changed: the old copy goes before the new one is made
+    available = _available_bytes()
+    if available is not None and _copy_bytes(layers, lm_head, embed_tokens) > available // 2:
+        warnings.warn(
+            "pack: a packed copy of the weights would take more than half of the free memory; "
+            "running unpacked (pass pack='in_place' to pack the model's own weights)",
+            stacklevel=3,
+        )
+        return [packed_layer(layer) for layer in layers], None
+    packed = [_copy_layer(layer) for layer in layers]
+    head = None
+    if _head_packable(lm_head, embed_tokens):
+        found = _packed_group([lm_head])
+        head = found[0] if found is not None else lm_head.weight.detach().t().contiguous()
+    memory.packed = (fingerprint, packed, head)
+    return packed, head

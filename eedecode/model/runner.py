@@ -29,7 +29,7 @@ from .layer_ops import (
     signed_sin,
     sliding_windows,
 )
-from .packing import PackedLayer, hooked, pack_head, pack_layer, packed_layer
+from .packing import PACK_DTYPES, PackedLayer, hooked, packed_weights
 
 Tensor = torch.Tensor
 
@@ -46,12 +46,14 @@ class ModelRunner:
     Without a cache, ``run_layers`` runs a causal block on its own (training, teacher-forced
     studies) and autograd works through it; the decoding loops call it under ``torch.no_grad``.
 
-    ``pack=True`` packs the model's weights in place once (:mod:`eedecode.model.packing`); under
-    ``torch.no_grad`` a packed layer then runs as four fused products on the packed matrices.
-    With autograd on, every layer runs on the parameters themselves (views of the same storage).
+    ``pack``: ``"copy"`` (packed weights beside the model, which is not touched), ``"in_place"``
+    or ``"none"`` (:mod:`eedecode.model.packing`). Under ``torch.no_grad`` a packed layer runs as
+    four fused products on the packed matrices; with autograd on, every layer runs on the
+    parameters themselves. A packed copy is checked against the parameters when the runner is
+    built: a runner kept while the weights change (training) should not pack a copy.
     """
 
-    def __init__(self, model, pack: bool = True):
+    def __init__(self, model, pack: str = "copy"):
         check_supported(model)
         self.model = model
         inner = model.model
@@ -97,23 +99,19 @@ class ModelRunner:
         # The fused exit head needs the final norm's weight and epsilon and a plain LM-head weight;
         # a quantized or biased head goes through the modules instead.
         self.norm_eps = getattr(self.norm, "variance_epsilon", None)
-        head_w = getattr(self.lm_head, "weight", None)
-        self.fused_head = (
-            plain_linear(self.lm_head)
-            and not hooked(self.norm)
-            and self.lm_head.bias is None
-            and self.norm_eps is not None
-            and head_w is not None
-            and head_w.dtype in (torch.float32, torch.float16, torch.bfloat16)
-            and head_w.device == self.norm.weight.device
-        )
+        w = getattr(self.lm_head, "weight", None)
+        fusable = w is not None and w.dtype in PACK_DTYPES and w.device == self.norm.weight.device
+        plain = plain_linear(self.lm_head) and self.lm_head.bias is None and not hooked(self.norm)
+        self.fused_head = fusable and plain and self.norm_eps is not None
 
-    def _pack(self, pack: bool) -> None:
-        """Find (and with ``pack``, make) the packed matrices of every layer and the head, and
-        decide whether the weights stream from memory (eedecode/kernels/cpu_matmul.py)."""
-        find = pack_layer if pack else packed_layer
-        self.packed: list[PackedLayer | None] = [find(layer) for layer in self.layers]  # None: modules
-        self.head_t = pack_head(self.lm_head, self.embed_tokens) if pack else None  # [H, V] or None
+    def _pack(self, pack: str) -> None:
+        """The packed matrices of every layer and the head (None: modules, ``[V, H]``), and
+        whether the weights stream from memory (eedecode/kernels/cpu_matmul.py)."""
+        packed, self.head_t = packed_weights(self.model, self.layers, self.lm_head, self.embed_tokens, pack)
+        self.packed: list[PackedLayer | None] = packed
+        # the LM head as [V, H] for the exit head and the logits (a view of the packed [H, V] one)
+        head = self.head_t
+        self.head_weight = head.t() if head is not None else getattr(self.lm_head, "weight", None)
         weights = [t for p in self.packed if p for t in (p.qkv, p.o, p.gate_up, p.down)]
         weights.append(getattr(self.lm_head, "weight", None))
         nbytes = sum(t.numel() * t.element_size() for t in weights if t is not None)
@@ -271,7 +269,7 @@ class ModelRunner:
         if torch.is_grad_enabled() or not self._plain_head:
             logits = self._head(h)
         else:  # the product the weights' layout reads fastest (eedecode/kernels/cpu_matmul.py)
-            flat = linear(h.reshape(-1, h.shape[-1]), self.lm_head.weight, self.lm_head.bias, self.stream)
+            flat = linear(h.reshape(-1, h.shape[-1]), self.head_weight, self.lm_head.bias, self.stream)
             logits = flat.view(*h.shape[:-1], flat.shape[-1])
         return logits if logits.dtype == torch.float32 else logits.float()
 
@@ -298,7 +296,7 @@ class ModelRunner:
                 hidden,
                 self.norm.weight,
                 self.norm_eps,
-                self.lm_head.weight,
+                self.head_weight,
                 temperature=temperature,
                 token_ids=token_ids,
                 seed=seed,
@@ -322,7 +320,7 @@ class ModelRunner:
         hidden = hidden.to(self.head_device)
         if not self.fused_head:
             return self.logits(hidden)
-        return exit_head_logits(hidden, self.norm.weight, self.norm_eps, self.lm_head.weight)
+        return exit_head_logits(hidden, self.norm.weight, self.norm_eps, self.head_weight)
 
     @torch.no_grad()
     def prefill(self, input_ids: Tensor, cache: KVCache, end: int | None = None) -> Tensor:

@@ -18,3 +18,6 @@ class Autoregressive(Mode):
 
     def describe(self) -> str:
         return "autoregressive"
+
+    def speedup_over_plain(self, stats, decode_rate: float):
+        return 1.0, "this is plain decoding"

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from ..drafting.exit import ExitDrafter
 from ..drafting.verify import verify
 from ..engine.mode import Mode, Round, is_int, option, register
+from ..model.costs import ideal_speedup, layer_cost, measured_block_costs
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,12 @@ class SelfSpeculativeOptions:
 
     def validate(self, num_layers: int) -> None:
         E = self.exit_layer
+        if num_layers < 2:
+            raise ValueError(
+                "exit_layer: there is no exit layer on a 1-layer model (drafting needs a layer below "
+                "the last); use mode='autoregressive', or leave the mode unset (the adaptive mode then "
+                "decodes plainly)"
+            )
         if E is not None and (not is_int(E) or not 1 <= E <= num_layers - 1):
             raise ValueError(
                 f"exit_layer: must be an int in 1..{num_layers - 1} for a model of {num_layers} "
@@ -118,6 +125,22 @@ class SelfSpeculative(Mode):
         proposal = self.drafter.propose(state, k, self.options.draft_confidence_threshold)
         self.drafted_last = proposal.k
         return verify(state, proposal)
+
+    def speedup_over_plain(self, stats, decode_rate: float):
+        """Estimated by the cost model, when this model's verification table is measured already
+        (an adaptive call, the benchmark, or ``eedecode generate`` measure it): the tokens per
+        round over a round's cost in plain steps (a draft step by its share of the weights)."""
+        if not stats.row_rounds:
+            return None
+        drafts = stats.drafted_tokens / stats.row_rounds
+        k = min(max(round(drafts), 0), self.max_drafts)
+        batch = max(round(stats.row_rounds / max(stats.rounds, 1)), 1)
+        table = measured_block_costs(self.runner, batch, k + 1)
+        if table is None:
+            return None
+        c = layer_cost(self.runner, self.options.exit_layer)
+        tokens = (stats.accepted_tokens + stats.row_rounds) / stats.row_rounds
+        return ideal_speedup(tokens, drafts, c, table[k]), "estimated from the cost model"
 
     def describe(self) -> str:
         o = self.options

@@ -90,7 +90,7 @@ def train(cfg: TrainConfig) -> TrainResult:
     device = resolve_device(cfg.device)
     tokenizer, train_ids, eval_blocks, data = prepare_data(cfg)
     model = build_model(cfg, tokenizer).to(device).train()
-    runner = ModelRunner(model)
+    runner = ModelRunner(model, pack="none")  # the weights change as it trains: no packed copy
     run = _train_loop(cfg, runner, train_ids, spread_blocks(eval_blocks, cfg.eval_blocks_quick), device)
     # evaluate the weights as they will be saved
     with torch.no_grad():

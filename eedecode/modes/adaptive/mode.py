@@ -258,10 +258,24 @@ class Adaptive(Mode):
 
     def report(self) -> dict:
         exits = self.exit_layers
+        pulls = sorted(self.pulls.items(), key=lambda kv: -kv[1])
+        words = {a.key: a.describe() for a in self.policy.arms}
         return {
-            "arms": dict(sorted(self.pulls.items(), key=lambda kv: -kv[1])),
+            "arms": dict(pulls),
+            "rounds_by_arm": {words.get(key, key): n for key, n in pulls},
             "mean_exit_layer": sum(exits) / len(exits) if exits else None,
         }
+
+    def speedup_over_plain(self, stats, decode_rate: float):
+        """Against the plain rounds' measured rate (this call's, else earlier calls' on this model)."""
+        plain = self.policy.bandit.rate(PLAIN)
+        if plain <= 0 or decode_rate <= 0:
+            return None
+        n = self.pulls.get(PLAIN.key, 0)
+        where = (
+            f"measured in {n} plain rounds of this call" if n else "measured in plain rounds of earlier calls"
+        )
+        return decode_rate / plain, f"{where}, {plain:.1f} tok/s"
 
     def describe(self) -> str:
         return f"adaptive (best so far: {self.policy.best().describe()})"

@@ -14,7 +14,7 @@ reasoning, Zarch et al. 2025.)
 from __future__ import annotations
 
 from ...drafting.run_lengths import RunLengths
-from ...model.costs import block_costs, layer_cost
+from ...model.costs import layer_cost, linear_block_costs
 from .arms import Arm
 from .bandit import bucket_of
 from .store import Policy, StepTimes
@@ -27,7 +27,7 @@ PLAN_EVERY = 32
 EXPLORE_LONGER = 8
 #: The prefix of a draft-length model fed by the probe alone.
 PROBED = "probe:"
-#: Timings of the verification cost table (its minimum over this many passes).
+#: Timings of each of the verification cost table's two points (its minimum over this many passes).
 COST_TABLE_REPS = 2
 
 
@@ -71,7 +71,7 @@ class Planner:
         the draft-length model (probe and rounds) and the costs measured at this batch size."""
         self.rounds = 0
         self.bucket = bucket_of(batch_size)
-        self.costs = block_costs(self.runner, batch_size, self.K + 1, reps=COST_TABLE_REPS)
+        self.costs = linear_block_costs(self.runner, batch_size, self.K + 1, reps=COST_TABLE_REPS)
         arms = self.policy.arms
         exits = {a.drafter: a.exit_layer for a in arms if a.kind in ("exit", "mixed")}
         drafters = [d for d in exits if self.policy.probed.get(d, 0) > 0]
