@@ -16,7 +16,7 @@ LONG_REASON = "Longer than 350 lines because"
 LAYERS = ("kernels", "model", "engine", "drafting", "modes", "api")
 #: The tools: they import the layers, never each other, and nothing below the command line
 #: imports them.
-TOOLS = ("bench", "study", "training")
+TOOLS = ("bench", "study", "training", "serving")
 #: Modules allowed directly in eedecode/ besides the sub-packages.
 MAX_TOP_LEVEL = 8
 
