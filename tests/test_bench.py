@@ -124,6 +124,8 @@ def test_methods_come_from_the_strategy_registry():
         "eedecode_ee",
         "eedecode_ss",
         "eedecode_oracle",
+        "llamacpp_f32",
+        "llamacpp_f16",
     ]
     assert [m.display for m in methods.values()][4:] == [
         "eedecode autoregressive",
@@ -131,8 +133,10 @@ def test_methods_come_from_the_strategy_registry():
         "eedecode early-exit",
         "eedecode self-speculative",
         "oracle bound (eedecode)",
+        "llama.cpp (F32)",
+        "llama.cpp (F16)",
     ]
-    assert [m.lossless for m in methods.values()] == [True] * 6 + [False, True, True]
+    assert [m.lossless for m in methods.values()] == [True] * 6 + [False, True, True, True, True]
     spec = Speculation(exit_layer=2, num_speculations=3, prompt_lookup_num_tokens=7)
     assert methods["eedecode_ss"].settings(spec) == {"exit_layer": 2, "num_speculations": 3}
     assert methods["eedecode_ar"].settings(spec) == {}  # the settings its mode has: none
@@ -242,27 +246,42 @@ def test_hf_early_exit_and_the_oracle_take_their_own_settings_as_variants(monkey
 
 # -- the table -------------------------------------------------------------------------------------
 def test_markdown_table_of_a_hand_made_record():
-    settings = dict(exit_layer=2, num_layers=8, num_speculations=3, max_new_tokens=16, num_prompts=4)
+    settings = dict(
+        exit_layer=2, num_layers=8, num_speculations=3, max_new_tokens=16, num_prompts=4, repeats=3
+    )
     ss = dict(method="eedecode_ss", batch_size=1, tokens_per_s=123.46, speedup_vs_hf=1.5, identical_to_hf=4)
     ss.update(acceptance_rate=0.625, mean_tokens_per_round=2.75, ideal_speedup=1.25, efficiency=0.8)
-    ss.update(mean_drafts_per_round=2.8, mean_exit_layer=2.0)
+    ss.update(mean_drafts_per_round=2.8, mean_exit_layer=2.0, speedup_vs_hf_runs=[1.25, 1.5, 1.625])
+    ss.update(speedup_vs_ar=1.2, speedup_vs_ar_runs=[1.2, 1.1, 1.3])
+    ss.update(latency=dict(ttft_ms=12.34, token_ms_p50=4.321, token_ms_p95=9.876, token_ms_p99=15.55))
     hf = dict(method="hf", batch_size=4, tokens_per_s=50.0, speedup_vs_hf=1.0, identical_to_hf=3)
     gone = dict(method="eedecode_gone", batch_size=1, tokens_per_s=1.0)  # a mode no longer registered
     ee = dict(method="eedecode_ee@kv_strategy=copy", batch_size=1, tokens_per_s=9.0, identical_to_hf=1)
     ee.update(lossless=False, token_agreement_with_hf=0.755, mean_exit_layer=3.25)
     record = {"settings": settings, "step_costs": {"c": 0.25, "v": 1.5}, "results": [ss, hf, gone, ee]}
     assert bench.markdown_table(record).splitlines() == [
-        "E = 2 of 8 layers, k = 3, 16 new tokens, 4 prompts; step costs: c = 0.250, v = 1.500",
+        "E = 2 of 8 layers, k = 3, 16 new tokens, 4 prompts; step costs: c = 0.250, v = 1.500; "
+        "speed-ups: median (lowest–highest of 3 runs)",
         "",
-        "| method | batch | tokens/s (median) | vs HF generate | acceptance | drafts/round | tokens/round "
-        "| exit layer | ideal | efficiency | identical to HF |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
-        "| eedecode self-speculative | 1 | 123.5 | 1.50× | 62.5% | 2.80 | 2.75 | 2.0 | 1.25× | 0.80 | 4/4 |",
-        "| HF generate | 4 | 50.0 | 1.00× |  |  |  |  |  |  | 3/4 |",
-        "| eedecode_gone | 1 | 1.0 |  |  |  |  |  |  |  |  |",
-        "| eedecode early-exit [kv_strategy=copy] | 1 | 9.0 |  |  |  |  | 3.2 |  |  "
+        "| method | batch | tokens/s (median) | vs HF generate | vs eedecode AR | TTFT ms | ms/token p50 "
+        "| p95 | p99 | acceptance | drafts/round | tokens/round | exit layer | ideal | efficiency "
+        "| identical to HF |",
+        "|---|" + "---:|" * 15,
+        "| eedecode self-speculative | 1 | 123.5 | 1.50× (1.25–1.62) | 1.20× (1.10–1.30) | 12.3 | 4.32 "
+        "| 9.88 | 15.6 | 62.5% | 2.80 | 2.75 | 2.0 | 1.25× | 0.80 | 4/4 |",
+        "| HF generate | 4 | 50.0 | 1.00× |  |  |  |  |  |  |  |  |  |  |  | 3/4 |",
+        "| eedecode_gone | 1 | 1.0 |  |  |  |  |  |  |  |  |  |  |  |  |  |",
+        "| eedecode early-exit [kv_strategy=copy] | 1 | 9.0 |  |  |  |  |  |  |  |  |  | 3.2 |  |  "
         "| lossy: 1/4, 76% of tokens |",
     ]
+    # one run: said in the header and the columns, no range; no latency measured: no latency columns
+    one = {**record, "settings": {**settings, "repeats": 1}, "results": [hf]}
+    lines = bench.markdown_table(one).splitlines()
+    assert lines[0].endswith("; 1 run (no range)")
+    assert lines[2].startswith(
+        "| method | batch | tokens/s (median) | vs HF generate (1 run) | vs eedecode AR (1 run) |"
+    )
+    assert "TTFT" not in lines[2]
 
 
 # -- flags -----------------------------------------------------------------------------------------

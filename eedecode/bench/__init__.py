@@ -1,15 +1,18 @@
 """Tokens-per-second benchmark of HF ``generate``, HF's assisted decoding (``assistant_early_exit``,
-prompt lookup) and every registered eedecode mode, on one model and a prompt set; and a sweep
+prompt lookup), every registered eedecode mode and llama.cpp, on one model and a prompt set; and a sweep
 over exit layers x draft lengths.
 
-:mod:`.methods` names the methods (from the mode registry), :mod:`.measure` times them
-(interleaved per prompt, paired ratios, step costs), :mod:`.sweep` runs the grid, :mod:`.report`
-derives the ideal speed-up and efficiency and draws the table, the legend and the heatmap, and
-:mod:`eedecode.cli.bench` is ``eedecode bench``. Nothing here asserts a time.
+:mod:`.method` says what a method is and :mod:`.methods` names them (from the mode registry; llama.cpp
+on the same weights: :mod:`.llamacpp`), :mod:`.measure` times them (interleaved per prompt, paired
+ratios, latency from :mod:`.latency`, the share of the memory-bandwidth floor, step costs) and
+:mod:`.results` makes each method's result, :mod:`.sweep` runs the grid, :mod:`.report` derives the
+ideal speed-up and efficiency and draws the table, the legend and the heatmap, :mod:`.chart` the
+speed-up bar chart, and :mod:`eedecode.cli.bench` is ``eedecode bench``. Nothing here asserts a time.
 """
 
 from __future__ import annotations
 
+from .chart import plot_speedups
 from .measure import MethodResult, load_prompts, run_measurements, time_methods
 from .methods import Speculation, available_methods, method_names
 from .report import (
@@ -46,6 +49,7 @@ __all__ = [
     "measure_step_costs",
     "method_names",
     "plot_batches",
+    "plot_speedups",
     "plot_sweep",
     "run_benchmark",
     "run_sweep",

@@ -1,5 +1,7 @@
-"""Measuring: tokens/s of every method on a prompt set, paired speed-ups and decoding statistics
-(the cost of one draft step and one verification pass: :mod:`eedecode.bench.steps`).
+"""Measuring: tokens/s of every method on a prompt set, paired speed-ups, latency (time to first
+token, per-token percentiles: :mod:`.latency`), each method's share of the memory-bandwidth floor
+and decoding statistics (the cost of one draft step and one verification pass:
+:mod:`eedecode.bench.steps`; a result from its runs: :mod:`.results`).
 
 Methods take turns on every batch, in an order that rotates, so that a drift of the machine's
 speed touches them alike; a speed-up is the median of *paired* ratios (two methods on the same
@@ -11,15 +13,20 @@ from __future__ import annotations
 
 import copy
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
 from ..model.packing import pack_head, pack_layer, packed_layer
 from . import steps
-from .methods import AR, HF, Speculation, pad_token_id, resolve_methods
+from .latency import TokenClock, summarize
+from .methods import Speculation, pad_token_id, resolve_methods
+from .profile import CopyBandwidth
+from .results import MethodResult, _count_new, method_result
 from .steps import measure_step_costs, median, sync
+
+__all__ = ["CopyBandwidth", "MethodResult", "_count_new", "run_measurements", "time_methods"]
 
 DEFAULT_PROMPTS = Path(__file__).resolve().parent.parent / "data" / "prompts.jsonl"
 
@@ -74,62 +81,7 @@ def _batches(prompt_ids: list[torch.Tensor], batch_size: int, pad_id: int):
         yield ids, (mask if batch_size > 1 else None)
 
 
-def _count_new(seq: torch.Tensor, prompt_len: int, eos, pad) -> int:
-    """New tokens per row up to and including its first EOS (rows are padded after it)."""
-    new = seq[:, prompt_len:]
-    eos_ids = [] if eos is None else ([eos] if isinstance(eos, int) else list(eos))
-    total = 0
-    for row in new.tolist():
-        n = len(row)
-        for i, t in enumerate(row):
-            if t in eos_ids:
-                n = i + 1
-                break
-        total += n
-    return total
-
-
-def _identical_rows(a: torch.Tensor, b: torch.Tensor) -> int:
-    """Rows of two output batches that are equal (none when the batches differ in width)."""
-    if a.shape != b.shape:
-        return 0
-    return int((a.cpu() == b.cpu()).all(1).sum())
-
-
-def _agreement(ours: torch.Tensor, ref: torch.Tensor, prompt_len: int) -> tuple[list[float], list[int]]:
-    """Per row of two output batches: the share of the reference's new tokens that ours matches
-    position by position, and the first new position where they differ (the length if none)."""
-    shares, firsts = [], []
-    for a, b in zip(ours[:, prompt_len:].tolist(), ref[:, prompt_len:].tolist(), strict=True):
-        same = [x == y for x, y in zip(a, b, strict=False)] + [False] * (len(b) - len(a))
-        shares.append(sum(same) / max(len(b), 1))
-        firsts.append(same.index(False) if False in same else len(b))
-    return shares, firsts
-
-
 # -- tokens/s --------------------------------------------------------------------------------------
-@dataclass
-class MethodResult:
-    method: str
-    batch_size: int
-    exit_layer: int | None
-    num_speculations: int | None
-    tokens_per_s: float  # median over prompts (batches)
-    tokens_per_s_all: list[float]
-    new_tokens: int
-    identical_to_hf: int | None = None  # prompts whose greedy output equals HF generate's
-    lossless: bool = True  # the method means to reproduce HF's greedy output
-    token_agreement_with_hf: float | None = None  # share of HF's new tokens matched, position by position
-    first_divergence_from_hf: float | None = None  # median first differing new-token position
-    mean_exit_layer: float | None = None  # early exit: mean depth a token left at (L: full depth)
-    speedup_vs_hf: float | None = None  # median of paired per-batch ratios
-    speedup_vs_ar: float | None = None
-    acceptance_rate: float | None = None  # eedecode modes that draft
-    mean_tokens_per_round: float | None = None
-    mean_drafts_per_round: float | None = None
-    extra: dict = field(default_factory=dict)  # the method's other settings
-
-
 def packed_in_place(model):
     """A copy of the model with its weights packed in place (:mod:`eedecode.model.packing`), for
     the baseline that shows what that layout alone gives HF's own forward; the model itself off a
@@ -160,11 +112,15 @@ def time_methods(
     repeats=1,
     progress=None,
     packed_model=None,
+    between_turns=None,
 ) -> dict[str, MethodResult]:
-    """Decode every prompt (in batches of ``batch_size``) with every method (names), ``repeats``
-    times, the methods taking turns on each batch. ``identical_to_hf`` counts the rows whose
-    output equals HF generate's, when ``"hf"`` is among the methods. Methods that run on the
-    weights packed in place get ``packed_model`` (:func:`packed_in_place`, made when needed)."""
+    """Decode every prompt (in batches of ``batch_size``) with every method (names or
+    :class:`~eedecode.bench.method.Method` objects), ``repeats`` times, the methods taking turns on
+    each batch. ``identical_to_hf`` counts the rows whose output equals HF generate's, when
+    ``"hf"`` is among the methods. Methods that run on the weights packed in place get
+    ``packed_model`` (:func:`packed_in_place`, made when needed). At batch size 1 every timed run
+    hands its tokens to a :class:`~.latency.TokenClock` (the latency columns).
+    ``between_turns()`` is called after every batch's turn (untimed)."""
     spec = spec or Speculation()
     chosen = resolve_methods(methods)
     if packed_model is None and any(m.packed_in_place for m in chosen):
@@ -175,87 +131,50 @@ def time_methods(
     eos = model.generation_config.eos_token_id
     pad = pad_token_id(model)
     batches = list(_batches(prompt_ids, batch_size, 0 if pad is None else pad))
-    for ids, mask in batches[:warmup]:
+    for ids, mask in batches[:warmup]:  # the timed path, streamer included
         for m in chosen:
-            m.prepare(packed_model if m.packed_in_place else model, ids, mask, max_new_tokens, spec)
-            m.run(packed_model if m.packed_in_place else model, ids, mask, max_new_tokens, spec)
+            on = packed_model if m.packed_in_place else model
+            m.prepare(on, ids, mask, max_new_tokens, spec)
+            m.run(on, ids, mask, max_new_tokens, spec, streamer=TokenClock() if batch_size == 1 else None)
     names = [m.name for m in chosen]
     rates = {n: [] for n in names}  # one entry per (repeat, batch), aligned across methods
     stats = {n: [] for n in names}
+    clocks = {n: [] for n in names}
     outputs = {n: [] for n in names}  # of the first repeat, with the prompt length
     new_tokens = dict.fromkeys(names, 0)
     for turn, (rep, (ids, mask)) in enumerate((r, b) for r in range(repeats) for b in batches):
         for m in chosen[turn % len(chosen) :] + chosen[: turn % len(chosen)]:
-            m.prepare(packed_model if m.packed_in_place else model, ids, mask, max_new_tokens, spec)
+            on = packed_model if m.packed_in_place else model
+            m.prepare(on, ids, mask, max_new_tokens, spec)
+            clock = TokenClock() if batch_size == 1 else None
             sync(ids.device)
             t0 = steps.clock()
-            seq, st = m.run(packed_model if m.packed_in_place else model, ids, mask, max_new_tokens, spec)
+            if clock is not None:
+                clock.start = clock.clock()
+            seq, st = m.run(on, ids, mask, max_new_tokens, spec, streamer=clock)
             sync(ids.device)
             dt = steps.clock() - t0
             new = _count_new(seq, ids.shape[1], eos, pad)
             rates[m.name].append(new / dt)
             new_tokens[m.name] += new
+            if clock is not None:
+                clocks[m.name].append(clock)
             if rep == 0:
                 outputs[m.name].append((seq, ids.shape[1]))
                 if st is not None:
                     stats[m.name].append(st)
             if progress is not None:
                 progress.update(1)
-    return {
-        m.name: _result(m, batch_size, spec, rates, new_tokens[m.name] // repeats, stats[m.name], outputs)
-        for m in chosen
-    }
-
-
-def _result(method, batch_size, spec, rates, new_tokens, stats, outputs) -> MethodResult:
-    settings = method.settings(spec)
-    name = method.name
-    r = MethodResult(
-        method=name,
-        batch_size=batch_size,
-        exit_layer=settings.pop("exit_layer", None),
-        num_speculations=settings.pop("num_speculations", None),
-        tokens_per_s=median(rates[name]),
-        tokens_per_s_all=rates[name],
-        new_tokens=new_tokens,
-        extra=settings,  # what is left: e.g. draft_confidence_threshold, prompt_lookup_num_tokens
-    )
-    for base, key in ((HF, "speedup_vs_hf"), (AR, "speedup_vs_ar")):
-        if base in rates:
-            setattr(r, key, median([a / b for a, b in zip(rates[name], rates[base], strict=True)]))
-    drafted = sum(st.drafted_tokens for st in stats)
-    if drafted:  # statistics of a mode that drafts
-        accepted = sum(st.accepted_tokens for st in stats)
-        row_rounds = sum(st.row_rounds for st in stats)
-        r.acceptance_rate = accepted / drafted
-        r.mean_tokens_per_round = (accepted + row_rounds) / row_rounds
-        r.mean_drafts_per_round = drafted / row_rounds
-    r.lossless = method.lossless
-    r.mean_exit_layer = _mean_exit_layer(stats, r.exit_layer)
-    if HF in outputs:
-        pairs = list(zip(outputs[name], outputs[HF], strict=True))
-        r.identical_to_hf = sum(_identical_rows(a, b) for (a, _), (b, _) in pairs)
-        shares, firsts = [], []
-        for (a, P), (b, _) in pairs:
-            share, first = _agreement(a, b, P)
-            shares, firsts = shares + share, firsts + first
-        r.token_agreement_with_hf = sum(shares) / len(shares)
-        r.first_divergence_from_hf = median(firsts)
-    return r
-
-
-def _mean_exit_layer(stats, exit_layer: int | None) -> float | None:
-    """The mean depth tokens left at (early exit: its histogram), or drafts were made at (the
-    adaptive mode: weighted by rounds; a static mode: its exit layer)."""
-    hists = [st.details["exit_layer_histogram"] for st in stats if "exit_layer_histogram" in st.details]
-    if hists:
-        total = [sum(col) for col in zip(*hists, strict=True)]
-        return sum(d * n for d, n in enumerate(total)) / max(sum(total), 1)
-    pairs = [(st.details["mean_exit_layer"], st.rounds) for st in stats if st.details.get("mean_exit_layer")]
-    if pairs:
-        return sum(e * n for e, n in pairs) / max(sum(n for _, n in pairs), 1)
-    drafted = any(st.drafted_tokens for st in stats)
-    return float(exit_layer) if exit_layer is not None and drafted else None
+        if between_turns is not None:
+            between_turns()
+    results = {}
+    for m in chosen:
+        r = method_result(
+            m, batch_size, spec, rates, new_tokens[m.name] // repeats, stats[m.name], outputs, repeats
+        )
+        r.latency = summarize(clocks[m.name])
+        results[m.name] = r
+    return results
 
 
 # -- a whole run -----------------------------------------------------------------------------------
@@ -271,34 +190,59 @@ def run_measurements(
     warmup: int = 1,
     repeats: int = 1,
     show_progress: bool = True,
+    floor: bool = False,
+    source=None,
 ) -> dict:
     """Every method (names) at batch size 1, and those that batch at the other batch sizes, each
     batch size interleaved (:func:`time_methods`); then the step costs. Returns the measured part
-    of the record: ``settings``, ``step_costs`` and ``results``."""
+    of the record: ``settings``, ``step_costs``, ``results`` and ``skipped`` (methods that cannot
+    run here, with the reason). ``floor``: sample the memory bandwidth between turns (on a CPU)
+    and give every result its share of the bandwidth floor. ``source``: what the model was loaded
+    from (methods that rebuild it elsewhere read it: llama.cpp)."""
     from tqdm.auto import tqdm
 
     num_layers = model.config.num_hidden_layers
     chosen = resolve_methods(methods)
+    skipped = {m.name: why for m in chosen if (why := m.unavailable()) is not None}
+    chosen = [m for m in chosen if m.name not in skipped]
+    if not chosen:
+        raise ValueError(f"methods: none can run here ({'; '.join(f'{n}: {w}' for n, w in skipped.items())})")
     _check_run(prompts, spec, num_layers, chosen, max_new_tokens, batch_sizes, warmup, repeats)
     device = next(model.parameters()).device
     prompt_ids = encode_prompts(tokenizer, prompts, model.config.vocab_size, device)
-    plan = {1: [m.name for m in chosen]}  # batch size 1 always runs: the ideal is for it
+    plan = {1: list(chosen)}  # batch size 1 always runs: the ideal is for it
     for b in batch_sizes:
         if b != 1:
-            plan[b] = [m.name for m in chosen if not m.batch_one_only]
+            plan[b] = [m for m in chosen if not m.batch_one_only]
     total = repeats * sum(len(ms) * -(-len(prompt_ids) // b) for b, ms in plan.items())
     results = []
     hf_weights = weights_layout(model)
     packed_model = packed_in_place(model) if any(m.packed_in_place for m in chosen) else None
-    with tqdm(total=total, desc="bench", disable=not show_progress, leave=False) as bar:
-        for b, ms in plan.items():
-            bar.set_postfix_str(f"batch {b}")
-            kw = dict(batch_size=b, max_new_tokens=max_new_tokens, warmup=warmup, repeats=repeats)
-            timed = time_methods(
-                model, ms, prompt_ids, spec=spec, progress=bar, packed_model=packed_model, **kw
-            )
-            results += timed.values()
+    copier = CopyBandwidth() if floor and device.type == "cpu" else None  # 2 x 256 MiB
+    bandwidths: list[float] = []
+
+    def sample():
+        bandwidths.append(copier.sample())
+
+    try:
+        for m in chosen:
+            m.setup(model, tokenizer, source)
+        with tqdm(total=total, desc="bench", disable=not show_progress, leave=False) as bar:
+            for b, ms in plan.items():
+                bar.set_postfix_str(f"batch {b}")
+                kw = dict(batch_size=b, max_new_tokens=max_new_tokens, warmup=warmup, repeats=repeats)
+                kw.update(progress=bar, packed_model=packed_model, between_turns=sample if copier else None)
+                results += time_methods(model, ms, prompt_ids, spec=spec, **kw).values()
+        if bandwidths:
+            nbytes = {m.name: m.weight_bytes(model) for m in chosen}
+            for r in results:
+                r.weight_bytes = nbytes[r.method]
+                r.floor_share = r.tokens_per_s * r.weight_bytes / (r.batch_size * median(bandwidths))
+    finally:
+        for m in chosen:
+            m.close()
     del packed_model
+    copier = None  # the 2 x 256 MiB go before the step costs
     settings = {
         "exit_layer": spec.exit_layer,
         "num_speculations": spec.num_speculations,
@@ -312,8 +256,12 @@ def run_measurements(
         "num_layers": num_layers,
         "hf_weights": hf_weights,  # what HF generate ran on: "as loaded" (a copy) or "packed"
     }
+    if bandwidths:
+        settings["bandwidth_bytes_per_s"] = median(bandwidths)  # of a 256 MiB copy, between turns
+        settings["bandwidth_samples"] = len(bandwidths)
     costs = measure_step_costs(model, prompt_ids[0], spec.exit_layer, spec.num_speculations)
-    return {"settings": settings, "step_costs": costs, "results": [asdict(r) for r in results]}
+    results = [asdict(r) for r in results]
+    return {"settings": settings, "step_costs": costs, "results": results, "skipped": skipped}
 
 
 def _check_run(prompts, spec, num_layers, chosen, max_new_tokens, batch_sizes, warmup, repeats) -> None:

@@ -12,17 +12,22 @@ A mode with other settings than its defaults is a *variant*, named
 ``eedecode_<short>@NAME=VALUE[@NAME=VALUE...]`` after its ``Options`` fields, e.g.
 ``eedecode_ss@kv_strategy=rerun`` or ``eedecode_ee@criterion=max-prob:0.8@kv_strategy=copy``, so
 that settings can be compared with each other in one interleaved run. ``eedecode_oracle``, the
-bound every drafting policy is read against, runs only when named.
+bound every drafting policy is read against, runs only when named, and so do ``llamacpp_f32`` and
+``llamacpp_f16``: llama.cpp on the same weights written as GGUF (:mod:`eedecode.bench.llamacpp`,
+an optional extra; skipped with a message when it is not installed). What a method is:
+:mod:`eedecode.bench.method`.
 """
 
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 from ..api.generation import generate
-from ..engine.mode import is_int, setting_type
+from ..engine.mode import setting_type
 from ..modes import build_options, get_mode, mode_names, option_fields
+from .llamacpp import LlamaCpp
+from .method import Method, Speculation
 
 HF = "hf"  # the baseline of "vs HF generate" and "identical to HF"
 AR = "eedecode_ar"  # the baseline of the ideal speed-up and the efficiency
@@ -34,63 +39,12 @@ SPEC_OPTIONS = {
 }
 
 
-@dataclass(frozen=True)
-class Speculation:
-    """The speculation settings one benchmark run gives every method that has them."""
-
-    exit_layer: int | None = None
-    num_speculations: int | None = None
-    confidence_threshold: float | None = None  # eedecode's draft_confidence_threshold, HF's assistant_...
-    prompt_lookup_num_tokens: int = 10  # HF prompt lookup's draft length
-
-    def validate(self, num_layers: int) -> None:
-        E, k = self.exit_layer, self.num_speculations
-        if not (is_int(E) and 1 <= E <= num_layers - 1):
-            raise ValueError(f"exit_layer: must be an int in 1..{num_layers - 1}, got {E!r}")
-        if not (is_int(k) and k >= 1):
-            raise ValueError(f"num_speculations: must be an int >= 1, got {k!r}")
-        t = self.confidence_threshold
-        if t is not None and not 0 <= t <= 1:
-            raise ValueError(f"confidence_threshold: must be in [0, 1] or None, got {t!r}")
-        n = self.prompt_lookup_num_tokens
-        if not (is_int(n) and n >= 1):
-            raise ValueError(f"prompt_lookup_num_tokens: must be an int >= 1, got {n!r}")
-
-
-class Method:
-    """One way to decode a batch greedily: ``run`` returns ``(sequences [B, P + new], stats)``,
-    stats being eedecode's ``GenerationStats`` or None."""
-
-    name: str
-    display: str
-    batch_one_only = False
-    #: Runs on a copy of the model whose weights are packed in place (eedecode/model/packing.py):
-    #: what that layout alone gives Hugging Face's own forward
-    #: (:func:`~eedecode.bench.measure.packed_in_place`). Every other method gets the model as given.
-    packed_in_place = False
-    in_default = True  # measured when no methods are named
-    lossless = True  # greedy output equals HF generate's (else: "identical to HF" is not its test)
-
-    def settings(self, spec: Speculation) -> dict:
-        """The speculation settings this method runs with (None ones left out)."""
-        return {}
-
-    def validate(self, spec: Speculation, num_layers: int) -> None:
-        pass
-
-    def prepare(self, model, ids, mask, max_new_tokens: int, spec: Speculation) -> None:
-        """Untimed work before each timed :meth:`run` on this batch (the oracle's reference)."""
-
-    def run(self, model, ids, mask, max_new_tokens: int, spec: Speculation):
-        raise NotImplementedError
-
-
 class HFGenerate(Method):
     name, display = HF, "HF generate"
 
-    def run(self, model, ids, mask, max_new_tokens, spec):
+    def run(self, model, ids, mask, max_new_tokens, spec, streamer=None):
         extra = self.hf_arguments(spec)
-        common = dict(attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False)
+        common = dict(attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False, streamer=streamer)
         return model.generate(ids, **common, pad_token_id=pad_token_id(model), **extra), None
 
     def hf_arguments(self, spec: Speculation) -> dict:
@@ -195,10 +149,10 @@ class OracleBound(Method):
             self._known[key] = accepted_runs(model, ids, mask, reference, E)
         self._runs = self._known[key]
 
-    def run(self, model, ids, mask, max_new_tokens, spec):
+    def run(self, model, ids, mask, max_new_tokens, spec, streamer=None):
         from .oracle import oracle_registered
 
-        common = dict(attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False)
+        common = dict(attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False, streamer=streamer)
         settings = dict(self.settings(spec), runs=self._runs)
         with oracle_registered() as oracle:
             out = generate(model, ids, **common, mode=oracle.name, return_dict_in_generate=True, **settings)
@@ -225,8 +179,8 @@ class Eedecode(Method):
     def validate(self, spec, num_layers):
         build_options(get_mode(self.mode), self.settings(spec)).validate(num_layers)
 
-    def run(self, model, ids, mask, max_new_tokens, spec):
-        common = dict(attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False)
+    def run(self, model, ids, mask, max_new_tokens, spec, streamer=None):
+        common = dict(attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False, streamer=streamer)
         settings = self.settings(spec)
         out = generate(model, ids, **common, mode=self.mode, return_dict_in_generate=True, **settings)
         return out.sequences, out.stats
@@ -270,6 +224,8 @@ def available_methods() -> dict[str, Method]:
         HFPromptLookup(),
         *(Eedecode(m) for m in modes),
         OracleBound(),
+        LlamaCpp("F32"),
+        LlamaCpp("F16"),
     ]
     return {m.name: m for m in methods}
 
@@ -280,15 +236,30 @@ def method_names(everything: bool = False) -> tuple[str, ...]:
 
 
 def resolve_methods(names, what: str = "methods") -> list[Method]:
-    """Methods by name; an unknown or repeated name, or none, is a ValueError naming ``what``."""
+    """Methods by name (a :class:`Method` passes through as it is); an unknown or repeated name, or
+    none, is a ValueError naming ``what``."""
     table = available_methods()
-    names = list(names)
+    given = list(names)
+    names = [n.name if isinstance(n, Method) else n for n in given]
     unknown = [n for n in names if n not in table and "@" not in n]
     if unknown:
         raise ValueError(f"{what}: unknown {', '.join(map(repr, unknown))}; choose from {', '.join(table)}")
     if not names or len(set(names)) != len(names):
         raise ValueError(f"{what}: need one or more distinct methods, got {names}")
-    return [table[n] if n in table else variant(n, what) for n in names]
+    return [g if isinstance(g, Method) else table[g] if g in table else variant(g, what) for g in given]
+
+
+def skipped_methods(names) -> dict[str, str]:
+    """The named methods that cannot run here, with the reason (a missing optional package)."""
+    return {m.name: why for m in resolve_methods(names) if (why := m.unavailable()) is not None}
+
+
+def with_baselines(names) -> list:
+    """``names`` with HF generate and eedecode autoregressive in front when they are missing: the
+    baselines every speed-up is read against ("vs HF generate", "vs eedecode AR")."""
+    names = list(names)
+    given = {n.name if isinstance(n, Method) else n for n in names}
+    return [b for b in (HF, AR) if b not in given] + names
 
 
 def display_name(name: str) -> str:

@@ -27,9 +27,17 @@ from .methods import display_name
 
 LEGEND = """\
 tokens/s: new tokens per second, the median over batches (greedy decoding, warm-up excluded).
-vs HF generate: the median over batches of tokens/s / HF generate's tokens/s on the same batch. HF
-  generate runs on the weights as loaded (a copy taken before eedecode packs them in place); HF
-  generate (packed weights) is the same call on the packed model: the layout's share of the gain.
+vs HF generate: the median over batches of tokens/s / HF generate's tokens/s on the same batch
+  (paired: the same batch in the same turn), over every batch of every run; in brackets the lowest
+  and highest of the runs' own medians (--repeats N: N runs; "1 run" in the header: no range). HF
+  generate runs on the model as given; HF generate (packed weights) is the same call on a copy
+  packed in place: the layout's share of the gain.
+vs eedecode AR: the same against eedecode's own autoregressive decoding (the same engine, no drafts).
+TTFT: time to first token (ms), from the call to the first new token, the prompt's forward pass
+  included; the median over runs (batch 1).
+ms/token p50/p95/p99: per-token latency percentiles over every new token after the first of every
+  run (batch 1): the time between two deliveries of tokens divided by the tokens the later one
+  brought (a drafting round that yields n tokens in t ms counts n tokens of t/n ms).
 acceptance: the share of drafted tokens that the full model accepted (eedecode modes that draft).
 drafts/round: the mean draft length (tokens drafted per row and round, rejected ones included).
 tokens/round: tokens a row gains per round: its accepted drafts plus the one the verifier adds.
@@ -40,7 +48,12 @@ efficiency: the measured speed-up over eedecode autoregressive / ideal (1.00: as
   costs predict).
 identical to HF: prompts whose output equals HF generate's, token for token. A lossy mode (early
   exit) is not meant to reproduce it: its cell says "lossy" and gives the share of HF's new tokens
-  it matched position by position."""
+  it matched position by position.
+MB/step, floor share (with the memory bandwidth sampled): the weights one step reads in the method's
+  precision (every layer, the final norm and the LM head; llama.cpp: its GGUF file's tensors) and
+  tokens/s over the bandwidth floor's tokens/s, batch x bandwidth / MB per step, the bandwidth being
+  the median of 256 MiB copies (read + write) between the turns. 100% would be a step that only
+  streams its weights once."""
 
 
 # -- arithmetic (pure) -----------------------------------------------------------------------------
@@ -113,31 +126,40 @@ def machine_line(record: dict) -> str:
 # -- the table -------------------------------------------------------------------------------------
 def markdown_table(record: dict) -> str:
     s = record["settings"]
-    lines = [
-        f"E = {s['exit_layer']} of {s['num_layers']} layers, k = {s['num_speculations']}, "
-        f"{s['max_new_tokens']} new tokens, {s['num_prompts']} prompts; step costs: "
-        f"c = {record['step_costs']['c']:.3f}, v = {record['step_costs']['v']:.3f}",
-        "",
-        "| method | batch | tokens/s (median) | vs HF generate | acceptance | drafts/round | tokens/round "
-        "| exit layer | ideal | efficiency | identical to HF |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    lines += [_row(r, s["num_prompts"]) for r in record["results"]]
+    results = record["results"]
+    runs = s.get("repeats", 1)
+    floor = any(r.get("floor_share") is not None for r in results)
+    latency = any(r.get("latency") for r in results)
+    head = f"E = {s['exit_layer']} of {s['num_layers']} layers, k = {s['num_speculations']}, "
+    head += f"{s['max_new_tokens']} new tokens, {s['num_prompts']} prompts; step costs: "
+    head += f"c = {record['step_costs']['c']:.3f}, v = {record['step_costs']['v']:.3f}"
+    head += f"; speed-ups: median (lowest–highest of {runs} runs)" if runs > 1 else "; 1 run (no range)"
+    if floor:
+        head += f"; memory bandwidth {s['bandwidth_bytes_per_s'] / 1e9:.1f} GB/s"
+    one = " (1 run)" if runs == 1 else ""
+    columns = ["method", "batch", "tokens/s (median)", f"vs HF generate{one}", f"vs eedecode AR{one}"]
+    columns += ["TTFT ms", "ms/token p50", "p95", "p99"] if latency else []
+    columns += ["acceptance", "drafts/round", "tokens/round", "exit layer", "ideal", "efficiency"]
+    columns += ["identical to HF"] + (["MB/step", "floor share"] if floor else [])
+    lines = [head, "", "| " + " | ".join(columns) + " |", "|---|" + "---:|" * (len(columns) - 1)]
+    lines += [_row(r, s["num_prompts"], latency, floor) for r in results]
+    lines += [f"\nskipped {name}: {why}" for name, why in record.get("skipped", {}).items()]
     return "\n".join(lines)
 
 
-def _row(r: dict, num_prompts: int) -> str:
+def _row(r: dict, num_prompts: int, latency: bool = False, floor: bool = False) -> str:
     same = r.get("identical_to_hf")
     identical = "" if same is None else f"{same}/{num_prompts}"  # blank: HF generate was not measured
     if not r.get("lossless", True):
         agreement = r.get("token_agreement_with_hf")
         parts = [identical] + ([f"{agreement:.0%} of tokens"] if agreement is not None else [])
         identical = "lossy: " + ", ".join(p for p in parts if p)
-    cells = [
-        display_name(r["method"]),
-        str(r["batch_size"]),
-        f"{r['tokens_per_s']:.1f}",
-        _fmt(r.get("speedup_vs_hf"), "x"),
+    cells = [display_name(r["method"]), str(r["batch_size"]), f"{r['tokens_per_s']:.1f}"]
+    cells += [speedup_cell(r, "speedup_vs_hf"), speedup_cell(r, "speedup_vs_ar")]
+    if latency:
+        lat = r.get("latency") or {}
+        cells += [_ms(lat.get(k)) for k in ("ttft_ms", "token_ms_p50", "token_ms_p95", "token_ms_p99")]
+    cells += [
         _fmt(r.get("acceptance_rate"), "%"),
         _fmt(r.get("mean_drafts_per_round")),
         _fmt(r.get("mean_tokens_per_round")),
@@ -146,7 +168,23 @@ def _row(r: dict, num_prompts: int) -> str:
         _fmt(r.get("efficiency")),
         identical,
     ]
+    if floor:
+        nbytes, share = r.get("weight_bytes"), r.get("floor_share")
+        cells += ["" if nbytes is None else f"{nbytes / 1e6:.1f}", _fmt(share, "%")]
     return "| " + " | ".join(cells) + " |"
+
+
+def speedup_cell(r: dict, key: str) -> str:
+    """``1.23×``, with ``(1.20–1.27)``, the lowest and highest run, when there were several runs."""
+    value, runs = r.get(key), r.get(key + "_runs") or []
+    if value is None:
+        return ""
+    rng = f" ({min(runs):.2f}–{max(runs):.2f})" if len(runs) > 1 else ""
+    return f"{value:.2f}×{rng}"
+
+
+def _ms(x) -> str:
+    return "" if x is None else f"{x:.1f}" if x >= 10 else f"{x:.2f}"
 
 
 def _fmt(x, unit: str = "") -> str:

@@ -1,6 +1,6 @@
 """``eedecode bench``: its flags, their checks, and the run that measures, reports and writes the
-JSON record, the markdown table and its legend, or (``--sweep``) the heatmap, or (``--profile``)
-the cost of one step of each kind against the memory-bandwidth floor.
+JSON record, the markdown table and its legend and the speed-up bar chart, or (``--sweep``) the
+heatmap, or (``--profile``) the cost of one step of each kind against the memory-bandwidth floor.
 
 Every flag is checked before the model loads, as far as it can be without the model; a bad value
 is a ValueError whose message starts with the flag's name (the command line prints it as one line
@@ -13,8 +13,9 @@ import argparse
 import json
 from pathlib import Path
 
+from ..bench import chart
 from ..bench.measure import check_count, encode_prompts, load_prompts, run_measurements
-from ..bench.methods import Speculation, method_names, resolve_methods
+from ..bench.methods import Speculation, method_names, resolve_methods, skipped_methods, with_baselines
 from ..bench.profile import profile_steps, profile_table
 from ..bench.report import (
     LEGEND,
@@ -63,7 +64,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="comma-separated, e.g. 1,4,16 (batch size 1 always runs; HF's assisted methods run only it)",
     )
     p.add_argument("--warmup", type=int, default=1, help="batches decoded untimed first (0: none)")
-    p.add_argument("--repeats", type=int, default=1, help="decode every prompt this many times per method")
+    p.add_argument(
+        "--repeats",
+        type=int,
+        default=1,
+        help="runs: decode every prompt this many times per method (speed-ups get a range over runs)",
+    )
     p.add_argument(
         "--sweep",
         action="store_true",
@@ -76,6 +82,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="per step kind (autoregressive, draft, verification, HF forward): aten ops, ms and the "
         "share of the memory-bandwidth floor reached",
     )
+    p.add_argument(
+        "--no-floor",
+        action="store_true",
+        help="do not sample the memory bandwidth between turns (then no floor share column)",
+    )
+    p.add_argument("--no-plot", action="store_true", help="do not draw the speed-up bar chart")
     p.add_argument("--sweep-exit-layers", default=None, help="comma-separated (default: 1..L-1)")
     p.add_argument("--sweep-draft-lengths", default="1,2,3,4,6,8")
     p.add_argument(
@@ -156,6 +168,22 @@ def _speculation(args, num_layers: int, path: str, recommended: dict) -> Specula
     return Speculation(exit_layer, k, threshold, args.prompt_lookup_num_tokens)
 
 
+def _same_threads_for_every_method(args, model) -> None:
+    """Without --threads, every method runs on the thread count ``generate()`` would choose by
+    itself (one for a small model on a CPU), so HF and llama.cpp are not timed on more threads
+    than eedecode."""
+    if args.threads is not None:
+        return
+    import torch
+
+    from ..model.threads import auto_threads
+
+    count = auto_threads(model, next(model.parameters()).device)
+    if count is not None and count != torch.get_num_threads():
+        torch.set_num_threads(count)
+        print(f"threads: {count} for every method (a small model on a CPU; --threads N to choose)")
+
+
 def run_cli(args) -> int:
     check_flags(args)
     prompts = _prompts(args)
@@ -167,6 +195,7 @@ def run_cli(args) -> int:
         synthetic_agreement=args.synthetic_agreement,
         synthetic_exit_layer=args.exit_layer,
     )
+    _same_threads_for_every_method(args, loaded.model)
     L = loaded.model.config.num_hidden_layers
     spec = _speculation(args, L, loaded.path, loaded.settings)
     out = Path(args.output)
@@ -182,19 +211,38 @@ def run_cli(args) -> int:
     if args.profile:
         return _profile(loaded, prompts, spec, out)
     methods = args.methods.split(",") if args.methods is not None else method_names()
+    full = with_baselines(methods)
+    if len(full) > len(methods):
+        added = ", ".join(m for m in full if m not in methods)
+        print(f"adding {added}: the baselines of the speed-ups")
     batch_sizes = tuple(int_list("--batch-sizes", args.batch_sizes))
+    for name, why in skipped_methods(full).items():
+        print(f"skipping {name}: {why}")
     measured = run_measurements(
-        loaded.model, loaded.tokenizer, prompts, methods=methods, spec=spec, batch_sizes=batch_sizes, **common
+        loaded.model,
+        loaded.tokenizer,
+        prompts,
+        methods=full,
+        spec=spec,
+        batch_sizes=batch_sizes,
+        floor=not args.no_floor,
+        source=loaded.path,
+        **common,
     )
     record = {**complete(measured, loaded.model), "model": loaded.path}
     table = f"{markdown_table(record)}\n\n{LEGEND}"
     (out / "bench.json").write_text(json.dumps(record, indent=1))
     (out / "bench.md").write_text(table + "\n")
-    plot = ""
+    plots = ""
+    if not args.no_plot and (why := chart.unavailable()) is not None:
+        plots = f"; no bar chart: {why}"
+    elif not args.no_plot:
+        title = f"{Path(loaded.path).name}: speed-ups"
+        plots = f"; bar chart: {chart.plot_speedups(record, out / 'speedups.png', title=title)}"
     if len(batch_sizes) > 1:
         title = f"{Path(loaded.path).name}: tokens/s by batch size (labels: speed-up over HF generate)"
-        plot = f"; batch plot: {plot_batches(record, out / 'batch.png', title=title)}"
-    print(f"{machine_line(record)}\n\n{table}\n\nrecord: {out / 'bench.json'}{plot}")
+        plots += f"; batch plot: {plot_batches(record, out / 'batch.png', title=title)}"
+    print(f"{machine_line(record)}\n\n{table}\n\nrecord: {out / 'bench.json'}{plots}")
     return 0
 
 
