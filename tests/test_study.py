@@ -21,6 +21,7 @@ from eedecode.study import (
     TunedLens,
     TunedLensConfig,
     fit_tuned_lens,
+    gates,
     measures,
     speed,
     study_blocks,
@@ -201,21 +202,14 @@ def hand_points():
     ],
 )
 def test_each_gate_on_a_hand_computed_case(name, threshold, exits, early, exact, late, agreement):
-    gates = gate_criteria()
-    scores = torch.stack([gate_scores(gates, p)[name] for p in hand_points()])  # [3, 4]
+    criteria = gate_criteria()
+    scores = torch.stack([gate_scores(criteria, p)[name] for p in hand_points()])  # [3, 4]
     crit = CRITERIA[name](threshold)
-    assert measures.exit_index(scores >= crit.score_threshold).tolist() == exits
-    (point,) = measures.gate_sweep(CRITERIA[name], scores, AGREE, ORACLE, [1, 2, 3], thresholds=[threshold])
+    assert gates.exit_index(scores >= crit.score_threshold).tolist() == exits
+    (point,) = gates.gate_sweep(CRITERIA[name], scores, AGREE, ORACLE, [1, 2, 3], thresholds=[threshold])
     assert (point["too_early"], point["exact"], point["too_late"]) == (early, exact, late)
     assert point["agreement"] == agreement
     assert point["mean_depth"] == pytest.approx(sum(exits) / 4 + 1)
-
-
-def test_threshold_grid_spans_the_scores_in_the_criterions_units():
-    scores = torch.tensor([[-3.0, -2.0], [-1.0, -0.5]])  # an entropy gate scores -entropy
-    grid = measures.threshold_grid(CRITERIA["entropy"], scores, points=3)
-    assert grid == [0.5, 1.5, 3.0]
-    assert measures.threshold_grid(CRITERIA["patience"], torch.zeros(4, 2)) == [1, 2, 3]
 
 
 def test_confidence_categories_on_a_hand_computed_case():
@@ -347,12 +341,14 @@ def test_command_writes_every_output_and_reloads_translators(tmp_path, capsys):
 
     common = ["--model", "demo-plain", "--max-tokens", "300", "--threads", "1", "--no-progress"]
     common += ["--cost-reps", "1", "--speed-exits", "2", "--draft-lengths", "1,2", "--sublayer-tokens", "255"]
+    common += ["--bootstrap-resamples", "50"]
     tuned = ["--lens", "tuned", "--layers", "2,4,6", "--tuned-steps", "2", "--train-tokens", "300"]
     assert main(["agreement", *common, *tuned, "--out", str(tmp_path / "a")]) == 0
     out = capsys.readouterr().out
     assert "times: load" in out and "tuned lens: mean oracle exit" in out
     names = {p.name for p in (tmp_path / "a").iterdir()}
-    for f in ("agreement.json", "summary.md", "layers.csv", "gates.csv", "speed.csv", "tuned_lens.csv"):
+    written = ("agreement.json", "bootstrap.json", "summary.md", "layers.csv", "gates.csv", "speed.csv")
+    for f in (*written, "tuned_lens.csv"):
         assert f in names
     for f in (
         "agreement.png",

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 from ..study.agreement import StudyConfig
+from ..study.bootstrap import BootstrapConfig
 from ..study.tuned_lens import TunedLensConfig
 
 
@@ -97,6 +98,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=StudyConfig.cost_calls,
         help="timings per (E, k); each step keeps its fastest median (helps on a busy CPU)",
     )
+    p.add_argument(
+        "--bootstrap-resamples",
+        type=int,
+        default=BootstrapConfig.resamples,
+        help="resamples of the blocks for the 95%% intervals (0: no intervals)",
+    )
+    p.add_argument("--bootstrap-seed", type=int, default=BootstrapConfig.seed)
     p.add_argument("--no-plots", action="store_true")
     p.add_argument("--no-progress", action="store_true")
 
@@ -122,6 +130,7 @@ def config_from_args(args) -> StudyConfig:
         speed_exits=args.speed_exits,
         cost_reps=args.cost_reps,
         cost_calls=args.cost_calls,
+        bootstrap=BootstrapConfig(resamples=args.bootstrap_resamples, seed=args.bootstrap_seed),
     )
 
 
@@ -165,11 +174,17 @@ def _print_summary(result: dict, files) -> None:
     data, timings = result["data"], result["timings"]
     print(f"{result['model']['path']}: {data['tokens']} positions from {', '.join(data['sources'])}")
     print("times: " + ", ".join(f"{k[:-2]} {v:.1f} s" for k, v in timings.items()))
+    from ..study.summary import ci_text
+
     for lens, res in result["lenses"].items():
         o = res["oracle"]
+        ten = ci_text(o["share_10_layers_early"], o.get("share_10_layers_early_ci"), 1, 100)
+        quarter = ci_text(o["share_quarter_early"], o.get("share_quarter_early_ci"), 1, 100)
         print(
-            f"{lens} lens: mean oracle exit {o['mean_depth']:.2f} of {result['model']['num_layers']} layers; "
-            f"{o['share_10_layers_early']:.1%} of tokens >= 10 layers early, "
-            f"{o['share_quarter_early']:.1%} >= a quarter of the depth early"
+            f"{lens} lens: mean oracle exit {ci_text(o['mean_depth'], o.get('mean_depth_ci'), 2)} of "
+            f"{result['model']['num_layers']} layers; {ten}% of tokens >= 10 layers early, "
+            f"{quarter}% >= a quarter of the depth early"
         )
+    for c in result.get("claims") or []:
+        print(f"claim: {c['statement']}: {ci_text(c['value'], c['ci'])} -> {c['verdict']}")
     print(f"wrote {len(files)} files to {files[0].parent} (summary.md)")

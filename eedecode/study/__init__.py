@@ -4,9 +4,11 @@ statistics that training and the synthetic models use (:func:`layer_stats`)."""
 
 from ..model.layer_stats import layer_stats
 from .agreement import StudyConfig, agreement_study, study_blocks
+from .bootstrap import BootstrapConfig
 from .tuned_lens import TunedLens, TunedLensConfig, fit_tuned_lens
 
 __all__ = [
+    "BootstrapConfig",
     "StudyConfig",
     "TunedLens",
     "TunedLensConfig",

@@ -10,36 +10,28 @@ categories after the early-exit survey arXiv 2501.07670 (Figure 2); tuned lens a
 
 :func:`agreement_study` takes a model, its tokenizer and texts; :func:`study_blocks` takes token
 blocks. Both return plain data (dicts and lists of numbers), which :mod:`eedecode.study.report`
-writes as JSON, CSV, plots and a markdown summary.
+writes as JSON, CSV, plots and a markdown summary. Every measure carries a bootstrap interval over
+the blocks (:mod:`eedecode.study.bootstrap`, ``*_ci`` keys), and the paper's claims are settled
+only by their intervals (:mod:`eedecode.study.claims`).
 """
 
 from __future__ import annotations
 
+import os
+import platform
 import time
 from dataclasses import asdict, dataclass, field
 
 import torch
 
-from ..model.exit_criteria import CRITERIA
 from ..model.runner import ModelRunner
-from .collect import Records, collect, parse_depths
+from .analysis import analyse, final_layer, held_out_gain, sublayer_table
+from .bootstrap import BootstrapConfig, Intervals, blocks_hash
+from .claims import paper_claims
+from .collect import collect, parse_depths
 from .data import encode_stream, load_texts, split_blocks, to_blocks
-from .measures import (
-    AGREEMENT_TARGETS,
-    categories,
-    cheapest_point,
-    gate_summary,
-    gate_sweep,
-    layer_table,
-    oracle_exit,
-    oracle_summary,
-    piece_table,
-    static_curve,
-    subword_groups,
-    subword_summary,
-)
+from .measures import piece_table
 from .speed import DRAFT_LENGTHS, measure_costs, speed_exits, speed_table
-from .sublayers import POINTS
 from .tuned_lens import TunedLens, TunedLensConfig, fit_tuned_lens
 
 Tensor = torch.Tensor
@@ -62,8 +54,10 @@ class StudyConfig:
     cost_reps: int = 10  # timing repetitions per (E, k) cell; 0: no timing, no ideal speed-up
     cost_calls: int = 1  # timings per cell; each step keeps its fastest median (see speed.measure_costs)
     confident_prob: float = 0.5  # the confidence categories' probability threshold
+    bootstrap: BootstrapConfig = field(default_factory=BootstrapConfig)  # intervals over blocks
 
     def validate(self) -> None:
+        self.bootstrap.validate()
         if self.lens not in ("logit", "tuned"):
             raise ValueError(f"lens: must be 'logit' or 'tuned', got {self.lens!r}")
         for name in ("max_tokens", "block_len", "batch_tokens"):
@@ -121,6 +115,7 @@ def study_blocks(
     may return a bar with ``update(n)``. Without a tokenizer there is no sub-word analysis."""
     config.validate()
     runner, bars, timings = ModelRunner(model), _Bars(progress), {}
+    machine = machine_record()
     depths = parse_depths(config.layers, runner.num_layers)
     lenses, tuned_record = {"logit": None}, None
     if config.lens == "tuned":
@@ -145,6 +140,8 @@ def study_blocks(
     )
     bars.close(bar)
     timings["pass_s"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    iv = Intervals(config.bootstrap, eval_blocks.shape[0], blocks_hash(eval_blocks))
     pieces = piece_table(tokenizer, runner.vocab_size) if tokenizer is not None else None
     result = {
         "model": _model_record(model, model_name),
@@ -155,20 +152,41 @@ def study_blocks(
         },
         "config": asdict(config),
         "depths": depths,
-        "lenses": {name: analyse(records, name, pieces, config.confident_prob) for name in lenses},
-        "sublayers": sublayer_table(records),
+        "lenses": {name: analyse(records, name, pieces, config.confident_prob, iv) for name in lenses},
+        "final_layer": final_layer(records, iv),
+        "sublayers": sublayer_table(records, iv),
         "tuned_lens": tuned_record,
     }
     result["data"]["train_tokens"] = (
         0 if train_blocks is None else train_blocks.shape[0] * (train_blocks.shape[1] - 1)
     )
-    t0 = time.perf_counter()
-    result["speed"] = _speed(model, records, eval_blocks, config, bars)
-    timings["costs_s"] = time.perf_counter() - t0
     if "tuned" in lenses:
-        result["tuned_lens"]["held_out"] = held_out_gain(result["lenses"])
+        result["tuned_lens"]["held_out"] = held_out_gain(records, result["lenses"], iv)
+    result["claims"] = paper_claims(result, iv)
+    timings["measures_s"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    result["speed"] = _speed(model, records, eval_blocks, config, bars, iv)
+    timings["costs_s"] = time.perf_counter() - t0
+    result["bootstrap"] = iv.record()
     result["timings"] = timings
+    result["machine"] = machine | {"load_after": list(os.getloadavg())}
     return result
+
+
+def machine_record() -> dict:
+    """Where the study ran: platform, cores, torch's threads and versions, and the load average
+    (1, 5, 15 minutes) when it started; ``load_after`` is added at the end."""
+    import transformers
+
+    return {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "load_before": list(os.getloadavg()),
+    }
 
 
 def _tuned_lens(runner, train_blocks, depths, config, bars, model_name, save_to):
@@ -185,52 +203,7 @@ def _tuned_lens(runner, train_blocks, depths, config, bars, model_name, save_to)
     return lens, record
 
 
-def analyse(records: Records, lens: str, pieces: dict | None, prob: float = 0.5) -> dict:
-    """Every measure of :mod:`eedecode.study.measures` for one lens."""
-    rec, depths, L = records.lenses[lens], records.depths, records.num_layers
-    agree = rec.agree(records.final_top1)
-    oracle = oracle_exit(agree)
-    table = layer_table(rec, records.final_top1, depths, records.inputs)
-    gates = {}
-    for name, scores in rec.scores.items():
-        curve = gate_sweep(CRITERIA[name], scores, agree, oracle, depths)
-        gates[name] = {"curve": curve, **gate_summary(curve)}
-    static = static_curve(table)
-    out = {
-        "layers": table,
-        "oracle": oracle_summary(oracle, depths, L),
-        "gates": gates,
-        "static": {"curve": static, "depth_for_agreement": _static_depths(static)},
-        "categories": categories(rec, records.final_top1, depths, L, prob),
-    }
-    if pieces is not None:
-        groups = subword_groups(records.final_top1, records.inputs, pieces)
-        out["subwords"] = subword_summary(groups, torch.tensor(depths)[oracle], L)
-    return out
-
-
-def _static_depths(curve) -> dict:
-    return {str(t): (cheapest_point(curve, t) or {}).get("mean_depth") for t in AGREEMENT_TARGETS}
-
-
-def sublayer_table(records: Records) -> list[dict]:
-    """Per sub-layer point and studied depth: mean top-1 agreement with the final layer, top-10
-    overlap with the final top-10 and with the same point one studied layer earlier."""
-    n = records.sublayer_tokens
-    if not records.sublayers or not n:
-        return []
-    rows = []
-    for point in POINTS:
-        sums = records.sublayers[point]
-        for j, d in enumerate(records.depths):
-            rows.append(
-                {"point": point, "depth": d, "tokens": n}
-                | {key: float(sums[key][j]) / n for key in ("agree", "top10_final", "top10_prev")}
-            )
-    return rows
-
-
-def _speed(model, records: Records, eval_blocks: Tensor, config: StudyConfig, bars) -> dict:
+def _speed(model, records, eval_blocks: Tensor, config: StudyConfig, bars, iv: Intervals) -> dict:
     exits = speed_exits(records.depths, records.num_layers, config.speed_exits)
     costs = None
     if config.cost_reps > 0 and exits:
@@ -244,26 +217,15 @@ def _speed(model, records: Records, eval_blocks: Tensor, config: StudyConfig, ba
     for name, rec in records.lenses.items():
         agree = rec.agree(records.final_top1)
         tables[name] = speed_table(
-            agree, records.depths, records.positions, exits, config.draft_lengths, costs
+            agree, records.depths, records.positions, exits, config.draft_lengths, costs, iv, name
         )
-    return {"exit_layers": exits, "draft_lengths": list(config.draft_lengths), "tables": tables}
-
-
-def held_out_gain(lenses: dict) -> list[dict]:
-    """Per translated depth: agreement and KL of the logit lens and the tuned lens on the
-    evaluation split."""
-    rows = []
-    for a, b in zip(lenses["logit"]["layers"], lenses["tuned"]["layers"], strict=True):
-        rows.append(
-            {
-                "depth": a["depth"],
-                "agreement_logit": a["agreement"],
-                "agreement_tuned": b["agreement"],
-                "kl_logit": a["kl"],
-                "kl_tuned": b["kl"],
-            }
-        )
-    return rows
+    cells = [{"exit_layer": e, "draft_length": k, **c} for (e, k), c in (costs or {}).items()]
+    return {
+        "exit_layers": exits,
+        "draft_lengths": list(config.draft_lengths),
+        "tables": tables,
+        "costs": cells,
+    }
 
 
 def _model_record(model, name: str) -> dict:

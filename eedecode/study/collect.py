@@ -69,8 +69,10 @@ class Records:
     inputs: Tensor  # [N] the tokens the predictions follow
     final_top1: Tensor  # [N]
     lenses: dict[str, LensRecords]
-    sublayers: dict[str, dict[str, Tensor]] = field(default_factory=dict)  # point -> sums per depth
+    #: point -> measure -> [D, blocks] sums over each of the first blocks' positions
+    sublayers: dict[str, dict[str, Tensor]] = field(default_factory=dict)
     sublayer_tokens: int = 0
+    final_logprob: Tensor | None = None  # [N] the last layer's log-probability of the true next token
 
 
 def parse_depths(layers, num_layers: int) -> list[int]:
@@ -106,14 +108,15 @@ def collect(
             with_sub = acc.sub_tokens < sublayer_tokens
             run = sub_runner if with_sub else runner
             states, prev = _run(run, chunk[:, :-1], depths, store if with_sub else None)
-            final = _final(runner, states[L])
-            acc.add_tokens(chunk[:, 1:].reshape(-1), chunk[:, :-1].reshape(-1), final["top1"])
+            labels = chunk[:, 1:].reshape(-1)
+            final = _final(runner, states[L], labels)
+            acc.add_tokens(labels, chunk[:, :-1].reshape(-1), final["top1"], final["label_logprob"])
             rows_by_lens = {
                 name: _lens_rows(runner, lens, states, prev, depths, final) for name, lens in lenses.items()
             }
             if with_sub:
                 top10 = rows_by_lens[next(n for n, lens in lenses.items() if lens is None)]["top10"]
-                acc.add_sub(_sublayer_rows(runner, states, prev, store, depths, final, top10))
+                acc.add_sub(_sublayer_rows(runner, states, prev, store, depths, final, top10, per))
             for name, lens_rows in rows_by_lens.items():
                 lens_rows.pop("top10")
                 acc.add_lens(name, lens_rows)
@@ -137,10 +140,13 @@ def _run(runner, ids, depths, store):
     return states, prev
 
 
-def _final(runner, h) -> dict:
-    """The final layer's top-1, top-10, entropy and ``E_p[W_v]`` (see the module docstring)."""
-    st = runner.exit_head(h, stats=HEAD_STATS - {"token_logprob"}, top_k=TOP_K)
+def _final(runner, h, labels: Tensor | None = None) -> dict:
+    """The final layer's top-1, top-10, entropy, ``E_p[W_v]`` (see the module docstring) and, given
+    the true next tokens, their log-probability (the language-modelling loss is its negative)."""
+    stats = HEAD_STATS if labels is not None else HEAD_STATS - {"token_logprob"}
+    st = runner.exit_head(h, stats=stats, token_ids=labels, top_k=TOP_K)
     out = {"top1": st.argmax, "top10": st.topk_ids, "entropy": st.entropy.double()}
+    out["label_logprob"] = st.token_logprob if labels is not None else None
     if runner.fused_head:
         p = torch.softmax(runner.exit_head_logits(h), dim=-1)  # [n, V]: one batch, the last layer only
         out["expected_w"] = (p @ runner.lm_head.weight.float()).double()  # [n, H]
@@ -184,11 +190,14 @@ def _lens_rows(runner, lens, states, prev, depths, final) -> dict[str, list[Tens
     return out
 
 
-def _sublayer_rows(runner, states, prev, store, depths, final, top10) -> dict[str, dict[str, Tensor]]:
-    """Sums per depth, for each sub-layer point: top-1 agreement with the final layer, top-10
-    overlap with the final top-10 and with the same point one studied layer earlier. ``top10``:
-    the logit lens's top-10 per depth (the residual stream after the MLP is the layer's output)."""
-    out = {p: {k: torch.zeros(len(depths)) for k in ("agree", "top10_final", "top10_prev")} for p in POINTS}
+def _sublayer_rows(runner, states, prev, store, depths, final, top10, per) -> dict[str, dict[str, Tensor]]:
+    """Sums per depth and block (``[D, blocks]``; ``per`` positions a block), for each sub-layer
+    point: top-1 agreement with the final layer, top-10 overlap with the final top-10 and with the
+    same point one studied layer earlier. ``top10``: the logit lens's top-10 per depth (the
+    residual stream after the MLP is the layer's output)."""
+    rows = final["top1"].numel() // per
+    keys = ("agree", "top10_final", "top10_prev")
+    out = {p: {k: torch.zeros(len(depths), rows) for k in keys} for p in POINTS}
     before = dict.fromkeys(POINTS)
     for j, d in enumerate(depths):
         attn, mlp = store[d - 1]["attn"], store[d - 1]["mlp"]
@@ -196,9 +205,12 @@ def _sublayer_rows(runner, states, prev, store, depths, final, top10) -> dict[st
         for name, x in points.items():
             ids = top10[j] if x is None else runner.exit_head(x, stats={"argmax"}, top_k=TOP_K).topk_ids
             rec = out[name]
-            rec["agree"][j] = (ids[:, 0] == final["top1"]).sum().float()
-            rec["top10_final"][j] = overlap(ids, final["top10"]).sum()
-            rec["top10_prev"][j] = float("nan") if before[name] is None else overlap(ids, before[name]).sum()
+            rec["agree"][j] = (ids[:, 0] == final["top1"]).float().view(rows, per).sum(1).cpu()
+            rec["top10_final"][j] = overlap(ids, final["top10"]).view(rows, per).sum(1).cpu()
+            if before[name] is None:
+                rec["top10_prev"][j] = float("nan")
+            else:
+                rec["top10_prev"][j] = overlap(ids, before[name]).view(rows, per).sum(1).cpu()
             before[name] = ids
     return out
 
@@ -208,13 +220,13 @@ class _Accumulator:
 
     def __init__(self, lens_names):
         self.rows = {name: [] for name in lens_names}
-        self.tokens: dict[str, list] = {"labels": [], "inputs": [], "final_top1": []}
+        self.tokens: dict[str, list] = {"labels": [], "inputs": [], "final_top1": [], "final_logprob": []}
         self.sub: dict | None = None
         self.sub_tokens = 0
 
-    def add_tokens(self, labels, inputs, final_top1):
-        for key, t in (("labels", labels), ("inputs", inputs), ("final_top1", final_top1)):
-            self.tokens[key].append(t.cpu())
+    def add_tokens(self, labels, inputs, final_top1, final_logprob):
+        for key, t in zip(self.tokens, (labels, inputs, final_top1, final_logprob), strict=True):
+            self.tokens[key].append(t.float().cpu() if key == "final_logprob" else t.cpu())
 
     def add_lens(self, name, rows):
         self.rows[name].append(rows)
@@ -226,7 +238,7 @@ class _Accumulator:
             return
         for point, rec in sums.items():
             for key, value in rec.items():
-                self.sub[point][key] += value
+                self.sub[point][key] = torch.cat([self.sub[point][key], value], 1)
 
     def records(self, depths, num_layers, positions) -> Records:
         final, labels = torch.cat(self.tokens["final_top1"]), torch.cat(self.tokens["labels"])
@@ -241,6 +253,7 @@ class _Accumulator:
             lenses=lenses,
             sublayers=self.sub or {},
             sublayer_tokens=self.sub_tokens,
+            final_logprob=torch.cat(self.tokens["final_logprob"]),
         )
 
 

@@ -4,10 +4,7 @@
 - **Oracle exit** (the saturation point): the earliest studied depth from which the exit head's
   top-1 equals the final layer's and stays equal up to the last layer (arXiv 2412.01455 calls the
   depth at which tokens match the final output the optimal early-exit layer).
-- **Gates**: each exit criterion of :mod:`eedecode.model.exit_criteria` over a threshold sweep: a token exits
-  at the first studied depth whose score reaches ``criterion.score_threshold`` (else at the last
-  layer); too early / exact / too late against the oracle, agreement with the final layer, mean
-  exit depth. One curve per criterion; the thresholds are quantiles of the observed scores.
+- **Gates**: :mod:`eedecode.study.gates`.
 - **Confidence categories** (the survey of early-exit networks, arXiv 2501.07670, Figure 2):
   *fake-confident* tokens have, somewhere in the first half of the layers, a top-1 other than the
   final one with probability >= ``prob``; *confident* ones (the rest) have the final top-1 there
@@ -29,7 +26,7 @@ Tensor = torch.Tensor
 
 EARLY_LAYERS = 10  # arXiv 2412.01455: tokens match the final output at least this many layers early
 EARLY_FRACTION = 0.25  # ... or at least this share of the depth early
-AGREEMENT_TARGETS = (0.9, 0.95, 0.99)
+EARLY_HALF = 0.5  # the confidence categories look at the first half of the layers
 GROUPS = ("word_initial", "continuation", "other")
 CATEGORIES = ("confident", "confused", "fake_confident")
 _WORD = re.compile(r"\w")
@@ -97,97 +94,24 @@ def oracle_summary(oracle_idx: Tensor, depths: list[int], num_layers: int) -> di
     }
 
 
-# -- gates ------------------------------------------------------------------------------------------
-def exit_index(fire: Tensor) -> Tensor:
-    """``fire [D, N]`` -> ``[N]`` the first exit point that fires (the last one always does)."""
-    fire = fire.clone()
-    fire[-1] = True
-    return fire.int().argmax(0)  # torch.argmax returns the first of equal maxima
-
-
-def to_threshold(cls, score: float) -> float:
-    """The threshold of criterion class ``cls`` whose ``score_threshold`` is ``score`` (criteria
-    threshold their score directly or its negative, like the entropy)."""
-    lo = cls.low if math.isfinite(cls.low) else cls.high - 1
-    hi = lo + (min(1.0, cls.high - lo) / 2 if math.isfinite(cls.high) else 1.0)
-    sign = 1.0 if cls(hi).score_threshold > cls(lo).score_threshold else -1.0
-    return min(max(sign * score, cls.low), cls.high)
-
-
-def threshold_grid(cls, scores: Tensor, points: int = 41) -> list:
-    """Thresholds to sweep: 1..D-1 for integer criteria (patience), else the criterion's thresholds
-    at evenly spaced quantiles of the observed scores."""
-    if cls.integer:
-        return list(range(max(1, int(cls.low)), scores.shape[0]))
-    flat = scores[torch.isfinite(scores)].flatten().double()
-    if flat.numel() > 200_000:  # an even subsample: quick, and under torch.quantile's size limit
-        flat = flat[torch.linspace(0, flat.numel() - 1, 200_000).long()]
-    qs = torch.quantile(flat, torch.linspace(0, 1, points, dtype=torch.float64)).tolist()
-    return sorted({to_threshold(cls, q) for q in qs})
-
-
-def gate_point(exit_idx: Tensor, oracle_idx: Tensor, agree: Tensor, depths: list[int]) -> dict:
-    depth = torch.tensor(depths)[exit_idx]
-    return {
-        "too_early": _mean(exit_idx < oracle_idx),
-        "exact": _mean(exit_idx == oracle_idx),
-        "too_late": _mean(exit_idx > oracle_idx),
-        "agreement": _mean(agree.gather(0, exit_idx[None])[0]),
-        "mean_depth": _mean(depth),
-    }
-
-
-def gate_sweep(
-    cls, scores: Tensor, agree: Tensor, oracle_idx: Tensor, depths: list[int], thresholds=None
-) -> list[dict]:
-    """The trade-off curve of one criterion class over ``thresholds`` (default :func:`threshold_grid`)."""
-    curve = []
-    for t in threshold_grid(cls, scores) if thresholds is None else thresholds:
-        crit = cls(t)
-        fire = scores >= crit.score_threshold
-        curve.append({"threshold": t, **gate_point(exit_index(fire), oracle_idx, agree, depths)})
-    return curve
-
-
-def cheapest_point(curve: list[dict], target: float) -> dict | None:
-    """The point of a curve with the lowest mean exit depth among those with at least ``target``
-    agreement."""
-    ok = [p for p in curve if p["agreement"] >= target - 1e-12]
-    return min(ok, key=lambda p: p["mean_depth"]) if ok else None
-
-
-def gate_summary(curve: list[dict]) -> dict:
-    """The best exact share over the sweep, and per agreement target the cheapest point."""
-    best = max(curve, key=lambda p: p["exact"])
-    at = {str(t): cheapest_point(curve, t) for t in AGREEMENT_TARGETS}
-    return {
-        "best_exact": best["exact"],
-        "best_exact_threshold": best["threshold"],
-        "depth_for_agreement": {t: (p or {}).get("mean_depth") for t, p in at.items()},
-        "at_agreement": at,
-    }
-
-
-def static_curve(table: list[dict]) -> list[dict]:
-    """Every token exits at the same depth: agreement of each depth, as a trade-off curve."""
-    return [{"threshold": r["depth"], "agreement": r["agreement"], "mean_depth": r["depth"]} for r in table]
-
-
 # -- confidence categories --------------------------------------------------------------------------
-def categories(
-    rec: LensRecords,
-    final_top1: Tensor,
-    depths: list[int],
-    num_layers: int,
-    prob: float = 0.5,
-    early_fraction: float = 0.5,
-) -> dict:
-    """Counts and mean curves (probability of the final top-1 per depth) of the three categories."""
-    early = [j for j, d in enumerate(depths) if d <= early_fraction * num_layers]
+def category_masks(
+    rec: LensRecords, final_top1: Tensor, depths: list[int], num_layers: int, prob: float = 0.5
+) -> tuple[list[int], dict[str, Tensor]]:
+    """The early depths' row indices (the first half of the layers) and each category's ``[N]``
+    mask."""
+    early = [j for j, d in enumerate(depths) if d <= EARLY_HALF * num_layers]
     agree, sure = rec.agree(final_top1)[early], rec.max_prob[early] >= prob
     fake = (sure & ~agree).any(0)
     confident = ~fake & (sure & agree).any(0)
-    groups = {"confident": confident, "confused": ~fake & ~confident, "fake_confident": fake}
+    return early, {"confident": confident, "confused": ~fake & ~confident, "fake_confident": fake}
+
+
+def categories(
+    rec: LensRecords, final_top1: Tensor, depths: list[int], num_layers: int, prob: float = 0.5
+) -> dict:
+    """Counts and mean curves (probability of the final top-1 per depth) of the three categories."""
+    early, groups = category_masks(rec, final_top1, depths, num_layers, prob)
     n = max(final_top1.numel(), 1)
     out = {"prob": prob, "early_depths": [depths[j] for j in early]}
     for name, mask in groups.items():

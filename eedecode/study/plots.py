@@ -1,6 +1,7 @@
-"""Plots of an agreement study (matplotlib, Agg backend): agreement per layer with both lenses, the
-oracle-exit histogram, the gates' trade-off curves, the confidence categories, the sub-layer
-points and the ideal speed-up heatmap over (exit layer, draft length). Presentation only.
+"""Plots of an agreement study (matplotlib, Agg backend): agreement per layer with both lenses (its
+bootstrap interval as a band), the oracle-exit histogram, the gates' trade-off curves, the
+confidence categories, the sub-layer points and the ideal speed-up heatmap over (exit layer,
+draft length). Presentation only.
 """
 
 from __future__ import annotations
@@ -35,8 +36,8 @@ def draw_all(result: dict, out: Path) -> list[Path]:
         gates_plot(result, out / "gates.png", title),
         categories_plot(result, out / "categories.png", title),
     ]
-    if result.get("sublayers"):
-        paths.append(sublayers_plot(result["sublayers"], out / "sublayers.png", title))
+    if (result.get("sublayers") or {}).get("rows"):
+        paths.append(sublayers_plot(result["sublayers"]["rows"], out / "sublayers.png", title))
     if any("ideal_speedup" in r for rows in result["speed"]["tables"].values() for r in rows):
         paths.append(speedup_plot(result, out / "speedup.png", title))
     return paths
@@ -62,6 +63,9 @@ def agreement_plot(result: dict, path: Path, title: str) -> Path:
             marker="o",
             label=f"top-1 = final ({lens})",
         )
+        cis = [r.get("agreement_ci") or [None, None] for r in res["layers"]]
+        if all(c[0] is not None for c in cis):  # the bootstrap interval over blocks
+            ax.fill_between(d, [c[0] for c in cis], [c[1] for c in cis], color="C0", alpha=0.2, lw=0)
         ax.plot(
             d, [r["top5_overlap"] for r in res["layers"]], ls, color="C1", label=f"top-5 overlap ({lens})"
         )

@@ -15,7 +15,8 @@ Ideal speed-up over autoregressive decoding: ``mean(n) / (k c + v)``, with c the
 step and v that of a verification, relative to an autoregressive step, measured by
 :func:`eedecode.drafting.step_costs.measure_step_costs` (the drafters' own pieces, as ``eedecode
 bench`` times them). ``eedecode bench --exit-layer E --num-speculations k`` measures the real
-tokens per round and speed-up at one cell, which checks the prediction."""
+tokens per round and speed-up at one cell; :mod:`eedecode.study.speed_check` checks the
+prediction against it and splits the miss between the acceptance and the cost model."""
 
 from __future__ import annotations
 
@@ -38,18 +39,27 @@ def run_lengths(agree: Tensor) -> Tensor:
     return runs[:, :T]
 
 
-def round_counts(agree: Tensor, k: int) -> tuple[int, int]:
-    """(tokens, rounds) of the greedy walk over every row of ``agree [B, T]``: a round at position t
+def block_round_counts(agree: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """Per row of ``agree [B, T]``: (tokens, rounds) of the greedy walk. A round at position t
     accepts ``min(run_t, k)`` drafts and emits one more token; only rounds whose k drafts and the
     token after them lie inside the row (``t + k < T``) are counted."""
-    tokens = rounds = 0
     T = agree.shape[1]
+    tokens, rounds = [], []
     for row in run_lengths(agree).tolist():
-        t = 0
+        t = n = r = 0
         while t + k < T:
             step = min(row[t], k) + 1
-            tokens, rounds, t = tokens + step, rounds + 1, t + step
-    return tokens, rounds
+            n, r, t = n + step, r + 1, t + step
+        tokens.append(n)
+        rounds.append(r)
+    return torch.tensor(tokens, dtype=torch.float64), torch.tensor(rounds, dtype=torch.float64)
+
+
+def round_counts(agree: Tensor, k: int) -> tuple[int, int]:
+    """(tokens, rounds) of the greedy walk over every row of ``agree [B, T]``
+    (:func:`block_round_counts`, summed)."""
+    tokens, rounds = block_round_counts(agree, k)
+    return int(tokens.sum()), int(rounds.sum())
 
 
 def tokens_per_round(agree: Tensor, k: int) -> float:
@@ -96,6 +106,8 @@ def measure_costs(
                 **t,
                 "c_cell": t["draft_step_s"] / t["ar_step_s"],
                 "v": t["verify_s"] / t["ar_step_s"],
+                "c_calls": [r["draft_step_s"] / r["ar_step_s"] for r in runs],
+                "v_calls": [r["verify_s"] / r["ar_step_s"] for r in runs],
             }
             if progress is not None:
                 progress.update(1)
@@ -106,10 +118,20 @@ def measure_costs(
 
 
 def speed_table(
-    agree: Tensor, depths: list[int], positions: int, exits: list[int], draft_lengths, costs: dict | None
+    agree: Tensor,
+    depths: list[int],
+    positions: int,
+    exits: list[int],
+    draft_lengths,
+    costs: dict | None,
+    iv=None,
+    key: str = "logit",
 ) -> list[dict]:
-    """Per (E, k): agreement at E, tokens per round (observed runs and independent), and with
-    ``costs`` the measured c, v and the ideal speed-up. ``agree [D, N]``, N = blocks x positions."""
+    """Per (E, k): agreement at E, tokens per round (observed runs and independent), the share
+    of drafts accepted (what ``eedecode bench`` reports as acceptance at k: accepted drafts over
+    drafts made), and with ``costs`` the measured c, v and the ideal speed-up. ``agree [D, N]``,
+    N = blocks x positions. ``iv``: an :class:`~eedecode.study.bootstrap.Intervals` over the
+    blocks (the step costs are held fixed: the intervals are those of the text's agreement)."""
     from ..model.costs import ideal_speedup
 
     rows = []
@@ -117,16 +139,25 @@ def speed_table(
         a = agree[depths.index(e)].view(-1, positions)
         alpha = float(a.float().mean())
         for k in draft_lengths:
+            tokens, rounds = block_round_counts(a, k)
             row = {
                 "exit_layer": e,
                 "draft_length": k,
                 "agreement": alpha,
-                "tokens_per_round": tokens_per_round(a, k),
+                "tokens_per_round": float(tokens.sum() / rounds.sum()),
+                "acceptance": float((tokens.sum() - rounds.sum()) / (k * rounds.sum())),
                 "independent_tokens_per_round": independent_tokens_per_round(alpha, k),
             }
             cost = (costs or {}).get((e, k))
             if cost is not None:
                 row.update(c=cost["c"], v=cost["v"])
                 row["ideal_speedup"] = ideal_speedup(row["tokens_per_round"], k, cost["c"], cost["v"])
+            if iv is not None and iv.active:
+                name = f"speed/{key}/E{e}k{k}"
+                row["tokens_per_round_ci"] = iv.ratio(f"{name}/tokens_per_round", tokens, rounds)
+                row["acceptance_ci"] = iv.ratio(f"{name}/acceptance", tokens - rounds, k * rounds)
+                if cost is not None:
+                    lo, hi = row["tokens_per_round_ci"]
+                    row["ideal_speedup_ci"] = [ideal_speedup(x, k, cost["c"], cost["v"]) for x in (lo, hi)]
             rows.append(row)
     return rows
