@@ -1,11 +1,12 @@
-"""Peak resident memory of one greedy generate: HF ``model.generate`` and ``eedecode.generate``, each
-in a fresh process, on the same model (default: SmolLM2-135M, float32).
+"""Peak resident memory of one greedy generate: HF ``model.generate`` and ``eedecode.generate``
+with each way of packing the weights (``pack="copy"``, the default: a packed copy beside the
+model; ``"in_place"``; ``"none"``), each in a fresh process, on the same model (default:
+SmolLM2-135M, float32).
 
 Each child loads the model, resets the kernel's high-water mark of its resident set
 (``/proc/self/clear_refs``, Linux), runs one generate, and reports that peak (VmHWM) with the
-resident set after loading and ``resource.getrusage``'s ``ru_maxrss`` (the peak of the whole
-process, loading included). eedecode's first call packs the weights in place
-(eedecode/model/packing.py), so its peak includes packing::
+resident set after loading and after the call (the packed copy stays in the model's memory while
+the model lives)::
 
     python benchmarks/peak_rss.py --model smollm2 --max-new-tokens 32
 """
@@ -46,11 +47,13 @@ def child(method: str, model_name: str, max_new_tokens: int, threads: int) -> di
         if method == "hf":
             out = loaded.model.generate(ids, **kw, pad_token_id=loaded.tokenizer.eos_token_id)
         else:
-            out = eedecode.generate(loaded.model, ids, mode="autoregressive", **kw)
+            pack = method.split(":")[1]
+            out = eedecode.generate(loaded.model, ids, mode="autoregressive", pack=pack, **kw)
     return {
         "method": method,
         "rss_after_load_mb": after_load / 1024,
         "peak_during_generate_mb": _status_kb("VmHWM") / 1024,
+        "rss_after_generate_mb": _status_kb("VmRSS") / 1024,
         "ru_maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "tokens": out[0, ids.shape[1] :].tolist(),
     }
@@ -61,25 +64,30 @@ def main() -> int:
     p.add_argument("--model", default="smollm2")
     p.add_argument("--max-new-tokens", type=int, default=32)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--out", default=None, help="write the record (JSON) here")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
         print(json.dumps(child(args.child, args.model, args.max_new_tokens, args.threads)))
         return 0
     rows = {}
-    for method in ("hf", "eedecode"):
+    for method in ("hf", "eedecode:copy", "eedecode:in_place", "eedecode:none"):
         cmd = [sys.executable, __file__, "--child", method, "--model", args.model]
         cmd += ["--max-new-tokens", str(args.max_new_tokens), "--threads", str(args.threads)]
         done = subprocess.run(cmd, capture_output=True, text=True, check=True)
         rows[method] = json.loads(done.stdout.strip().splitlines()[-1])
+    print(
+        "| method | after load (MB) | peak during generate (MB) | after generate (MB) | same tokens as HF |"
+    )
+    print("|---|---:|---:|---:|---|")
     for r in rows.values():
+        same = r["tokens"] == rows["hf"]["tokens"]
         print(
-            f"{r['method']:>9}: after load {r['rss_after_load_mb']:.0f} MB, peak during generate "
-            f"{r['peak_during_generate_mb']:.0f} MB, ru_maxrss {r['ru_maxrss_mb']:.0f} MB"
+            f"| {r['method']} | {r['rss_after_load_mb']:.0f} | {r['peak_during_generate_mb']:.0f} | "
+            f"{r['rss_after_generate_mb']:.0f} | {same} |"
         )
-    hf, ee = rows["hf"]["peak_during_generate_mb"], rows["eedecode"]["peak_during_generate_mb"]
-    same = rows["hf"]["tokens"] == rows["eedecode"]["tokens"]
-    print(f"eedecode / HF peak during generate: {ee / hf:.3f}; same tokens: {same}")
+    if args.out:
+        Path(args.out).write_text(json.dumps(rows, indent=1) + "\n")
     return 0
 
 

@@ -272,10 +272,9 @@ class Adaptive(Mode):
         if plain <= 0 or decode_rate <= 0:
             return None
         n = self.pulls.get(PLAIN.key, 0)
-        where = (
-            f"measured in {n} plain rounds of this call" if n else "measured in plain rounds of earlier calls"
-        )
-        return decode_rate / plain, f"{where}, {plain:.1f} tok/s"
+        where = f"in {n} plain rounds of this call" if n else "in plain rounds of earlier calls"
+        rates = f"{decode_rate:.1f} tok/s after the prefill against {plain:.1f} tok/s"
+        return decode_rate / plain, f"{rates} {where}"
 
     def describe(self) -> str:
         return f"adaptive (best so far: {self.policy.best().describe()})"
