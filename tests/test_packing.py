@@ -125,6 +125,30 @@ def test_the_copy_is_kept_and_made_again_when_the_weights_change():
     torch.testing.assert_close(got, ref, rtol=0, atol=ATOL)
 
 
+@pytest.mark.parametrize(
+    "write",
+    [
+        lambda w: w.data.add_(0.05 * torch.randn_like(w)),  # a LoRA merge through .data
+        lambda w: w.data.copy_(torch.randn_like(w)),
+        lambda w: w.data.__setitem__((0, slice(None)), 1.0),  # one row
+    ],
+    ids=["data-add", "data-copy", "data-row"],
+)
+def test_the_copy_is_made_again_after_a_write_the_version_counter_misses(write):
+    model = tiny_model("llama", eos_token_id=None)
+    x = ids(2, 6)
+    eedecode.generate(model, x, max_new_tokens=4)
+    torch.manual_seed(0)
+    for layer in model.model.layers:
+        write(layer.mlp.down_proj.weight)
+        write(layer.self_attn.v_proj.weight)
+    ref = model.generate(x, max_new_tokens=12, do_sample=False)
+    for mode in ("autoregressive", "adaptive"):
+        assert torch.equal(eedecode.generate(model, x, mode=mode, max_new_tokens=12), ref), mode
+    down = model.model.layers[0].mlp.down_proj.weight
+    assert torch.equal(ModelRunner(model).packed[0].down.t(), down)
+
+
 @pytest.mark.parametrize("arch", ARCHS)
 def test_packing_in_place_is_opt_in_and_keeps_one_copy(arch):
     model = tiny_model(arch, eos_token_id=None)

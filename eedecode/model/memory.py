@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import weakref
 
+import torch
+
 _MEMORIES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
@@ -23,7 +25,7 @@ class ModelMemory:
         self.block_costs: dict[tuple[int, int], list[float]] = {}  # (batch, tokens) -> costs
         self.weight_counts: tuple[int, int] | None = None  # (one layer, the LM head)
         self.modes: dict[str, object] = {}  # mode name -> what the mode learned (its own type)
-        #: The packed copy of the weights (eedecode.model.packing): (fingerprint, layers, head).
+        #: The packed copy of the weights (eedecode.model.packing): (fingerprint, layers, head, sums).
         self.packed: tuple | None = None
 
     def of_mode(self, name: str, factory):
@@ -48,6 +50,8 @@ class ModelMemory:
 
 def memory_of(model) -> ModelMemory:
     """The :class:`ModelMemory` of ``model`` (a new one the first time)."""
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"model: must be a torch.nn.Module, got {type(model).__name__}")
     memory = _MEMORIES.get(model)
     if memory is None:
         memory = _MEMORIES[model] = ModelMemory()

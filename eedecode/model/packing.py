@@ -19,7 +19,10 @@ Three ways (``pack=`` of :func:`packed_weights`, ``generate(pack=...)``):
   (its forward, ``state_dict()`` and ``save_pretrained`` behave exactly as before). They cost a
   second copy of the layers' projection weights (and of an untied LM head up to
   :data:`HEAD_MAX_BYTES`). Each call checks that the model's parameters are still the ones copied
-  (the same tensors, unmodified: their storage and version counters), and packs again if not.
+  (the same tensors, their storage and version counters, and the sum of every copied weight, which
+  catches a write through ``.data`` that the version counter does not see: a LoRA merge, say),
+  and packs again if not. The sums read the copied weights once per call (on SmolLM2-135M in
+  float32 at one thread, about 40 ms).
   When the copy would take more than half of the memory available, the call runs unpacked.
 * **``"in_place"``, opt-in: no second copy.** The model's parameters become views of the packed
   storage (``q_proj.weight`` is ``qkv[:, :q].t()``); packing a layer needs one layer's group of
@@ -256,6 +259,26 @@ def _fingerprint(model) -> tuple:
     return tuple((id(p), p.data_ptr(), p._version, p.dtype, tuple(p.shape)) for p in model.parameters())
 
 
+def _content(layers, lm_head, embed_tokens) -> Tensor:
+    """The float32 sum of every weight and bias the copy holds, as raw bits (so a NaN equals
+    itself): a write the version counter misses (through ``.data``) changes them."""
+    tensors = [
+        t.detach()
+        for layer in layers
+        if packable(layer) and packed_layer(layer) is None
+        for group in _groups(layer)
+        for lin in group
+        for t in (lin.weight, lin.bias)
+        if t is not None
+    ]
+    if _head_packable(lm_head, embed_tokens):
+        tensors.append(lm_head.weight.detach())
+    if not tensors:
+        return torch.zeros(0, dtype=torch.int32)
+    with torch.no_grad():
+        return torch.stack([t.sum(dtype=torch.float32) for t in tensors]).view(torch.int32)
+
+
 def _available_bytes() -> int | None:
     try:
         return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
@@ -290,8 +313,9 @@ def packed_weights(model, layers, lm_head, embed_tokens, pack="copy") -> tuple[l
         tuple(packable(layer) for layer in layers),
         _head_packable(lm_head, embed_tokens),
     )
+    content = _content(layers, lm_head, embed_tokens)
     kept = memory.packed
-    if kept is not None and kept[0] == fingerprint:
+    if kept is not None and kept[0] == fingerprint and torch.equal(kept[3], content):
         return kept[1], kept[2]
     memory.packed = None  # the model changed: the old copy goes before the new one is made
     available = _available_bytes()
@@ -307,5 +331,5 @@ def packed_weights(model, layers, lm_head, embed_tokens, pack="copy") -> tuple[l
     if _head_packable(lm_head, embed_tokens):
         found = _packed_group([lm_head])
         head = found[0] if found is not None else lm_head.weight.detach().t().contiguous()
-    memory.packed = (fingerprint, packed, head)
+    memory.packed = (fingerprint, packed, head, content)
     return packed, head
