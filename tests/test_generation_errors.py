@@ -130,3 +130,11 @@ def test_streamer_with_a_batch_is_rejected():
     with pytest.raises(ValueError, match="streamer"):
         eedecode.generate(model, ids(batch=2), exit_layer=2, max_new_tokens=3, streamer=streamer)
     assert streamer.calls == []
+
+
+def test_a_setting_of_another_mode_names_the_mode_it_belongs_to():
+    model = cached_tiny_model()
+    with pytest.raises(ValueError, match=r"^criterion: not a setting of mode='adaptive'.*mode='early_exit'$"):
+        eedecode.generate(model, ids(), criterion="max-prob:0.5", max_new_tokens=2)
+    with pytest.raises(ValueError, match=r"^exit_layer: not a setting of mode='early_exit'.*'adaptive'"):
+        eedecode.generate(model, ids(), mode="early_exit", exit_layer=2, max_new_tokens=2)

@@ -189,7 +189,9 @@ def build_options(cls: type[Mode], values: dict[str, Any]):
     foreign = sorted(set(values) - set(fields))
     if foreign:
         allowed = ", ".join(fields) or "none"
-        raise ValueError(f"{foreign[0]}: not a setting of mode={cls.name!r} (its settings: {allowed})")
+        owners = [name for name, other in _REGISTRY.items() if foreign[0] in option_fields(other)]
+        where = f"; it is a setting of mode={' or mode='.join(map(repr, owners))}" if owners else ""
+        raise ValueError(f"{foreign[0]}: not a setting of mode={cls.name!r} (its settings: {allowed}){where}")
     return cls.Options(**values)
 
 
