@@ -250,3 +250,19 @@ def test_layer_kv_and_apply_rope_match_the_modules(arch):
             cos, sin = model.model.rotary_emb(hidden, positions)
             ref_rot = apply_rotary_pos_emb(ref_k.transpose(1, 2), ref_k.transpose(1, 2), cos, sin)[0]
             assert torch.equal(runner.apply_rope(ref_k, positions, length=8), ref_rot.transpose(1, 2))
+
+
+def test_free_memory_counts_the_page_cache_the_kernel_can_drop(monkeypatch, tmp_path):
+    import builtins
+    import io
+
+    from eedecode.model import packing
+
+    meminfo = "MemTotal:       24000000 kB\nMemFree:         1000000 kB\nMemAvailable:   18000000 kB\n"
+    real_open = builtins.open
+    monkeypatch.setattr(
+        builtins,
+        "open",
+        lambda f, *a, **k: io.StringIO(meminfo) if f == "/proc/meminfo" else real_open(f, *a, **k),
+    )
+    assert packing._available_bytes() == 18000000 * 1024

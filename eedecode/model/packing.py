@@ -280,6 +280,15 @@ def _content(layers, lm_head, embed_tokens) -> Tensor:
 
 
 def _available_bytes() -> int | None:
+    """Memory a new allocation can take: Linux's MemAvailable (free pages and the page cache the
+    kernel can drop), else the free pages."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
     try:
         return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError, AttributeError):
