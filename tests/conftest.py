@@ -36,6 +36,19 @@ _COMMON = dict(
 )
 
 
+class Recorder:
+    """A streamer that records what it is given (``put`` values, then ``"end"``)."""
+
+    def __init__(self):
+        self.calls = []
+
+    def put(self, value):
+        self.calls.append(value)
+
+    def end(self):
+        self.calls.append("end")
+
+
 def tiny_config(arch: str, **overrides):
     kw = {**_COMMON, **overrides}
     if arch == "llama":

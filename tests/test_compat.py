@@ -8,21 +8,10 @@ import types
 
 import pytest
 import torch
-from conftest import tiny_model
+from conftest import Recorder, tiny_model
 from transformers.models.llama.modeling_llama import LlamaAttention, LlamaDecoderLayer
 
 import eedecode
-
-
-class Recorder:
-    def __init__(self):
-        self.calls = []
-
-    def put(self, value):
-        self.calls.append(value)
-
-    def end(self):
-        self.calls.append("end")
 
 
 def refused(model, words):

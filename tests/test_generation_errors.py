@@ -4,21 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import cached_tiny_model
+from conftest import Recorder, cached_tiny_model
 from transformers import GPT2Config, GPT2LMHeadModel
 
 import eedecode
-
-
-class Recorder:
-    def __init__(self):
-        self.calls = []
-
-    def put(self, value):
-        self.calls.append(value)
-
-    def end(self):
-        self.calls.append("end")
 
 
 def ids(n=5, batch=1):

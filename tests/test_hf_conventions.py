@@ -10,7 +10,7 @@ import tempfile
 
 import pytest
 import torch
-from conftest import cached_tiny_model, tiny_config, tiny_model
+from conftest import Recorder, cached_tiny_model, tiny_config, tiny_model
 from transformers import GenerationConfig, LlamaForCausalLM, StoppingCriteria
 from transformers.generation.utils import GenerateDecoderOnlyOutput
 
@@ -19,17 +19,6 @@ import eedecode
 SPEC = dict(exit_layer=2, num_speculations=3)
 MODES = [("autoregressive", {}), ("self_speculative", SPEC)]
 MODE_IDS = ["ar", "ss"]
-
-
-class Recorder:
-    def __init__(self):
-        self.calls = []
-
-    def put(self, value):
-        self.calls.append(value)
-
-    def end(self):
-        self.calls.append("end")
 
 
 def ids(batch=1, n=7, seed=0):

@@ -259,9 +259,9 @@ def _fingerprint(model) -> tuple:
     return tuple((id(p), p.data_ptr(), p._version, p.dtype, tuple(p.shape)) for p in model.parameters())
 
 
-def _content(layers, lm_head, embed_tokens) -> Tensor:
-    """The float32 sum of every weight and bias the copy holds, as raw bits (so a NaN equals
-    itself): a write the version counter misses (through ``.data``) changes them."""
+def _copied(layers, lm_head, embed_tokens) -> list[Tensor]:
+    """What a packed copy holds: the projections and biases of the layers not packed in place, and
+    an untied LM head small enough to transpose."""
     tensors = [
         t.detach()
         for layer in layers
@@ -271,8 +271,14 @@ def _content(layers, lm_head, embed_tokens) -> Tensor:
         for t in (lin.weight, lin.bias)
         if t is not None
     ]
-    if _head_packable(lm_head, embed_tokens):
+    if _head_packable(lm_head, embed_tokens) and _packed_group([lm_head]) is None:
         tensors.append(lm_head.weight.detach())
+    return tensors
+
+
+def _content(tensors: list[Tensor]) -> Tensor:
+    """The float32 sum of each tensor, as raw bits (so a NaN equals itself): a write the version
+    counter misses (through ``.data``) changes them."""
     if not tensors:
         return torch.zeros(0, dtype=torch.int32)
     with torch.no_grad():
@@ -295,16 +301,6 @@ def _available_bytes() -> int | None:
         return None
 
 
-def _copy_bytes(layers, lm_head, embed_tokens) -> int:
-    total = 0
-    for layer in layers:
-        if packable(layer) and packed_layer(layer) is None:
-            total += sum(lin.weight.numel() * lin.weight.element_size() for g in _groups(layer) for lin in g)
-    if _head_packable(lm_head, embed_tokens) and _packed_group([lm_head]) is None:
-        total += lm_head.weight.numel() * lm_head.weight.element_size()
-    return total
-
-
 def packed_weights(model, layers, lm_head, embed_tokens, pack="copy") -> tuple[list, Tensor | None]:
     """Per decoder layer its :class:`PackedLayer` (None: it runs through its modules), and the LM
     head as ``[H, V]`` (None: it stays ``[V, H]``), packed as ``pack`` says (see the module
@@ -322,13 +318,14 @@ def packed_weights(model, layers, lm_head, embed_tokens, pack="copy") -> tuple[l
         tuple(packable(layer) for layer in layers),
         _head_packable(lm_head, embed_tokens),
     )
-    content = _content(layers, lm_head, embed_tokens)
+    copied = _copied(layers, lm_head, embed_tokens)
+    content = _content(copied)
     kept = memory.packed
     if kept is not None and kept[0] == fingerprint and torch.equal(kept[3], content):
         return kept[1], kept[2]
     memory.packed = None  # the model changed: the old copy goes before the new one is made
     available = _available_bytes()
-    if available is not None and _copy_bytes(layers, lm_head, embed_tokens) > available // 2:
+    if available is not None and sum(t.numel() * t.element_size() for t in copied) > available // 2:
         warnings.warn(
             "pack: a packed copy of the weights would take more than half of the free memory; "
             "running unpacked (pass pack='in_place' to pack the model's own weights)",
