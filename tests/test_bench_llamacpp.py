@@ -83,8 +83,8 @@ def test_floor_share_is_tokens_per_s_over_the_bandwidth_floor(monkeypatch):
     """With the bandwidth sampled between turns, each result's share of the floor is its tokens/s
     over batch x bandwidth / the bytes of weights one step reads."""
     samples = iter([2e9, 4e9, 3e9] * 10)
-    monkeypatch.setattr(measure.CopyBandwidth, "__init__", lambda self: None)
-    monkeypatch.setattr(measure.CopyBandwidth, "sample", lambda self: next(samples))
+    monkeypatch.setattr(measure.ReadBandwidth, "__init__", lambda self: None)
+    monkeypatch.setattr(measure.ReadBandwidth, "sample", lambda self: next(samples))
     model = tiny()
     record = measure.run_measurements(
         model,

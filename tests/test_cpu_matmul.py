@@ -95,3 +95,58 @@ def test_onednn_rounds_every_row_as_if_alone(monkeypatch):
     alone = matmul_t(x[:1], w_t)
     for rows in (2, 3, 4, 9, 48):
         assert torch.equal(matmul_t(x[:rows], w_t)[:1], alone)
+
+
+@pytest.mark.parametrize("onednn_faster", [True, False])
+def test_small_blocks_library_is_measured_once_per_model(monkeypatch, onednn_faster):
+    """A model whose weights stream from memory: before its first 2- or 3-row block the runner
+    times a 2-token pass with each library, keeps the faster in the model's memory, and a later
+    runner of the same model reads it instead of timing again."""
+    from conftest import tiny_model
+
+    import eedecode
+    from eedecode.model import costs
+    from eedecode.model import runner as runner_module
+    from eedecode.model.memory import memory_of
+    from eedecode.model.runner import ModelRunner
+
+    monkeypatch.setattr(runner_module, "streams_from_memory", lambda nbytes: True)
+    timed = []
+
+    def fake_seconds(runner, batch_size, sizes, reps):
+        timed.append(runner.stream)
+        return [1.0 if runner.stream == onednn_faster else 2.0 for _ in sizes]
+
+    monkeypatch.setattr(costs, "_block_seconds", fake_seconds)
+    model = tiny_model()
+    runner = ModelRunner(model)
+    ids = torch.tensor([[3, 7, 11, 5, 9]])
+    runner.logits(runner.run_layers(runner.embed(ids[:, :1]), 0, runner.num_layers))  # one row: no timing
+    assert timed == [] and memory_of(model).small_blocks_onednn is None
+    runner.run_layers(runner.embed(ids[:, :2]), 0, runner.num_layers)
+    assert sorted(set(timed)) == [False, True]  # both libraries timed, taking turns
+    assert runner.stream is onednn_faster and memory_of(model).small_blocks_onednn is onednn_faster
+    n = len(timed)
+    again = ModelRunner(model)
+    again.run_layers(again.embed(ids[:, :3]), 0, again.num_layers)
+    assert len(timed) == n and again.stream is onednn_faster  # read from memory, not timed again
+    plain = eedecode.generate(model, ids, mode="autoregressive", max_new_tokens=12)
+    kw = dict(exit_layer=1, num_speculations=1, max_new_tokens=12)
+    spec = eedecode.generate(model, ids, mode="self_speculative", **kw)
+    assert torch.equal(spec, plain)
+
+
+def test_small_blocks_library_choice_on_a_real_clock(monkeypatch):
+    from conftest import tiny_model
+
+    from eedecode.model import runner as runner_module
+    from eedecode.model.costs import choose_small_block_library
+    from eedecode.model.memory import memory_of
+    from eedecode.model.runner import ModelRunner
+
+    monkeypatch.setattr(runner_module, "streams_from_memory", lambda nbytes: True)
+    model = tiny_model()
+    runner = ModelRunner(model)
+    choice = choose_small_block_library(runner)
+    assert choice is memory_of(model).small_blocks_onednn is runner.stream
+    assert isinstance(choice, bool) and not runner._choose_stream

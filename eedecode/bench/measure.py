@@ -18,15 +18,16 @@ from pathlib import Path
 
 import torch
 
+from ..model.memory import memory_of
 from ..model.packing import pack_head, pack_layer, packed_layer
 from . import steps
 from .latency import TokenClock, summarize
 from .methods import Speculation, pad_token_id, resolve_methods
-from .profile import CopyBandwidth
+from .profile import ReadBandwidth
 from .results import MethodResult, _count_new, method_result
 from .steps import measure_step_costs, median, sync
 
-__all__ = ["CopyBandwidth", "MethodResult", "_count_new", "run_measurements", "time_methods"]
+__all__ = ["ReadBandwidth", "MethodResult", "_count_new", "run_measurements", "time_methods"]
 
 DEFAULT_PROMPTS = Path(__file__).resolve().parent.parent / "data" / "prompts.jsonl"
 
@@ -218,7 +219,7 @@ def run_measurements(
     results = []
     hf_weights = weights_layout(model)
     packed_model = packed_in_place(model) if any(m.packed_in_place for m in chosen) else None
-    copier = CopyBandwidth() if floor and device.type == "cpu" else None  # 2 x 256 MiB
+    copier = ReadBandwidth() if floor and device.type == "cpu" else None  # 256 MiB
     bandwidths: list[float] = []
 
     def sample():
@@ -257,9 +258,11 @@ def run_measurements(
         "hf_weights": hf_weights,  # what HF generate ran on: "as loaded" (a copy) or "packed"
     }
     if bandwidths:
-        settings["bandwidth_bytes_per_s"] = median(bandwidths)  # of a 256 MiB copy, between turns
+        settings["bandwidth_bytes_per_s"] = median(bandwidths)  # read rate, sampled between turns
         settings["bandwidth_samples"] = len(bandwidths)
     costs = measure_step_costs(model, prompt_ids[0], spec.exit_layer, spec.num_speculations)
+    # which library served 2- and 3-row blocks (None: the weights fit in the cache, no choice)
+    settings["small_blocks_onednn"] = memory_of(model).small_blocks_onednn
     results = [asdict(r) for r in results]
     return {"settings": settings, "step_costs": costs, "results": results, "skipped": skipped}
 

@@ -52,8 +52,8 @@ identical to HF: prompts whose output equals HF generate's, token for token. A l
 MB/step, floor share (with the memory bandwidth sampled): the weights one step reads in the method's
   precision (every layer, the final norm and the LM head; llama.cpp: its GGUF file's tensors) and
   tokens/s over the bandwidth floor's tokens/s, batch x bandwidth / MB per step, the bandwidth being
-  the median of 256 MiB copies (read + write) between the turns. 100% would be a step that only
-  streams its weights once."""
+  the median read rate of a 256 MiB matrix-vector product between the turns (at the same threads).
+  100% would be a step that only streams its weights once."""
 
 
 # -- arithmetic (pure) -----------------------------------------------------------------------------
@@ -135,7 +135,7 @@ def markdown_table(record: dict) -> str:
     head += f"c = {record['step_costs']['c']:.3f}, v = {record['step_costs']['v']:.3f}"
     head += f"; speed-ups: median (lowest–highest of {runs} runs)" if runs > 1 else "; 1 run (no range)"
     if floor:
-        head += f"; memory bandwidth {s['bandwidth_bytes_per_s'] / 1e9:.1f} GB/s"
+        head += f"; memory read bandwidth {s['bandwidth_bytes_per_s'] / 1e9:.1f} GB/s"
     one = " (1 run)" if runs == 1 else ""
     columns = ["method", "batch", "tokens/s (median)", f"vs HF generate{one}", f"vs eedecode AR{one}"]
     columns += ["TTFT ms", "ms/token p50", "p95", "p99"] if latency else []

@@ -15,8 +15,10 @@ docs/benchmarks.md):
   it pays only for large products.
 
 So: MKL below :data:`ONEDNN_MIN_ROWS` rows (:data:`STREAM_MIN_ROWS` when the model's weights do
-not fit in the last-level cache, :func:`streams_from_memory`) or :data:`ONEDNN_MIN_MACS`
-multiply-adds, oneDNN above. Both compute in fp32 (checked against float64 in the tests).
+not fit in the last-level cache, :func:`streams_from_memory`, and oneDNN was measured faster for
+the model's 2-token blocks: the choice depends on the CPU and the shapes, see
+:func:`eedecode.model.costs.choose_small_block_library`) or :data:`ONEDNN_MIN_MACS` multiply-adds,
+oneDNN above. Both compute in fp32 (checked against float64 in the tests).
 
 Rounding, which the lossless guarantee rests on: every row of a oneDNN product of any number of
 rows is bit-identical to that row multiplied alone (tests/test_cpu_matmul.py), and on this
@@ -66,8 +68,9 @@ def _onednn(x: Tensor, w: Tensor, bias: Tensor | None) -> Tensor:
 def use_onednn(
     rows: int, in_features: int, out_features: int, dtype: torch.dtype, stream: bool = False
 ) -> bool:
-    """Whether oneDNN serves a product of ``rows`` rows by an ``[in, out]`` weight (``stream``: the
-    model's weights stream from memory, see :func:`streams_from_memory`)."""
+    """Whether oneDNN serves a product of ``rows`` rows by an ``[in, out]`` weight (``stream``:
+    oneDNN may serve it from :data:`STREAM_MIN_ROWS` rows, as for a model whose weights stream from
+    memory and whose small blocks oneDNN served faster when measured)."""
     macs = rows * in_features * out_features
     return (
         rows >= (STREAM_MIN_ROWS if stream else ONEDNN_MIN_ROWS)
@@ -80,8 +83,8 @@ def use_onednn(
 def matmul_t(x: Tensor, w_t: Tensor, bias: Tensor | None = None, stream: bool = False) -> Tensor:
     """``x [N, in] @ w_t [in, out] (+ bias [out])`` for a weight stored transposed (``w_t`` may be
     a column slice of a wider matrix: MKL reads it with its leading dimension, and serves it
-    whatever the rows). ``stream``: the
-    model's weights do not fit in the last-level cache (:func:`streams_from_memory`)."""
+    whatever the rows). ``stream``: oneDNN may serve it from :data:`STREAM_MIN_ROWS` rows (see
+    :func:`use_onednn`)."""
     rows = x.shape[0]
     # oneDNN only on a whole transposed matrix: a column slice (its leading dimension wider than
     # its columns) makes it reorder the weight on every call, ~1000x slower (a vocabulary chunk of
@@ -113,9 +116,10 @@ def last_level_cache_bytes() -> int:
 
 def streams_from_memory(weight_bytes: int) -> bool:
     """Whether a step's weights stream from memory rather than from the last-level cache. Then
-    oneDNN's fixed cost per call is small beside each product, and it serves 2 and 3 rows too:
-    measured on SmolLM2 (538 MB), a full-depth pass of 2 and 3 tokens took 0.70-0.87x the time
-    with oneDNN that it took with MKL; one token stays on MKL, which was 1.1-1.2x faster there."""
+    oneDNN's fixed cost per call is small beside each product, and it may serve 2 and 3 rows too,
+    where measured faster for the model on this machine: on SmolLM2 (538 MB) on an AMD EPYC a
+    full-depth pass of 2 and 3 tokens took 0.70-0.87x the time with oneDNN that it took with MKL;
+    on a Llama-3.2-1B shape (4.9 GB) on an Intel Xeon it took 1.4x. One token stays on MKL."""
     return weight_bytes > last_level_cache_bytes()
 
 

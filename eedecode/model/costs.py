@@ -33,6 +33,37 @@ CONTEXT = 32
 def _time_blocks(runner, batch_size: int, sizes: list[int], reps: int) -> list[float]:
     """Seconds of a full-depth pass over ``T`` tokens per row, for each ``T`` in ``sizes``
     (relative to the first)."""
+    best = _block_seconds(runner, batch_size, sizes, reps)
+    return [t / best[0] for t in best]
+
+
+def choose_small_block_library(runner, reps: int = 2) -> bool:
+    """Whether oneDNN should serve the products of 2- and 3-row blocks (a verification of one or
+    two drafts) of a model whose weights stream from memory
+    (:func:`eedecode.kernels.cpu_matmul.streams_from_memory`), measured: a full-depth pass over 2
+    tokens with oneDNN and with MKL, taking turns, the minimum of ``reps`` each after one warm-up
+    turn. Which is faster depends on the CPU and the shapes: oneDNN took 0.70-0.87x MKL's time on
+    SmolLM2 on an AMD EPYC, and 1.4x on a Llama-3.2-1B shape on an Intel Xeon. Measured once per
+    model (the runner asks before its first such block) and kept in its memory; sets
+    ``runner.stream``."""
+    runner._choose_stream = False  # asked once per runner
+    memory = memory_of(runner.model)
+    if memory.small_blocks_onednn is None:
+        best = {True: float("inf"), False: float("inf")}
+        for turn in range(reps + 1):
+            for onednn in best:
+                runner.stream = onednn
+                seconds = _block_seconds(runner, 1, [2], 0)[0]
+                best[onednn] = min(best[onednn], seconds) if turn else best[onednn]
+        memory.small_blocks_onednn = best[True] <= best[False]
+    runner.stream = memory.small_blocks_onednn
+    return runner.stream
+
+
+@torch.no_grad()
+def _block_seconds(runner, batch_size: int, sizes: list[int], reps: int) -> list[float]:
+    """Seconds of a full-depth pass over ``T`` tokens per row on a scratch cache, for each ``T`` in
+    ``sizes``: the minimum of ``reps + 1`` passes."""
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(0, runner.vocab_size, (batch_size, CONTEXT), generator=g).to(runner.device)
     cache = runner.new_cache(batch_size, CONTEXT + max(sizes))
@@ -50,7 +81,7 @@ def _time_blocks(runner, batch_size: int, sizes: list[int], reps: int) -> list[f
             if hidden.is_cuda:
                 torch.cuda.synchronize(hidden.device)
             best[i] = min(best[i], time.perf_counter() - t0)
-    return [t / best[0] for t in best]
+    return best
 
 
 def block_costs(runner, batch_size: int, max_tokens: int, reps: int = 3) -> list[float]:

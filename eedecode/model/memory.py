@@ -3,7 +3,8 @@
 Packing the weights, measuring a step's costs and learning a drafting policy take time; all three
 hold for one model on one machine, so they are kept: the packed copy of the weights
 (:mod:`eedecode.model.packing`), the verification cost table per batch size and block length
-(:mod:`eedecode.model.costs`), the weight counts the cost prior is built from, and each decoding
+(:mod:`eedecode.model.costs`), which library serves its small verification blocks (measured
+once), the weight counts the cost prior is built from, and each decoding
 mode's learned state (the adaptive mode's policies, one per set of drafting options). They live in
 the model's :class:`ModelMemory`, which :func:`memory_of` returns (the same object for as long as the
 model lives; nothing is attached to the model itself). ``memory_of(model).reset()`` forgets it all.
@@ -24,6 +25,8 @@ class ModelMemory:
     def __init__(self):
         self.block_costs: dict[tuple[int, int], list[float]] = {}  # (batch, tokens) -> costs
         self.weight_counts: tuple[int, int] | None = None  # (one layer, the LM head)
+        #: Whether oneDNN serves products of 2 and 3 rows (measured once: cpu_matmul, costs)
+        self.small_blocks_onednn: bool | None = None
         self.modes: dict[str, object] = {}  # mode name -> what the mode learned (its own type)
         #: The packed copy of the weights (eedecode.model.packing): (fingerprint, layers, head, sums).
         self.packed: tuple | None = None

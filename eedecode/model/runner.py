@@ -14,9 +14,10 @@ import torch
 import torch.nn.functional as F
 
 from ..kernels import DEFAULT_STATS, ExitHeadStats, exit_head, exit_head_logits, logits_stats
-from ..kernels.cpu_matmul import linear, matmul_t, streams_from_memory
+from ..kernels.cpu_matmul import ONEDNN_MIN_ROWS, linear, matmul_t, streams_from_memory
 from .cache import BlockContext, KVCache
 from .compat import check_supported
+from .costs import choose_small_block_library
 from .layer_ops import (
     ROPE_TABLE_MIN,
     STATIC_ROPE,
@@ -105,17 +106,16 @@ class ModelRunner:
         self.fused_head = fusable and plain and self.norm_eps is not None
 
     def _pack(self, pack: str) -> None:
-        """The packed matrices of every layer and the head (None: modules, ``[V, H]``), and
-        whether the weights stream from memory (eedecode/kernels/cpu_matmul.py)."""
+        """The packed matrices of every layer and the head (None: modules, ``[V, H]``)."""
         packed, self.head_t = packed_weights(self.model, self.layers, self.lm_head, self.embed_tokens, pack)
         self.packed: list[PackedLayer | None] = packed
         # the LM head as [V, H] for the exit head and the logits (a view of the packed [H, V] one)
-        head = self.head_t
-        self.head_weight = head.t() if head is not None else getattr(self.lm_head, "weight", None)
-        weights = [t for p in self.packed if p for t in (p.qkv, p.o, p.gate_up, p.down)]
-        weights.append(getattr(self.lm_head, "weight", None))
-        nbytes = sum(t.numel() * t.element_size() for t in weights if t is not None)
-        self.stream = streams_from_memory(nbytes)  # then oneDNN serves products of 2 rows and more
+        head, lm = self.head_t, getattr(self.lm_head, "weight", None)
+        self.head_weight = head.t() if head is not None else lm
+        weights = [t for p in self.packed if p for t in (p.qkv, p.o, p.gate_up, p.down)] + [lm]
+        nbytes = sum(t.nbytes for t in weights if t is not None)
+        # streaming from memory (kernels/cpu_matmul.py): the library of 2- and 3-row products is
+        self.stream = self._choose_stream = streams_from_memory(nbytes)  # measured before the first
 
     # -- cache -----------------------------------------------------------------------------------
     def new_cache(self, batch_size: int, max_len: int) -> KVCache:
@@ -143,6 +143,8 @@ class ModelRunner:
         Returns the states leaving layer ``end - 1``, ``[B, T, H]``.
         """
         B, T = hidden.shape[:2]
+        if self._choose_stream and 2 <= B * T < ONEDNN_MIN_ROWS and hidden.is_cpu:
+            choose_small_block_library(self)  # once
         if cache is None:
             ctx = BlockContext.standalone(B, T, hidden.device, hidden.dtype)
         else:

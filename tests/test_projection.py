@@ -1,0 +1,48 @@
+"""benchmarks/projection.py: step costs of a synthetic shape, and the speed-up the cost model
+predicts at the acceptance rates LayerSkip published."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def projection():
+    spec = importlib.util.spec_from_file_location("projection", ROOT / "benchmarks" / "projection.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["projection"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_prediction_is_the_cost_model(projection):
+    v = {1: 1.2, 2: 1.3}
+    # (1 - a^(k+1)) / (1 - a) tokens per round over k*c + v_k
+    assert projection.predict(0.5, 2, 0.25, v) == pytest.approx((1 - 0.5**3) / 0.5 / (2 * 0.25 + 1.3))
+    assert projection.predict(0.9, 0, 0.25, v) == 1.0  # no drafting
+
+
+def test_the_script_measures_and_tabulates_a_shape(projection, tmp_path, capsys):
+    out = tmp_path / "costs.json"
+    projection.main(["--shape", "tiny", "--reps", "1", "--prompt-len", "16", "--out", str(out)])
+    record = json.loads(out.read_text())
+    assert record["shape"] == "tiny" and set(record["costs"]) == {"2"}
+    cost = record["costs"]["2"]
+    assert 0 < cost["c"] < 1.5 and set(cost["v"]) == {str(k) for k in projection.DRAFT_LENGTHS}
+    table = capsys.readouterr().out
+    assert table.count("| Llama2-") == len(projection.PUBLISHED)
+    assert "from scratch, CNN/DM summarization, greedy | 0.019 | 8 / 24, 12 | 2 |" in table
+    assert "| 0 | 1.00× |" in table  # at 1.9% acceptance the best is not to draft
+
+
+def test_bad_exit_layers_are_named(projection, capsys):
+    with pytest.raises(SystemExit):
+        projection.main(["--shape", "tiny", "--exit-layers", "9"])
+    assert "--exit-layers: each must be in [1, 7]" in capsys.readouterr().err
