@@ -14,8 +14,10 @@ at the same depth fraction as the checkpoint's.
 
 The published rates are from the LayerSkip repository's README (facebookresearch/LayerSkip,
 Llama2-7B continually pretrained with the LayerSkip recipe, 32 layers; a 1.5B model pretrained
-from scratch), measured on GPUs; acceptance there is the share of drafted tokens accepted, as in
-eedecode's bench.
+from scratch, in the README's revision 02075d0), measured on GPUs. Acceptance there is the share
+of drafted tokens accepted with k drafts a round, as in eedecode's bench; at the checkpoint's own
+k a round then yields ``1 + share·k`` tokens, and for other k the script solves for the i.i.d.
+per-draft acceptance α that gives that share.
 """
 
 from __future__ import annotations
@@ -33,7 +35,8 @@ from eedecode.model.costs import expected_tokens_per_round, ideal_speedup
 from eedecode.model.memory import memory_of
 from eedecode.model.synthetic import SHAPES, synthetic_model
 
-#: (checkpoint and task, acceptance, exit layer, layers, k), from facebookresearch/LayerSkip's README.
+#: (checkpoint and task, share of drafted tokens accepted, exit layer, layers, k), from the README of
+#: facebookresearch/LayerSkip (the 1.5B model's row from its revision 02075d0).
 PUBLISHED = (
     ("Llama2-7B continual, CNN/DM summarization, greedy", 0.795, 8, 32, 6),
     ("Llama2-7B continual, CNN/DM language modelling, greedy", 0.627, 8, 32, 6),
@@ -69,23 +72,43 @@ def measure(shape: str, dtype: torch.dtype, exit_layers: list[int], reps: int, p
             "v": {k: r["v"] for k, r in rows.items()},
         }
     params = sum(p.numel() for p in model.parameters())
-    onednn = memory_of(model).small_blocks_onednn  # which library served the 2- and 3-row blocks
+    onednn = memory_of(model).small_blocks_onednn.get(torch.get_num_threads())  # for 2-3 rows
     return {
         "shape": shape,
         "dtype": str(dtype),
         "parameters": params,
         "build_s": built,
         "costs": costs,
-        "small_blocks": {None: "MKL (weights in the cache)", True: "oneDNN", False: "MKL"}[onednn],
+        "small_blocks": {None: "not chosen", True: "oneDNN", False: "MKL"}[onednn],
     }
 
 
-def predict(acceptance: float, k: int, c: float, v: dict) -> float:
-    """The cost model's speed-up over autoregressive decoding at i.i.d. acceptance and k drafts
-    (k = 0: no drafting, 1.0)."""
+def predict(alpha: float, k: int, c: float, v: dict) -> float:
+    """The cost model's speed-up over autoregressive decoding at i.i.d. acceptance ``alpha`` (the
+    probability that a draft is accepted given the ones before it were) and k drafts (k = 0: no
+    drafting, 1.0)."""
     if k == 0:
         return 1.0
-    return ideal_speedup(expected_tokens_per_round(acceptance, k), k, c, v[k])
+    return ideal_speedup(expected_tokens_per_round(alpha, k), k, c, v[k])
+
+
+def alpha_from_share(share: float, k: int) -> float:
+    """The i.i.d. acceptance α at which the share of drafted tokens accepted (what LayerSkip and
+    eedecode's bench report) is ``share`` with k drafts a round: mean accepted drafts per round
+    ``α(1 − α^k)/(1 − α)`` = ``share·k``. (Bisection; the share grows with α.)"""
+    lo, hi = 0.0, 1.0
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        if (expected_tokens_per_round(mid, k) - 1) / k < share:
+            lo = mid
+        else:
+            hi = mid
+    return (lo + hi) / 2
+
+
+def predict_at_published(share: float, k: int, c: float, v: dict) -> float:
+    """At the checkpoint's own k, the mean tokens a round needs no model: ``1 + share·k``."""
+    return ideal_speedup(1 + share * k, k, c, v[k])
 
 
 def projection_table(record: dict) -> str:
@@ -104,18 +127,19 @@ def projection_table(record: dict) -> str:
         lines.append(f"| {E} | {cost['ar_step_ms']:.0f} | {cost['c']:.3f} | {vs} |")
     lines += [
         "",
-        "| published checkpoint and task | acceptance | its E / L, k | E here | "
+        "| published checkpoint and task | drafts accepted | its E / L, k | α (i.i.d.) | E here | "
         "predicted vs eedecode AR at its k | best k (0: do not draft) | predicted at the best k |",
-        "|---|---:|---|---:|---:|---:|---:|",
+        "|---|---:|---|---:|---:|---:|---:|---:|",
     ]
-    for name, a, e, layers, k in PUBLISHED:
+    for name, share, e, layers, k in PUBLISHED:
         E = nearest_exit(record, e / layers * L)
-        cost = record["costs"][E]
-        at_k = predict(a, k, cost["c"], cost["v"])
-        best = max((0, *DRAFT_LENGTHS), key=lambda j: predict(a, j, cost["c"], cost["v"]))
-        at_best = predict(a, best, cost["c"], cost["v"])
+        c, v = record["costs"][E]["c"], record["costs"][E]["v"]
+        alpha = alpha_from_share(share, k)
+        at_k = predict_at_published(share, k, c, v)
+        best = max((0, *DRAFT_LENGTHS), key=lambda j: predict(alpha, j, c, v))
         lines.append(
-            f"| {name} | {a:.3f} | {e} / {layers}, {k} | {E} | {at_k:.2f}× | {best} | {at_best:.2f}× |"
+            f"| {name} | {share:.3f} | {e} / {layers}, {k} | {alpha:.3f} | {E} | {at_k:.2f}× | {best} "
+            f"| {predict(alpha, best, c, v):.2f}× |"
         )
     return "\n".join(lines)
 
@@ -133,7 +157,16 @@ def main(argv=None) -> int:
     p.add_argument("--prompt-len", type=int, default=128, help="tokens in the cache (default 128)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     p.add_argument("--out", default=None, help="write the record (JSON) here")
+    p.add_argument("--table", default=None, metavar="RECORD", help="print the tables of a stored record")
     args = p.parse_args(argv)
+    if args.table:
+        record = json.loads(Path(args.table).read_text())
+        record["costs"] = {
+            int(E): {**cost, "v": {int(k): x for k, x in cost["v"].items()}}
+            for E, cost in record["costs"].items()
+        }
+        print(projection_table(record))
+        return 0
     torch.set_num_threads(args.threads)
     L = SHAPES[args.shape]["num_hidden_layers"]
     if args.exit_layers:

@@ -1,8 +1,11 @@
 """Regenerate the numbers in README.md and docs/ from the current build: one command.
 
 Every step is a command the docs name (a test checks that each step's command appears verbatim
-in the doc it feeds). Each step's output goes to ``--out``/<step>.txt and its record, where the
-command writes one, beside it; at the end the script prints the tables the README quotes.
+in the doc it feeds), run with the environment the doc sets before it. Each step's printed
+output goes to ``--out``/<step>.txt (every run of it, for a step the doc ran several times); its
+record goes where its command says (``--output``/``--out``; a bench without one writes
+runs/bench, which the next such step overwrites, so its .txt is the record). The figure step
+rewrites the docs' figure. At the end the script prints the tables the README quotes.
 
     python benchmarks/reproduce.py                       # every step that can run here (hours)
     python benchmarks/reproduce.py --list                # the steps, their docs and commands
@@ -20,6 +23,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import os
 import shlex
 import subprocess
 import sys
@@ -37,6 +41,7 @@ class Step:
     command: str  # as the doc gives it; run from the repository root
     needs: tuple[str, ...] = ()  # importable modules it needs
     runs: int = 1  # how many times the doc ran it (its numbers are the range over them)
+    env: tuple[tuple[str, str], ...] = ()  # environment the doc sets first ({prefix}: sys.prefix)
 
     def missing(self) -> str | None:
         absent = [m for m in self.needs if importlib.util.find_spec(m) is None]
@@ -353,6 +358,13 @@ STEPS += (
         "python benchmarks/vllm_bench.py --repeats 5 --batch-sizes 1,8 --methods none,ngram,eedecode "
         "--out runs/vllm_bench.json",
         ("vllm",),
+        env=(
+            ("LD_PRELOAD", "{prefix}/lib/libiomp5.so"),
+            ("NUMBA_NUM_THREADS", "1"),
+            ("OMP_NUM_THREADS", "1"),
+            ("VLLM_CPU_OMP_THREADS_BIND", "0"),
+            ("VLLM_CPU_KVCACHE_SPACE", "1"),
+        ),
     ),
 )
 MODELS = {
@@ -459,7 +471,10 @@ def run(step: Step, out: Path) -> tuple[str, float]:
         for i in range(step.runs):
             if step.runs > 1:
                 print(f"[reproduce] run {i + 1} of {step.runs}", file=log, flush=True)
-            codes.append(subprocess.run(argv, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT).returncode)
+            env = os.environ | {k: v.format(prefix=sys.prefix) for k, v in step.env}
+            codes.append(
+                subprocess.run(argv, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT).returncode
+            )
     seconds = time.perf_counter() - start
     bad = [c for c in codes if c]
     return ("done" if not bad else f"failed (exit {bad[0]})"), seconds

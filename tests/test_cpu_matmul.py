@@ -76,7 +76,7 @@ def test_last_level_cache_decides_streaming():
 def test_which_library_serves_which_product(monkeypatch):
     monkeypatch.setattr(cpu_matmul, "onednn_available", lambda: True)
     use = cpu_matmul.use_onednn
-    assert not use(3, 1024, 1024, torch.float32)  # few rows: MKL, which rounds them like one
+    assert not use(3, 1024, 1024, torch.float32)  # few rows: MKL, the one-token steps' library
     assert use(4, 1024, 1024, torch.float32)
     assert not use(64, 32, 64, torch.float32)  # small: oneDNN's fixed cost does not pay
     assert not use(16, 1024, 1024, torch.bfloat16)
@@ -97,56 +97,81 @@ def test_onednn_rounds_every_row_as_if_alone(monkeypatch):
         assert torch.equal(matmul_t(x[:rows], w_t)[:1], alone)
 
 
+def _streaming_model(monkeypatch, **overrides):
+    """A tiny model whose runner believes its weights stream from memory, with products large
+    enough for oneDNN (hidden 512: a 2-row product is over ONEDNN_MIN_MACS)."""
+    from conftest import tiny_model
+
+    from eedecode.model import runner as runner_module
+
+    monkeypatch.setattr(runner_module, "streams_from_memory", lambda nbytes: True)
+    kw = dict(hidden_size=512, intermediate_size=1024, num_attention_heads=8, num_key_value_heads=4)
+    return tiny_model(**{**kw, **overrides})
+
+
 @pytest.mark.parametrize("onednn_faster", [True, False])
 def test_small_blocks_library_is_measured_once_per_model(monkeypatch, onednn_faster):
     """A model whose weights stream from memory: before its first 2- or 3-row block the runner
-    times a 2-token pass with each library, keeps the faster in the model's memory, and a later
-    runner of the same model reads it instead of timing again."""
-    from conftest import tiny_model
-
-    import eedecode
+    times a 2-token pass with each library, keeps the faster in the model's memory (per thread
+    count), and a later runner of the same model reads it instead of timing again; reset()
+    forgets it."""
     from eedecode.model import costs
-    from eedecode.model import runner as runner_module
     from eedecode.model.memory import memory_of
     from eedecode.model.runner import ModelRunner
 
-    monkeypatch.setattr(runner_module, "streams_from_memory", lambda nbytes: True)
+    model = _streaming_model(monkeypatch)
     timed = []
+    real = costs._scratch_passes
 
-    def fake_seconds(runner, batch_size, sizes, reps):
-        timed.append(runner.stream)
-        return [1.0 if runner.stream == onednn_faster else 2.0 for _ in sizes]
+    def fake_passes(runner, batch_size, sizes):
+        real(runner, batch_size, sizes)  # the scratch cache, built as for real
 
-    monkeypatch.setattr(costs, "_block_seconds", fake_seconds)
-    model = tiny_model()
+        def seconds(i):
+            timed.append(runner.stream)
+            return 1.0 if runner.stream == onednn_faster else 2.0
+
+        return seconds
+
+    monkeypatch.setattr(costs, "_scratch_passes", fake_passes)
     runner = ModelRunner(model)
     ids = torch.tensor([[3, 7, 11, 5, 9]])
     runner.logits(runner.run_layers(runner.embed(ids[:, :1]), 0, runner.num_layers))  # one row: no timing
-    assert timed == [] and memory_of(model).small_blocks_onednn is None
+    assert timed == [] and memory_of(model).small_blocks_onednn == {}
     runner.run_layers(runner.embed(ids[:, :2]), 0, runner.num_layers)
-    assert sorted(set(timed)) == [False, True]  # both libraries timed, taking turns
-    assert runner.stream is onednn_faster and memory_of(model).small_blocks_onednn is onednn_faster
+    assert timed.count(True) == timed.count(False) == 3  # both libraries, taking turns
+    threads = torch.get_num_threads()
+    assert runner.stream is onednn_faster and memory_of(model).small_blocks_onednn == {threads: onednn_faster}
     n = len(timed)
     again = ModelRunner(model)
     again.run_layers(again.embed(ids[:, :3]), 0, again.num_layers)
     assert len(timed) == n and again.stream is onednn_faster  # read from memory, not timed again
-    plain = eedecode.generate(model, ids, mode="autoregressive", max_new_tokens=12)
-    kw = dict(exit_layer=1, num_speculations=1, max_new_tokens=12)
+    memory_of(model).reset()
+    assert memory_of(model).small_blocks_onednn == {}
+
+
+def test_small_blocks_library_is_chosen_inside_a_call_and_tokens_match(monkeypatch):
+    """The choice made on the real clock in the middle of a self-speculative call, between the
+    prompt and the first verification: the call's tokens equal autoregressive decoding's (the
+    timing passes use a scratch cache, never the call's), and the choice is kept."""
+    import eedecode
+    from eedecode.model.memory import memory_of
+
+    model = _streaming_model(monkeypatch)
+    ids = torch.tensor([[3, 7, 11, 5, 9, 4, 8, 2]])
+    plain = eedecode.generate(model, ids, mode="autoregressive", max_new_tokens=16)
+    assert memory_of(model).small_blocks_onednn == {}  # one-row steps never ask
+    kw = dict(exit_layer=1, num_speculations=1, max_new_tokens=16)
     spec = eedecode.generate(model, ids, mode="self_speculative", **kw)
     assert torch.equal(spec, plain)
+    assert set(memory_of(model).small_blocks_onednn) == {torch.get_num_threads()}
 
 
-def test_small_blocks_library_choice_on_a_real_clock(monkeypatch):
-    from conftest import tiny_model
-
-    from eedecode.model import runner as runner_module
+def test_without_packed_matrices_there_is_nothing_to_choose(monkeypatch):
     from eedecode.model.costs import choose_small_block_library
     from eedecode.model.memory import memory_of
     from eedecode.model.runner import ModelRunner
 
-    monkeypatch.setattr(runner_module, "streams_from_memory", lambda nbytes: True)
-    model = tiny_model()
-    runner = ModelRunner(model)
-    choice = choose_small_block_library(runner)
-    assert choice is memory_of(model).small_blocks_onednn is runner.stream
-    assert isinstance(choice, bool) and not runner._choose_stream
+    model = _streaming_model(monkeypatch)
+    runner = ModelRunner(model, pack="none")
+    assert choose_small_block_library(runner) is runner.stream
+    assert memory_of(model).small_blocks_onednn == {}

@@ -23,10 +23,20 @@ def projection():
 
 
 def test_prediction_is_the_cost_model(projection):
-    v = {1: 1.2, 2: 1.3}
+    v = {1: 1.2, 2: 1.3, 6: 1.8}
     # (1 - a^(k+1)) / (1 - a) tokens per round over k*c + v_k
     assert projection.predict(0.5, 2, 0.25, v) == pytest.approx((1 - 0.5**3) / 0.5 / (2 * 0.25 + 1.3))
     assert projection.predict(0.9, 0, 0.25, v) == 1.0  # no drafting
+    # a published share of drafts accepted at k: 1 + share*k tokens a round at that k
+    assert projection.predict_at_published(0.5, 6, 0.25, v) == pytest.approx(4.0 / (6 * 0.25 + 1.8))
+
+
+def test_the_share_of_drafts_accepted_is_not_the_per_draft_acceptance(projection):
+    # with k drafts, alpha (1 - alpha^k) / (1 - alpha) drafts are accepted a round on average
+    for alpha, k in ((0.5, 1), (0.9, 6), (0.3, 12)):
+        share = alpha * (1 - alpha**k) / (1 - alpha) / k
+        assert projection.alpha_from_share(share, k) == pytest.approx(alpha, abs=1e-9)
+    assert projection.alpha_from_share(0.795, 6) > 0.9  # LayerSkip's 79.5% at k = 6
 
 
 def test_the_script_measures_and_tabulates_a_shape(projection, tmp_path, capsys):
@@ -38,8 +48,11 @@ def test_the_script_measures_and_tabulates_a_shape(projection, tmp_path, capsys)
     assert 0 < cost["c"] < 1.5 and set(cost["v"]) == {str(k) for k in projection.DRAFT_LENGTHS}
     table = capsys.readouterr().out
     assert table.count("| Llama2-") == len(projection.PUBLISHED)
-    assert "from scratch, CNN/DM summarization, greedy | 0.019 | 8 / 24, 12 | 2 |" in table
+    assert "from scratch, CNN/DM summarization, greedy | 0.019 | 8 / 24, 12 | 0.186 | 2 |" in table
     assert "| 0 | 1.00× |" in table  # at 1.9% acceptance the best is not to draft
+    # the stored record prints the same tables
+    assert projection.main(["--table", str(out)]) == 0
+    assert capsys.readouterr().out.strip() == table.split("\n\n", 1)[1].split("\nrecord:")[0].strip()
 
 
 def test_bad_exit_layers_are_named(projection, capsys):

@@ -219,7 +219,7 @@ def run_measurements(
     results = []
     hf_weights = weights_layout(model)
     packed_model = packed_in_place(model) if any(m.packed_in_place for m in chosen) else None
-    copier = ReadBandwidth() if floor and device.type == "cpu" else None  # 256 MiB
+    copier = ReadBandwidth() if floor and device.type == "cpu" else None  # >= 256 MiB
     bandwidths: list[float] = []
 
     def sample():
@@ -243,7 +243,7 @@ def run_measurements(
         for m in chosen:
             m.close()
     del packed_model
-    copier = None  # the 2 x 256 MiB go before the step costs
+    copier = None  # its matrix goes before the step costs
     settings = {
         "exit_layer": spec.exit_layer,
         "num_speculations": spec.num_speculations,
@@ -261,8 +261,9 @@ def run_measurements(
         settings["bandwidth_bytes_per_s"] = median(bandwidths)  # read rate, sampled between turns
         settings["bandwidth_samples"] = len(bandwidths)
     costs = measure_step_costs(model, prompt_ids[0], spec.exit_layer, spec.num_speculations)
-    # which library served 2- and 3-row blocks (None: the weights fit in the cache, no choice)
-    settings["small_blocks_onednn"] = memory_of(model).small_blocks_onednn
+    # whether oneDNN served 2- and 3-row blocks, per thread count (empty: nothing was chosen, as
+    # when the weights fit in the cache, off a CPU, or when no such block ran)
+    settings["small_blocks_onednn"] = dict(memory_of(model).small_blocks_onednn)
     results = [asdict(r) for r in results]
     return {"settings": settings, "step_costs": costs, "results": results, "skipped": skipped}
 

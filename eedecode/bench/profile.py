@@ -6,13 +6,14 @@ For an autoregressive step, a draft step and a verification pass (the engine's o
 forward with its cache for comparison: the aten ops dispatched (counted by a
 ``TorchDispatchMode``: deterministic, unlike times), the median wall time, the bytes the step
 must read (the weights of the layers it runs, the LM head and the KV cache it attends over), and
-the *floor*: those bytes over the machine's memory bandwidth, measured here by streaming a
-256 MiB matrix through a matrix-vector product between the steps (:class:`ReadBandwidth`: the way a
-decoding step reads its weights, at the same threads). ``floor share`` = floor / measured time: 1.0 would be
-a step that only streams its weights once from memory. (Weights that fit in the last-level cache,
-like the demo model's 27 MB in a 32 MB L3, can be read faster than that: there the share is not
-bounded by 1.) Then the verification cost table (:func:`eedecode.model.costs.block_costs`) at batch
-sizes 1, 4 and 16.
+the *floor*: those bytes over the machine's memory read bandwidth, measured here by a
+matrix-vector product over a matrix far larger than the last-level cache between the steps
+(:class:`ReadBandwidth`: the way a decoding step reads its weights, at the same threads).
+``floor share`` = floor / measured time: 1.0 is a step that reads its weights as fast as that
+product reads its matrix (a step can do slightly better: the probe is one product, not the best
+possible read), and weights that fit in the last-level cache, like the demo model's 27 MB, are
+read faster still: there the share is not bounded by 1. Then the verification cost table
+(:func:`eedecode.model.costs.block_costs`) at batch sizes 1, 4 and 16.
 """
 
 from __future__ import annotations
@@ -24,10 +25,11 @@ from collections import Counter
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from ..kernels.cpu_matmul import last_level_cache_bytes
 from ..model.costs import block_costs, preferred_block_sizes
 from .steps import median, step_functions
 
-#: Bytes read by :class:`ReadBandwidth`: far larger than any cache.
+#: Bytes read by :class:`ReadBandwidth` at least (four times the last-level cache where that is more).
 BANDWIDTH_BYTES = 256 << 20
 #: The verification cost table (:func:`eedecode.model.costs.block_costs`): tokens per row, batch sizes.
 BLOCK_TOKENS = 9
@@ -58,16 +60,20 @@ def count_ops(fn) -> Counter:
 
 
 class ReadBandwidth:
-    """Memory read bandwidth in bytes/s, sampled by a matrix-vector product over a
-    :data:`BANDWIDTH_BYTES` float32 matrix: a read-only stream, as a decoding step reads its weights,
-    at the current torch threads. (A copy also writes, and writes cost a CPU more than reads: on a
-    billion-parameter model a copy-based floor came out below the step itself.) Sampled between the
-    steps it is compared with, so that both see the same load on a shared machine."""
+    """Memory read bandwidth in bytes/s, sampled by a matrix-vector product over a float32 matrix
+    of :data:`BANDWIDTH_BYTES` or four times the last-level cache, whichever is larger: a
+    read-only stream, as a decoding step reads its weights, at the current torch threads. (A
+    copy also writes, and writes cost a CPU more than reads: on a billion-parameter model a
+    copy-based floor came out below the step itself.) Sampled between the steps it is compared
+    with, so that both see the same load on a shared machine."""
 
-    def __init__(self, nbytes: int = BANDWIDTH_BYTES):
-        cols = 16384
-        self.matrix = torch.ones(nbytes // 4 // cols, cols)
-        self.vector = torch.ones(cols)
+    COLUMNS = 4096
+
+    def __init__(self, nbytes: int | None = None):
+        nbytes = nbytes or max(BANDWIDTH_BYTES, 4 * last_level_cache_bytes())
+        rows = max(1, nbytes // 4 // self.COLUMNS)
+        self.matrix = torch.ones(rows, self.COLUMNS)
+        self.vector = torch.ones(self.COLUMNS)
         self.matrix @ self.vector  # touch the pages once, untimed
 
     def sample(self) -> float:
@@ -167,8 +173,9 @@ def profile_table(profile: dict, exit_layer: int, num_speculations: int) -> str:
     """The markdown table ``eedecode bench --profile`` prints."""
     bw = profile["bandwidth_bytes_per_s"] / 1e9
     lines = [
-        f"E = {exit_layer}, k = {num_speculations}; memory read bandwidth {bw:.1f} GB/s (median of 256 MiB "
-        "matrix-vector products between the steps; floor share: the median over turns of floor / time)",
+        f"E = {exit_layer}, k = {num_speculations}; memory read bandwidth {bw:.1f} GB/s (median of "
+        "matrix-vector products over a matrix larger than the cache, between the steps; floor "
+        "share: the median over turns of floor / time)",
         "",
         "| step | aten ops | ms (median) | MB read | floor ms | floor share |",
         "|---|---:|---:|---:|---:|---:|",

@@ -52,8 +52,9 @@ identical to HF: prompts whose output equals HF generate's, token for token. A l
 MB/step, floor share (with the memory bandwidth sampled): the weights one step reads in the method's
   precision (every layer, the final norm and the LM head; llama.cpp: its GGUF file's tensors) and
   tokens/s over the bandwidth floor's tokens/s, batch x bandwidth / MB per step, the bandwidth being
-  the median read rate of a 256 MiB matrix-vector product between the turns (at the same threads).
-  100% would be a step that only streams its weights once."""
+  the median read rate of a matrix-vector product over a matrix four times the last-level cache
+  (256 MiB at least) between the turns, at the same threads. About 100%: a step that reads its
+  weights once, as fast as that product reads its matrix."""
 
 
 # -- arithmetic (pure) -----------------------------------------------------------------------------

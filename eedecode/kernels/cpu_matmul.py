@@ -21,10 +21,11 @@ the model's 2-token blocks: the choice depends on the CPU and the shapes, see
 oneDNN above. Both compute in fp32 (checked against float64 in the tests).
 
 Rounding, which the lossless guarantee rests on: every row of a oneDNN product of any number of
-rows is bit-identical to that row multiplied alone (tests/test_cpu_matmul.py), and on this
-machine so is every row of an MKL product of 1 to 3 rows (measured, not guaranteed by MKL). A
-verification block served by another library or kernel than a one-token step may round a row
-differently: its tokens then equal autoregressive decoding's except at floating-point near-ties.
+rows is bit-identical to that row multiplied alone (tests/test_cpu_matmul.py). MKL does not
+promise it: on an AMD EPYC (Zen 4) its products of 1 to 3 rows rounded every row alike, on an
+Intel Xeon its 2-row products differ from its one-row products in the last bits. A verification
+block served by another kernel than a one-token step may round a row differently: its tokens then
+equal autoregressive decoding's except at floating-point near-ties.
 """
 
 from __future__ import annotations

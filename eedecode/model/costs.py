@@ -32,56 +32,75 @@ CONTEXT = 32
 @torch.no_grad()
 def _time_blocks(runner, batch_size: int, sizes: list[int], reps: int) -> list[float]:
     """Seconds of a full-depth pass over ``T`` tokens per row, for each ``T`` in ``sizes``
-    (relative to the first)."""
-    best = _block_seconds(runner, batch_size, sizes, reps)
+    (relative to the first): the minimum of ``reps + 1`` passes (the work is deterministic,
+    interference only adds)."""
+    timed = _scratch_passes(runner, batch_size, sizes)
+    best = [min(timed(i) for _ in range(reps + 1)) for i in range(len(sizes))]
     return [t / best[0] for t in best]
 
 
-def choose_small_block_library(runner, reps: int = 2) -> bool:
-    """Whether oneDNN should serve the products of 2- and 3-row blocks (a verification of one or
-    two drafts) of a model whose weights stream from memory
-    (:func:`eedecode.kernels.cpu_matmul.streams_from_memory`), measured: a full-depth pass over 2
-    tokens with oneDNN and with MKL, taking turns, the minimum of ``reps`` each after one warm-up
-    turn. Which is faster depends on the CPU and the shapes: oneDNN took 0.70-0.87x MKL's time on
-    SmolLM2 on an AMD EPYC, and 1.4x on a Llama-3.2-1B shape on an Intel Xeon. Measured once per
-    model (the runner asks before its first such block) and kept in its memory; sets
-    ``runner.stream``."""
-    runner._choose_stream = False  # asked once per runner
-    memory = memory_of(runner.model)
-    if memory.small_blocks_onednn is None:
-        best = {True: float("inf"), False: float("inf")}
-        for turn in range(reps + 1):
-            for onednn in best:
-                runner.stream = onednn
-                seconds = _block_seconds(runner, 1, [2], 0)[0]
-                best[onednn] = min(best[onednn], seconds) if turn else best[onednn]
-        memory.small_blocks_onednn = best[True] <= best[False]
-    runner.stream = memory.small_blocks_onednn
-    return runner.stream
+#: oneDNN serves small blocks only if it is at least this much faster than MKL (the rule that
+#: does not depend on a noisy difference is MKL's: its one-row kernel serves every decoding step).
+ONEDNN_MARGIN = 0.97
 
 
 @torch.no_grad()
-def _block_seconds(runner, batch_size: int, sizes: list[int], reps: int) -> list[float]:
-    """Seconds of a full-depth pass over ``T`` tokens per row on a scratch cache, for each ``T`` in
-    ``sizes``: the minimum of ``reps + 1`` passes."""
+def choose_small_block_library(runner, reps: int = 2) -> bool:
+    """Whether oneDNN should serve the products of 2- and 3-row blocks (a verification of one or
+    two drafts, a batch of 2 or 3 rows) of a model whose weights stream from memory
+    (:func:`eedecode.kernels.cpu_matmul.streams_from_memory`), measured: a full-depth pass over 2
+    tokens with each library, taking turns, the minimum of ``reps`` after a warm-up turn; oneDNN
+    if it is faster by :data:`ONEDNN_MARGIN`. Which is faster depends on the CPU and the shapes:
+    oneDNN took 0.70-0.87x MKL's time on SmolLM2 on an AMD EPYC, and 1.4x on a Llama-3.2-1B shape
+    on an Intel Xeon. Measured once per model and thread count (the runner asks before its first
+    such block; a few passes, about 4 s on the 1B shape) and kept in the model's memory; sets
+    ``runner.stream``. A runner without packed matrices has nothing to choose."""
+    runner._choose_stream = False  # asked once per runner
+    if all(p is None for p in runner.packed) and runner.head_t is None:
+        return runner.stream  # its products do not read the flag
+    chosen = memory_of(runner.model).small_blocks_onednn
+    threads = torch.get_num_threads()
+    if threads not in chosen:
+        before, best = runner.stream, {True: float("inf"), False: float("inf")}
+        try:
+            timed = _scratch_passes(runner, 1, [2])
+            for turn in range(reps + 1):
+                for onednn in best:
+                    runner.stream = onednn
+                    seconds = timed(0)
+                    best[onednn] = min(best[onednn], seconds) if turn else best[onednn]
+        except BaseException:
+            runner.stream, runner._choose_stream = before, True  # as it was: ask again next time
+            raise
+        chosen[threads] = best[True] < ONEDNN_MARGIN * best[False]
+    runner.stream = chosen[threads]
+    return runner.stream
+
+
+def _scratch_passes(runner, batch_size: int, sizes: list[int]):
+    """A scratch cache holding a random context of :data:`CONTEXT` tokens, and ``timed(i)``: the
+    seconds of one full-depth pass over ``sizes[i]`` tokens per row after it (the cache rolled
+    back before each)."""
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(0, runner.vocab_size, (batch_size, CONTEXT), generator=g).to(runner.device)
     cache = runner.new_cache(batch_size, CONTEXT + max(sizes))
     runner.prefill(ids, cache)
     base = torch.full((batch_size,), CONTEXT, dtype=torch.long, device=cache.device)
     blocks = [runner.embed(ids[:, :T]) for T in sizes]
-    best = [float("inf")] * len(sizes)
-    for _ in range(reps + 1):  # the first pass warms up
-        for i, hidden in enumerate(blocks):
-            cache.rollback(base, CONTEXT, uniform=True)
-            if hidden.is_cuda:
-                torch.cuda.synchronize(hidden.device)
-            t0 = time.perf_counter()
-            runner.logits(runner.run_layers(hidden, 0, runner.num_layers, cache))
-            if hidden.is_cuda:
-                torch.cuda.synchronize(hidden.device)
-            best[i] = min(best[i], time.perf_counter() - t0)
-    return best
+
+    @torch.no_grad()
+    def timed(i: int) -> float:
+        hidden = blocks[i]
+        cache.rollback(base, CONTEXT, uniform=True)
+        if hidden.is_cuda:
+            torch.cuda.synchronize(hidden.device)
+        t0 = time.perf_counter()
+        runner.logits(runner.run_layers(hidden, 0, runner.num_layers, cache))
+        if hidden.is_cuda:
+            torch.cuda.synchronize(hidden.device)
+        return time.perf_counter() - t0
+
+    return timed
 
 
 def block_costs(runner, batch_size: int, max_tokens: int, reps: int = 3) -> list[float]:

@@ -25,8 +25,8 @@ class ModelMemory:
     def __init__(self):
         self.block_costs: dict[tuple[int, int], list[float]] = {}  # (batch, tokens) -> costs
         self.weight_counts: tuple[int, int] | None = None  # (one layer, the LM head)
-        #: Whether oneDNN serves products of 2 and 3 rows (measured once: cpu_matmul, costs)
-        self.small_blocks_onednn: bool | None = None
+        #: Whether oneDNN serves products of 2 and 3 rows, per thread count (model.costs)
+        self.small_blocks_onednn: dict[int, bool] = {}
         self.modes: dict[str, object] = {}  # mode name -> what the mode learned (its own type)
         #: The packed copy of the weights (eedecode.model.packing): (fingerprint, layers, head, sums).
         self.packed: tuple | None = None
@@ -41,13 +41,15 @@ class ModelMemory:
         """Forget every measurement and everything learned for this model."""
         self.block_costs.clear()
         self.weight_counts = None
+        self.small_blocks_onednn.clear()
         self.modes.clear()
         self.packed = None
 
     def __repr__(self) -> str:
         return (
             f"ModelMemory(packed copy: {self.packed is not None}, block cost tables: "
-            f"{len(self.block_costs)}, modes with learned state: {sorted(self.modes)})"
+            f"{len(self.block_costs)}, oneDNN for small blocks: {self.small_blocks_onednn}, "
+            f"modes with learned state: {sorted(self.modes)})"
         )
 
 
