@@ -53,7 +53,7 @@ def choose_small_block_library(runner, reps: int = 2) -> bool:
     if it is faster by :data:`ONEDNN_MARGIN`. Which is faster depends on the CPU and the shapes:
     oneDNN took 0.70-0.87x MKL's time on SmolLM2 on an AMD EPYC, and 1.4x on a Llama-3.2-1B shape
     on an Intel Xeon. Measured once per model and thread count (the runner asks before its first
-    such block; a few passes, about 4 s on the 1B shape) and kept in the model's memory; sets
+    such block: one scratch prefill and six 2-token passes) and kept in the model's memory; sets
     ``runner.stream``. A runner without packed matrices has nothing to choose."""
     runner._choose_stream = False  # asked once per runner
     if all(p is None for p in runner.packed) and runner.head_t is None:
