@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -67,8 +68,8 @@ def measure(shape: str, dtype: torch.dtype, exit_layers: list[int], reps: int, p
                 flush=True,
             )
         costs[E] = {
-            "ar_step_ms": 1e3 * sorted(r["ar_step_s"] for r in rows.values())[len(rows) // 2],
-            "c": sorted(r["c"] for r in rows.values())[len(rows) // 2],
+            "ar_step_ms": 1e3 * statistics.median(r["ar_step_s"] for r in rows.values()),
+            "c": statistics.median(r["c"] for r in rows.values()),
             "v": {k: r["v"] for k, r in rows.items()},
         }
     params = sum(p.numel() for p in model.parameters())

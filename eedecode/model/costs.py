@@ -35,7 +35,10 @@ def _time_blocks(runner, batch_size: int, sizes: list[int], reps: int) -> list[f
     (relative to the first): the minimum of ``reps + 1`` passes (the work is deterministic,
     interference only adds)."""
     timed = _scratch_passes(runner, batch_size, sizes)
-    best = [min(timed(i) for _ in range(reps + 1)) for i in range(len(sizes))]
+    best = [float("inf")] * len(sizes)
+    for _ in range(reps + 1):  # the sizes take turns, so that drifts of the machine touch them alike
+        for i in range(len(sizes)):
+            best[i] = min(best[i], timed(i))
     return [t / best[0] for t in best]
 
 
@@ -64,11 +67,12 @@ def choose_small_block_library(runner, reps: int = 2) -> bool:
         before, best = runner.stream, {True: float("inf"), False: float("inf")}
         try:
             timed = _scratch_passes(runner, 1, [2])
-            for turn in range(reps + 1):
+            for turn in range(reps + 1):  # the first turn warms both libraries up
                 for onednn in best:
                     runner.stream = onednn
                     seconds = timed(0)
-                    best[onednn] = min(best[onednn], seconds) if turn else best[onednn]
+                    if turn:
+                        best[onednn] = min(best[onednn], seconds)
         except BaseException:
             runner.stream, runner._choose_stream = before, True  # as it was: ask again next time
             raise

@@ -114,8 +114,8 @@ class ModelRunner:
         self.head_weight = head.t() if head is not None else lm
         weights = [t for p in self.packed if p for t in (p.qkv, p.o, p.gate_up, p.down)] + [lm]
         nbytes = sum(t.nbytes for t in weights if t is not None)
-        # streaming from memory (kernels/cpu_matmul.py): the library of 2- and 3-row products is
-        self.stream = self._choose_stream = streams_from_memory(nbytes)  # measured before the first
+        # weights streaming from memory: 2- and 3-row products' library is timed before the first
+        self.stream = self._choose_stream = streams_from_memory(nbytes)
 
     # -- cache -----------------------------------------------------------------------------------
     def new_cache(self, batch_size: int, max_len: int) -> KVCache:
