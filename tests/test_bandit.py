@@ -109,14 +109,30 @@ def test_plain_decoding_is_known_in_every_context(monkeypatch):
     assert p.rate(NONE) == 0  # another bucket: nothing known
 
 
-def test_a_batch_round_is_worth_what_its_laggards_gained():
+def test_a_batch_round_is_worth_how_far_it_moved_its_laggards():
     assert BatchProgress(1, 10).reward([3]) == 3  # one row: the tokens it produced
     progress = BatchProgress(3, 10)
     assert progress.laggards() == [0, 1, 2]  # all tied at the start
-    assert progress.reward([5, 1, 4]) == 3 * (5 + 1 + 4) / 3  # every row is a laggard: their mean gain
+    # the rows gained 5, 1 and 4: the batch's end came one token closer (row 1), not their mean
+    assert progress.reward([5, 1, 4]) == 3 * 1
     assert progress.laggards() == [1]
-    assert progress.reward([1, 2, 7]) == 3 * 2  # the one laggard's gain, whatever the others gained
-    assert progress.progress == [6, 3, 11] and progress.done == [False, False, True]  # row 2 emitted all
+    # row 1 (the laggard) gained 2, row 2 emitted all it may (done): the frontier is row 1's 3
+    assert progress.reward([1, 2, 7]) == 3 * 2
+    assert progress.progress == [6, 3, 11] and progress.done == [False, False, True]
     assert progress.laggards() == [1]
-    assert progress.reward([2, 0, 0]) == 1 * 2  # row 1 stopped (EOS): the running rows' mean instead
+    # row 1 stopped (EOS): the frontier jumps to row 0 (6 -> 8), credited at most the round's
+    # largest gain (2), and still times the batch size (a stopped row is computed until the end)
+    assert progress.reward([2, 0, 0]) == 3 * 2
     assert progress.done == [False, True, True] and progress.laggards() == [0]
+    # over a call the rewards sum to the batch's progress: plain rounds are worth the batch size
+    plain = BatchProgress(4, 6)
+    assert [plain.reward([1, 1, 1, 1]) for _ in range(5)] == [4.0] * 5 and all(plain.done)
+
+
+def test_batch_rewards_telescope_to_the_batch_end():
+    """Summed over a call (no EOS), the rewards are the batch size times the tokens the last row
+    needed, however the gains were spread: racing rows ahead earns nothing."""
+    progress, total = BatchProgress(2, 9), 0.0
+    for counts in ([3, 1], [1, 3], [1, 1], [3, 3]):
+        total += progress.reward(counts)
+    assert all(progress.done) and total == 2 * 8

@@ -29,14 +29,16 @@ Each round, a bandit (:mod:`.bandit`) then picks one arm among those offered:
   runs every layer (greedy decoding only);
 * ``skip``: drafts through a layer set found by ``eedecode tune``, when a tuned policy is given.
 
-The arm's reward is the tokens the round produced (in a batch: the running rows times what the
-laggards gained, :class:`.progress.BatchProgress`), per second of wall time, kept per batch-size
+The arm's reward is the tokens the round produced (in a batch: the batch size times how far it
+moved the laggards, :class:`.progress.BatchProgress`), per second of wall time, kept per batch-size
 bucket and per context (whether the laggard found a lookup match: repeating text is easier for every arm).
 The plan's predicted rate of an arm counts as a few rounds of its estimate, so a few unlucky
 rounds on a shared machine do not shut out an arm predicted to pay. The policy therefore learns
 what pays on this model, this machine and this text. It needs no training, and it is kept per
 model for the life of the process, so later calls start warm. It can also be saved and loaded
-(``policy_out`` / ``policy_in``, :mod:`.policy_file`). Every arm is verified by the full model,
+(``policy_out`` / ``policy_in``, :mod:`.policy_file`). Where plain decoding's measured rate beats
+every arm's, the mode settles (:mod:`.settle`): a stretch of plain rounds with no bookkeeping,
+then one check, each confirmed stretch twice as long. Every arm is verified by the full model,
 so the output is lossless: greedy output equals plain decoding, and sampling is exact. DEL and
 the survey's bandit thresholds (UCBEE, CeeBERT) motivate the design."""
 
@@ -84,7 +86,10 @@ class Adaptive(Mode):
         self.on_cpu = torch.device(runner.device).type == "cpu"
         self.lookup: LookupDrafter | None = None  # lookup drafts, looked for every round (if an arm)
         self.drafters: dict[str, object] = {}  # by arm key
-        self.arm: Arm | None = None
+        self.arm: Arm | None = None  # this round's (None: a settled round)
+        self.offered: list[Arm] = []  # the arms this round could play
+        self.settle = self.policy.settle_at(1)
+        self.settled_rounds = 0  # plain rounds played settled (no choice, no bookkeeping)
         self.proposal = None
         self.started = 0.0
         self.timed = 0.0  # seconds of this round's drafting and verification, when timed
@@ -187,11 +192,21 @@ class Adaptive(Mode):
             planner.plan(state.active.shape[0])
             self.policy.bandit.bucket = planner.bucket
         planner.rounds += 1
-        self.started = time.perf_counter()
         k = min(self.options.max_drafts, max_tokens - 1)
-        available = self.available(state, k)
         bandit = self.policy.bandit
-        arm = self.arm = bandit.choose(available, planner.priors(available, bandit.rate(PLAIN)))
+        settle = self.settle = self.policy.settle_at(bandit.bucket)
+        if settle.active and k > 0:  # settled on plain decoding: a plain step, nothing else
+            settle.take()
+            self.arm = None
+            self.settled_rounds += 1
+            self.pulls[PLAIN.key] = self.pulls.get(PLAIN.key, 0) + 1
+            return plain_step(state)
+        self.started = time.perf_counter()
+        available = self.offered = self.available(state, k)
+        arm = settle.forced(bandit, available) or bandit.choose(
+            available, planner.priors(available, bandit.rate(PLAIN))
+        )
+        self.arm = arm
         self.pulls[arm.key] = self.pulls.get(arm.key, 0) + 1
         if arm.kind == "none":
             return plain_step(state)
@@ -235,17 +250,21 @@ class Adaptive(Mode):
         return rnd
 
     def observe(self, rnd: Round, view) -> None:
+        if self.arm is None:  # a settled round: only the batch's progress is kept
+            if view.counts is not None:
+                self.progress.reward(view.counts)
+            return
         if self.lookup is not None:  # the lookup drafts of this round, whichever arm played
             self.lookup.judge(rnd, view.counts)
         seconds = time.perf_counter() - self.started
         tokens = self.progress.reward(view.counts) if view.counts is not None else 0
         arm, times = self.arm, self.planner.times
-        if arm is not None:
-            self.policy.bandit.update(arm, tokens, seconds)
-        if self.timed and arm is not None and (arm.kind == "lookup" or arm.fixed):
+        self.policy.bandit.update(arm, tokens, seconds)
+        self.settle.decide(self.policy.bandit, self.offered, PLAIN)
+        if self.timed and (arm.kind == "lookup" or arm.fixed):
             times.overhead = _smoothed(times.overhead, seconds - self.timed)  # the round's bookkeeping
         self.timed = 0.0
-        if arm is not None and arm.kind == "none":
+        if arm.kind == "none":
             times.plain = _smoothed(times.plain, seconds)
         elif self.proposal is not None and self.proposal.step_seconds:
             steps = sorted(self.proposal.step_seconds)
@@ -264,6 +283,7 @@ class Adaptive(Mode):
             "arms": dict(pulls),
             "rounds_by_arm": {words.get(key, key): n for key, n in pulls},
             "mean_exit_layer": sum(exits) / len(exits) if exits else None,
+            "settled_rounds": self.settled_rounds,
         }
 
     def speedup_over_plain(self, stats, decode_rate: float):

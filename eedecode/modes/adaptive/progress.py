@@ -4,12 +4,20 @@ from __future__ import annotations
 
 
 class BatchProgress:
-    """A batch runs until its last row is done, so a round that lets some rows race ahead while
-    the **laggards** (the running rows furthest behind) gain one token brings the end no closer
-    than a plain step. The reward of a round in a batch is therefore the running rows times what
-    the laggards gained (their mean: the least of several rows' gains would undervalue drafting,
-    whose gains vary from row to row and even out over the rounds); at batch size 1, the tokens
-    the round produced."""
+    """A batch runs until its last row is done, and a row that stopped is still computed (masked)
+    until then: a round costs the same however many rows run, and brings the end closer only by
+    what it moved the **laggards** (the running rows furthest behind). A round that lets some rows
+    race ahead while the laggards gain one token is worth no more than a plain step.
+
+    The reward of a round in a batch is therefore the batch size times how far it moved the
+    frontier: the least progress of the rows still running, a row that stopped counting as done.
+    Summed over a call that meets no EOS, that is exactly the batch's tokens (it telescopes), and
+    a plain round is worth exactly the batch size. (The mean gain of the laggards would credit a round that
+    starts from tied rows with its average row, not its slowest, and rate drafting arms above
+    plain decoding where a batch runs slower with them, as on the demo model at batch 4.) A
+    round is credited at most its largest row's gain: a laggard that stops (EOS) moves the
+    frontier to the next row, which that round did not earn. At batch size 1, the tokens the
+    round produced."""
 
     def __init__(self, batch_size: int, max_new_tokens: int):
         self.progress = [0] * batch_size  # tokens each row emitted in rounds
@@ -25,17 +33,20 @@ class BatchProgress:
         self.behind = [b for b in going if self.progress[b] == least] or [0]
         return self.behind
 
+    def frontier(self) -> int:
+        """The least progress of the running rows (a row that is done counts as finished)."""
+        finish = self.max_new - 1
+        return min(finish if done else p for p, done in zip(self.progress, self.done, strict=True))
+
     def reward(self, counts: list[int]) -> float:
         """The round's reward in tokens, from the tokens each row's round produced (0: a row
         that did not run); then each row's progress (a row that emitted nothing, or all it may,
         is done)."""
         running = [c for c in counts if c > 0]
-        if len(counts) == 1 or not running:
-            tokens = sum(running)
-        else:
-            gained = [counts[b] for b in self.behind if b < len(counts) and counts[b] > 0] or running
-            tokens = len(running) * sum(gained) / len(gained)
+        before = self.frontier()
         for b, c in enumerate(counts[: len(self.progress)]):
             self.progress[b] += c
             self.done[b] = self.done[b] or c == 0 or self.progress[b] >= self.max_new - 1
-        return tokens
+        if len(counts) == 1 or not running:
+            return float(sum(running))
+        return float(len(self.progress) * min(self.frontier() - before, max(running)))

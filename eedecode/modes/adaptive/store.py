@@ -12,6 +12,7 @@ from ...drafting.base import DraftStats
 from ...drafting.run_lengths import RunLengths
 from .arms import Arm
 from .bandit import Bandit
+from .settle import Settle
 
 #: Smoothing of measured step times (exponential moving average weight of a new round).
 COST_EMA = 0.1
@@ -74,6 +75,7 @@ class Policy:
     probed: dict[str, int] = field(default_factory=dict)  # prompt positions the probe has seen
     calls: int = 0
     times: dict[int, StepTimes] = field(default_factory=dict)  # by batch-size bucket
+    settled: dict[int, Settle] = field(default_factory=dict)  # by batch-size bucket (not saved)
     #: Statistics read from a file and not yet used (they become live on a device, at a length).
     saved_drafters: dict[str, dict] = field(default_factory=dict)
     saved_probe_runs: dict[str, dict] = field(default_factory=dict)
@@ -99,6 +101,11 @@ class Policy:
         if bucket not in self.times:
             self.times[bucket] = StepTimes()
         return self.times[bucket]
+
+    def settle_at(self, bucket: int) -> Settle:
+        if bucket not in self.settled:
+            self.settled[bucket] = Settle()
+        return self.settled[bucket]
 
     def best(self) -> Arm:
         return self.bandit.best()
