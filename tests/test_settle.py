@@ -108,3 +108,27 @@ def test_settled_rounds_are_plain_steps_and_the_output_is_unchanged():
     # plain decoding beat the drafts of a random tiny model: it settled, checked and settled again
     assert settled > 0 and state.settled >= 2
     assert out.stats.details["arms"]["none"] >= out.stats.details["settled_rounds"]
+
+
+def test_a_settled_call_skips_the_probe_and_the_plan(monkeypatch):
+    """While the bucket is settled the prefill probes no exit layer and no round plans or looks
+    up drafts: plain steps only, the same tokens."""
+    from eedecode.modes.adaptive import mode as adaptive
+    from eedecode.modes.adaptive import planner, probe
+
+    model = cached_tiny_model("llama", eos_token_id=None, num_hidden_layers=4)
+    memory_of(model).reset()
+    x = torch.randint(3, 97, (2, 9), generator=torch.Generator().manual_seed(2))
+    eedecode.generate(model, x, max_new_tokens=8)  # the policy exists
+    policy = next(iter(memory_of(model).modes["adaptive"].values()))
+    policy.settle_at(2).left = 1000
+
+    def forbidden(*a, **k):
+        raise AssertionError("called while settled")
+
+    monkeypatch.setattr(probe, "probed_prefill", forbidden)
+    monkeypatch.setattr(planner.Planner, "plan", forbidden)
+    monkeypatch.setattr(adaptive.Adaptive, "available", forbidden)
+    out = eedecode.generate(model, x, max_new_tokens=20, return_dict_in_generate=True)
+    assert torch.equal(out.sequences, eedecode.generate(model, x, max_new_tokens=20, mode="autoregressive"))
+    assert out.stats.details["settled_rounds"] == 19 and policy.settle_at(2).left == 1000 - 19

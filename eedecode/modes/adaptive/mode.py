@@ -58,6 +58,7 @@ from ...engine.mode import Mode, Round, register
 from ...engine.steps import plain_step
 from . import policy_file, probe
 from .arms import Arm
+from .bandit import bucket_of
 from .options import AdaptiveOptions, draft_head, policy_for
 from .planner import PROBED, Planner
 from .progress import BatchProgress
@@ -124,6 +125,8 @@ class Adaptive(Mode):
             self.lookup.start(state, input_ids, self.on_cpu)
         policy = self.policy
         policy.calls += 1
+        if policy.settle_at(bucket_of(input_ids.shape[0])).active:
+            return super().prefill(state, input_ids)  # settled on plain decoding: no probe
         again = policy.calls % REPROBE_EVERY == 0
         exits = sorted({a.exit_layer for a in policy.arms if a.kind in ("exit", "mixed")})
         layers = [
@@ -187,20 +190,19 @@ class Adaptive(Mode):
         return available
 
     def round(self, state, max_tokens: int) -> Round:
-        planner = self.planner
-        if planner.due:  # plan the call, and again later
-            planner.plan(state.active.shape[0])
-            self.policy.bandit.bucket = planner.bucket
-        planner.rounds += 1
         k = min(self.options.max_drafts, max_tokens - 1)
-        bandit = self.policy.bandit
-        settle = self.settle = self.policy.settle_at(bandit.bucket)
-        if settle.active and k > 0:  # settled on plain decoding: a plain step, nothing else
+        settle = self.settle = self.policy.settle_at(bucket_of(state.batch_size))
+        if settle.active:  # settled on plain decoding: a plain step, nothing else
             settle.take()
             self.arm = None
             self.settled_rounds += 1
             self.pulls[PLAIN.key] = self.pulls.get(PLAIN.key, 0) + 1
             return plain_step(state)
+        planner, bandit = self.planner, self.policy.bandit
+        if planner.due:  # plan the call, and again later
+            planner.plan(state.active.shape[0])
+            bandit.bucket = planner.bucket
+        planner.rounds += 1
         self.started = time.perf_counter()
         available = self.offered = self.available(state, k)
         arm = settle.forced(bandit, available) or bandit.choose(
