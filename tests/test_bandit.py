@@ -120,8 +120,8 @@ def test_a_batch_round_is_worth_how_far_it_moved_its_laggards():
     assert progress.reward([1, 2, 7]) == 3 * 2
     assert progress.progress == [6, 3, 11] and progress.done == [False, False, True]
     assert progress.laggards() == [1]
-    # row 1 stopped (EOS): the frontier jumps to row 0 (6 -> 8), credited at most the round's
-    # largest gain (2), and still times the batch size (a stopped row is computed until the end)
+    # row 1 stopped (EOS): the frontier is taken over the rows that ran (row 0: 6 -> 8), still
+    # times the batch size (a stopped row is computed until the batch ends)
     assert progress.reward([2, 0, 0]) == 3 * 2
     assert progress.done == [False, True, True] and progress.laggards() == [0]
     # over a call the rewards sum to the batch's progress: plain rounds are worth the batch size

@@ -1,23 +1,31 @@
 """Settling on plain decoding where no drafter pays: when the adaptive mode stops choosing (a
-stretch of plain rounds with no bookkeeping), when it checks again, and that nothing it does
+stretch of plain rounds with no bookkeeping), how it checks again, and that nothing it does
 changes the output."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 from conftest import cached_tiny_model
 
 import eedecode
 from eedecode.model.memory import memory_of
+from eedecode.modes.adaptive import mode as adaptive
+from eedecode.modes.adaptive import planner, probe, settle
 from eedecode.modes.adaptive.arms import Arm
-from eedecode.modes.adaptive.bandit import MIN_PULLS, Bandit
-from eedecode.modes.adaptive.settle import FIRST_STRETCH, LONGEST_STRETCH, Settle
-
-NONE, LOOKUP, EXIT = (
-    Arm("none"),
-    Arm("lookup", max_drafts=4),
-    Arm("exit", exit_layer=2, max_drafts=4, fixed=True),
+from eedecode.modes.adaptive.bandit import DISCOUNT, MIN_PULLS, Bandit
+from eedecode.modes.adaptive.settle import (
+    CHECK_PULLS,
+    FIRST_STRETCH,
+    LONGEST_STRETCH,
+    UNSETTLED_MEMORY,
+    Settle,
 )
+
+NONE = Arm("none")
+LOOKUP = Arm("lookup", max_drafts=4)
+EXIT = Arm("exit", exit_layer=2, max_drafts=4, fixed=True)
+ARMS = [NONE, LOOKUP, EXIT]
 
 
 def played(bandit: Bandit, arm: Arm, rounds: int, rate: float, matched: bool = False) -> None:
@@ -27,69 +35,123 @@ def played(bandit: Bandit, arm: Arm, rounds: int, rate: float, matched: bool = F
         bandit.update(arm, 1.0, 1.0 / rate)
 
 
+def round_of(s: Settle, bandit: Bandit, available, arm: Arm, rate: float) -> None:
+    """One round of ``arm`` at ``rate``, told to the bandit and then to the settlement."""
+    bandit.update(arm, 1.0, 1.0 / rate)
+    s.decide(bandit, available, NONE, arm, 1.0, 1.0 / rate)
+
+
+def settled_with(bandit: Bandit) -> Settle:
+    """A settlement whose first stretch has just ended (its check starts)."""
+    s = Settle()
+    s.decide(bandit, ARMS, NONE, NONE, 1.0, 0.01)
+    assert s.active
+    for _ in range(s.left):
+        s.take()
+    assert not s.active and s.checking
+    return s
+
+
 def test_it_settles_only_once_every_arm_is_measured_and_plain_is_fastest():
-    bandit, s = Bandit([NONE, LOOKUP, EXIT]), Settle()
+    bandit, s = Bandit(ARMS), Settle()
     played(bandit, NONE, MIN_PULLS, 100.0)
     played(bandit, EXIT, MIN_PULLS - 1, 50.0)
-    s.decide(bandit, [NONE, EXIT], NONE)
+    s.decide(bandit, [NONE, EXIT], NONE, EXIT, 1.0, 0.02)
     assert not s.active  # the exit arm has fewer than MIN_PULLS rounds
     played(bandit, EXIT, 1, 50.0)
-    s.decide(bandit, [NONE], NONE)
-    assert not s.active  # a round with one arm to play decided nothing
-    s.decide(bandit, [NONE, EXIT], NONE)
+    s.decide(bandit, [NONE], NONE, NONE, 1.0, 0.01)
+    assert not s.active  # a round with nothing to choose decides nothing
+    s.decide(bandit, [NONE, EXIT], NONE, NONE, 1.0, 0.01)
     assert s.active and s.left == FIRST_STRETCH and s.stretch == 2 * FIRST_STRETCH
     for _ in range(FIRST_STRETCH):
         s.take()
-    assert not s.active
+    assert not s.active and s.checking
 
 
-def test_an_arm_faster_than_plain_in_any_context_keeps_the_bandit_choosing():
-    bandit, s = Bandit([NONE, LOOKUP, EXIT]), Settle(stretch=4 * FIRST_STRETCH)
+def test_an_arm_faster_than_plain_in_either_context_keeps_the_bandit_choosing():
+    bandit, s = Bandit(ARMS), Settle(stretch=4 * FIRST_STRETCH)
     played(bandit, NONE, 10, 100.0)
     played(bandit, EXIT, 10, 80.0)
     played(bandit, LOOKUP, MIN_PULLS, 130.0, matched=True)  # repeating text: lookup pays there
     bandit.matched = False
-    s.decide(bandit, [NONE, EXIT], NONE)
+    s.decide(bandit, [NONE, EXIT], NONE, NONE, 1.0, 0.01)
     assert not s.active and s.stretch == FIRST_STRETCH  # and the next stretch starts short again
 
 
-def test_after_a_stretch_the_best_drafting_arm_is_checked_then_the_stretch_doubles():
-    bandit, s = Bandit([NONE, LOOKUP, EXIT]), Settle()
+def test_an_arm_no_longer_offered_does_not_block_settling():
+    bandit = Bandit([NONE, EXIT])
+    played(bandit, NONE, 10, 100.0)
+    played(bandit, EXIT, 10, 80.0)
+    played(bandit, LOOKUP, 10, 500.0)  # an estimate of an arm these options do not have
+    s = Settle()
+    s.decide(bandit, [NONE, EXIT], NONE, NONE, 1.0, 0.01)
+    assert s.active
+
+
+def test_a_check_plays_the_best_drafting_arm_and_a_slow_one_doubles_the_stretch():
+    bandit = Bandit(ARMS)
     played(bandit, NONE, 10, 100.0)
     played(bandit, EXIT, 5, 60.0)
     played(bandit, LOOKUP, 5, 80.0)
-    s.decide(bandit, [NONE, LOOKUP, EXIT], NONE)
-    assert s.active and s.forced(bandit, [NONE, LOOKUP, EXIT]) is None  # no check while settled
-    s.left = 0  # the stretch ran out
-    assert s.forced(bandit, [NONE, LOOKUP, EXIT]) == LOOKUP  # the best challenger
+    s = settled_with(bandit)
+    assert s.forced(bandit, ARMS) == LOOKUP  # the best challenger
     assert s.forced(bandit, [NONE, EXIT]) == EXIT  # the best of those this round can play
-    s.decide(bandit, [NONE, LOOKUP, EXIT], NONE)
-    assert not s.active  # no fresh drafting round yet
-    played(bandit, LOOKUP, 1, 80.0)
-    assert s.forced(bandit, [NONE, LOOKUP, EXIT]) is None  # checked: the bandit chooses again
-    s.decide(bandit, [NONE, LOOKUP, EXIT], NONE)
-    assert s.left == 2 * FIRST_STRETCH and s.settled == 2
+    for _i in range(CHECK_PULLS):
+        assert not s.active
+        round_of(s, bandit, ARMS, LOOKUP, 90.0)  # still slower than plain decoding
+    assert s.active and s.left == 2 * FIRST_STRETCH and s.settled == 2
+    assert s.forced(bandit, ARMS) is None  # no check while settled
     for _ in range(10):  # stretches stop growing
-        s.left = 0
-        played(bandit, LOOKUP, 1, 80.0)
-        s.decide(bandit, [NONE, LOOKUP, EXIT], NONE)
+        s.left = 1
+        s.take()
+        for _ in range(CHECK_PULLS):
+            round_of(s, bandit, ARMS, LOOKUP, 90.0)
     assert s.left == LONGEST_STRETCH
 
 
-def test_a_check_that_finds_a_faster_arm_ends_the_settlement():
-    bandit, s = Bandit([NONE, LOOKUP]), Settle()
+def test_a_check_judges_its_fresh_rounds_alone_and_a_fast_arm_ends_the_settlement():
+    """An arm with a long slow history that is now fast: two fresh rounds decide, however heavy
+    its history, and the bucket's estimates then fade so that the bandit relearns quickly."""
+    bandit = Bandit(ARMS)
     played(bandit, NONE, 10, 100.0)
-    played(bandit, LOOKUP, MIN_PULLS, 80.0)
-    s.decide(bandit, [NONE, LOOKUP], NONE)
-    s.left = 0
-    played(bandit, LOOKUP, 30, 400.0)  # the text changed: lookup drafts now pay
-    s.decide(bandit, [NONE, LOOKUP], NONE)
-    assert not s.active and s.stretch == FIRST_STRETCH
+    played(bandit, EXIT, 5, 60.0)
+    played(bandit, LOOKUP, 200, 80.0)
+    s = settled_with(bandit)
+    exit_weight = bandit._known(EXIT).rounds
+    round_of(s, bandit, ARMS, LOOKUP, 300.0)
+    assert bandit.rate(LOOKUP) < bandit.rate(NONE)  # its whole history still says slower
+    round_of(s, bandit, ARMS, LOOKUP, 300.0)
+    assert not s.active and not s.checking and s.stretch == FIRST_STRETCH
+    assert bandit.rate(LOOKUP) == pytest.approx(300.0)  # its estimate is the fresh rounds now
+    assert bandit._known(EXIT).rounds == pytest.approx(UNSETTLED_MEMORY * DISCOUNT**2 * exit_weight)
+    s.decide(bandit, [NONE, LOOKUP], NONE, NONE, 1.0, 0.01)
+    assert not s.active  # plain decoding no longer measures fastest
 
 
-def test_settled_rounds_are_plain_steps_and_the_output_is_unchanged():
-    """A batch with padding: the mode settles, runs plain rounds with no bookkeeping, checks when
-    a stretch ends mid-call and drafts again; the tokens equal plain decoding's throughout."""
+def test_a_check_round_with_nothing_to_draft_passes():
+    bandit = Bandit(ARMS)
+    played(bandit, NONE, 10, 100.0)
+    played(bandit, EXIT, 5, 60.0)
+    played(bandit, LOOKUP, 5, 80.0)
+    s = settled_with(bandit)
+    s.decide(bandit, [NONE], NONE, NONE, 1.0, 0.01)  # no match, no exit layer offered
+    assert s.active and s.settled == 2
+
+
+def test_settling_can_be_switched_off(monkeypatch):
+    monkeypatch.setattr(settle, "ENABLED", False)
+    bandit, s = Bandit(ARMS), Settle()
+    played(bandit, NONE, 10, 100.0)
+    played(bandit, EXIT, 10, 50.0)
+    s.decide(bandit, [NONE, EXIT], NONE, NONE, 1.0, 0.01)
+    assert not s.active
+
+
+def test_stretches_that_end_mid_call_leave_the_output_unchanged(monkeypatch):
+    """A padded batch of repeating prompts: a short first stretch ends inside a call, the check
+    drafts from the lookup index caught up with the settled rounds' tokens, the mode settles
+    again; the tokens equal plain decoding's throughout."""
+    monkeypatch.setattr(settle, "FIRST_STRETCH", 5)
     model = cached_tiny_model("llama", eos_token_id=None, num_hidden_layers=4)
     memory_of(model).reset()
     x = torch.randint(3, 97, (3, 9), generator=torch.Generator().manual_seed(1))
@@ -98,24 +160,32 @@ def test_settled_rounds_are_plain_steps_and_the_output_is_unchanged():
     mask = (x != 0).long()
     kw = dict(attention_mask=mask, max_new_tokens=48)
     ar = eedecode.generate(model, x, mode="autoregressive", **kw)
-    settled = 0
-    for _ in range(6):
+    eedecode.generate(model, x, **kw)  # the policy exists
+    policy = next(iter(memory_of(model).modes["adaptive"].values()))
+    bucket = policy.settle_at(2)  # batch 3: the bucket of 2..3 rows
+    checks = []
+    real_forced = Settle.forced
+
+    def spy(self, bandit, available):
+        arm = real_forced(self, bandit, available)
+        if arm is not None:
+            checks.append(arm.key)
+        return arm
+
+    monkeypatch.setattr(Settle, "forced", spy)
+    for _ in range(3):
+        # settle for 5 rounds from the start of the call, as if plain decoding had measured fastest
+        bucket.left, bucket.stretch, bucket.checking = 5, 5, False
         out = eedecode.generate(model, x, return_dict_in_generate=True, **kw)
         assert torch.equal(out.sequences, ar)
-        settled += out.stats.details["settled_rounds"]
-    policy = next(iter(memory_of(model).modes["adaptive"].values()))
-    state = policy.settled[2]  # batch 3: the bucket of 2..3 rows
-    # plain decoding beat the drafts of a random tiny model: it settled, checked and settled again
-    assert settled > 0 and state.settled >= 2
-    assert out.stats.details["arms"]["none"] >= out.stats.details["settled_rounds"]
+        assert out.stats.details["settled_rounds"] >= 5
+        assert out.stats.drafted_tokens > 0 or not checks  # a check drafts (where a round can)
+    assert checks  # the stretch ended mid-call and a drafting arm was checked
 
 
-def test_a_settled_call_skips_the_probe_and_the_plan(monkeypatch):
-    """While the bucket is settled the prefill probes no exit layer and no round plans or looks
-    up drafts: plain steps only, the same tokens."""
-    from eedecode.modes.adaptive import mode as adaptive
-    from eedecode.modes.adaptive import planner, probe
-
+def test_a_settled_call_skips_the_probe_the_plan_and_the_lookup_index(monkeypatch):
+    """While the bucket is settled the prefill probes no exit layer, builds no lookup index, and
+    no round plans or looks up drafts: plain steps only, the same tokens."""
     model = cached_tiny_model("llama", eos_token_id=None, num_hidden_layers=4)
     memory_of(model).reset()
     x = torch.randint(3, 97, (2, 9), generator=torch.Generator().manual_seed(2))
@@ -126,9 +196,37 @@ def test_a_settled_call_skips_the_probe_and_the_plan(monkeypatch):
     def forbidden(*a, **k):
         raise AssertionError("called while settled")
 
+    from eedecode.drafting.lookup import LookupDrafter
+
     monkeypatch.setattr(probe, "probed_prefill", forbidden)
     monkeypatch.setattr(planner.Planner, "plan", forbidden)
     monkeypatch.setattr(adaptive.Adaptive, "available", forbidden)
+    monkeypatch.setattr(LookupDrafter, "start", forbidden)
     out = eedecode.generate(model, x, max_new_tokens=20, return_dict_in_generate=True)
     assert torch.equal(out.sequences, eedecode.generate(model, x, max_new_tokens=20, mode="autoregressive"))
     assert out.stats.details["settled_rounds"] == 19 and policy.settle_at(2).left == 1000 - 19
+    assert "none" not in out.stats.details["arms"]  # no measured plain round: the settled ones apart
+    assert out.stats.details["rounds_by_arm"] == {"plain decoding, settled (no bookkeeping)": 19}
+
+
+def test_a_reprobe_due_during_a_settled_call_waits_for_the_next_call_not_settled(monkeypatch):
+    model = cached_tiny_model("llama", eos_token_id=None, num_hidden_layers=4)
+    memory_of(model).reset()
+    x = torch.randint(3, 97, (1, 9), generator=torch.Generator().manual_seed(3))
+    eedecode.generate(model, x, max_new_tokens=4)
+    policy = next(iter(memory_of(model).modes["adaptive"].values()))
+    policy.calls = adaptive.REPROBE_EVERY - 1  # the next call is due a reprobe
+    policy.settle_at(1).left = 1000
+    eedecode.generate(model, x, max_new_tokens=4)
+    assert policy.reprobe_due
+    probed = []
+    real = probe.probed_prefill
+    monkeypatch.setattr(
+        probe,
+        "probed_prefill",
+        lambda state, ids, layers, t: probed.append(layers) or real(state, ids, layers, t),
+    )
+    policy.settle_at(1).left = 0
+    eedecode.generate(model, x, max_new_tokens=4)
+    assert probed and len(probed[0]) == len({a.exit_layer for a in policy.arms if a.kind == "exit"})
+    assert not policy.reprobe_due

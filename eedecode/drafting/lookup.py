@@ -145,6 +145,11 @@ class LookupDrafter(Drafter):
         self.index = NgramIndex(input_ids, state.cache.pad, self.ngram_max) if on_cpu else None
         self.found = self.judged = None
 
+    def catch_up(self, state) -> None:
+        """Index the rows' tokens emitted since the last look (on the host; nothing on a device)."""
+        if self.index is not None:
+            self.index.update(state.out, state.out_len.tolist())
+
     def search(self, state, k: int) -> Proposal:
         """The batched search over each row's context, on the device (no host read)."""
         context = torch.cat([state.prompt, state.out], 1)  # [B, P + W]

@@ -128,6 +128,20 @@ class Bandit:
             other.fade(DISCOUNT)
         stats.add(tokens, seconds)
 
+    def pulls(self, arm: Arm) -> int:
+        """Rounds ``arm`` was played in the current bucket and context (plain decoding: either)."""
+        return self._known(arm).pulls
+
+    def fade_bucket(self, factor: float) -> None:
+        """Every estimate of the current bucket keeps ``factor`` of its weight (its rate stays)."""
+        for stats in self._in_bucket():
+            stats.fade(factor)
+
+    def replace(self, arm: Arm, tokens: float, seconds: float, rounds: float) -> None:
+        """``arm``'s estimate in the current bucket and context becomes these rounds alone."""
+        stats = self._stats(arm)
+        stats.tokens, stats.seconds, stats.rounds = tokens, seconds, rounds
+
     def rate(self, arm: Arm) -> float:
         """``arm``'s estimated rate (tokens/s) in the current bucket and context (0: not played)."""
         return self._known(arm).rate

@@ -38,7 +38,7 @@ what pays on this model, this machine and this text. It needs no training, and i
 model for the life of the process, so later calls start warm. It can also be saved and loaded
 (``policy_out`` / ``policy_in``, :mod:`.policy_file`). Where plain decoding's measured rate beats
 every arm's, the mode settles (:mod:`.settle`): a stretch of plain rounds with no bookkeeping,
-then one check, each confirmed stretch twice as long. Every arm is verified by the full model,
+then a check of two rounds, each confirmed stretch twice as long. Every arm is verified by the full model,
 so the output is lossless: greedy output equals plain decoding, and sampling is exact. DEL and
 the survey's bandit thresholds (UCBEE, CeeBERT) motivate the design."""
 
@@ -86,6 +86,7 @@ class Adaptive(Mode):
         self.planner = Planner(runner, self.policy, options.max_drafts, E if isinstance(E, int) else None)
         self.on_cpu = torch.device(runner.device).type == "cpu"
         self.lookup: LookupDrafter | None = None  # lookup drafts, looked for every round (if an arm)
+        self.lookup_behind = False  # settled rounds ran: the lookup index must catch up first
         self.drafters: dict[str, object] = {}  # by arm key
         self.arm: Arm | None = None  # this round's (None: a settled round)
         self.offered: list[Arm] = []  # the arms this round could play
@@ -120,14 +121,19 @@ class Adaptive(Mode):
     # -- the prompt's probe --------------------------------------------------------------------
     def prefill(self, state, input_ids):
         self.progress = BatchProgress(input_ids.shape[0], state.max_new)
-        if any(a.kind in ("lookup", "mixed") for a in self.policy.arms):
-            self.lookup = LookupDrafter(self.options.lookup_ngram, self.stats("lookup"))
-            self.lookup.start(state, input_ids, self.on_cpu)
         policy = self.policy
         policy.calls += 1
-        if policy.settle_at(bucket_of(input_ids.shape[0])).active:
+        policy.reprobe_due = policy.reprobe_due or policy.calls % REPROBE_EVERY == 0
+        policy.bandit.bucket = bucket_of(input_ids.shape[0])  # this call's (a settled call never plans)
+        self.lookup_behind = False
+        if any(a.kind in ("lookup", "mixed") for a in policy.arms):
+            self.lookup = LookupDrafter(self.options.lookup_ngram, self.stats("lookup"))
+            self.lookup_behind = policy.settle_at(policy.bandit.bucket).active
+            if not self.lookup_behind:  # else started when a round first looks (a stretch ended)
+                self.lookup.start(state, input_ids, self.on_cpu)
+        if policy.settle_at(policy.bandit.bucket).active:
             return super().prefill(state, input_ids)  # settled on plain decoding: no probe
-        again = policy.calls % REPROBE_EVERY == 0
+        again, policy.reprobe_due = policy.reprobe_due, False
         exits = sorted({a.exit_layer for a in policy.arms if a.kind in ("exit", "mixed")})
         layers = [
             E
@@ -196,13 +202,16 @@ class Adaptive(Mode):
             settle.take()
             self.arm = None
             self.settled_rounds += 1
-            self.pulls[PLAIN.key] = self.pulls.get(PLAIN.key, 0) + 1
             return plain_step(state)
         planner, bandit = self.planner, self.policy.bandit
         if planner.due:  # plan the call, and again later
             planner.plan(state.active.shape[0])
             bandit.bucket = planner.bucket
         planner.rounds += 1
+        if self.lookup_behind:  # after a stretch: index the tokens it emitted, untimed
+            self.lookup_behind = False
+            self.lookup.start(state, state.prompt, self.on_cpu)
+            self.lookup.catch_up(state)
         self.started = time.perf_counter()
         available = self.offered = self.available(state, k)
         arm = settle.forced(bandit, available) or bandit.choose(
@@ -255,6 +264,7 @@ class Adaptive(Mode):
         if self.arm is None:  # a settled round: only the batch's progress is kept
             if view.counts is not None:
                 self.progress.reward(view.counts)
+            self.lookup_behind = self.lookup is not None
             return
         if self.lookup is not None:  # the lookup drafts of this round, whichever arm played
             self.lookup.judge(rnd, view.counts)
@@ -262,7 +272,7 @@ class Adaptive(Mode):
         tokens = self.progress.reward(view.counts) if view.counts is not None else 0
         arm, times = self.arm, self.planner.times
         self.policy.bandit.update(arm, tokens, seconds)
-        self.settle.decide(self.policy.bandit, self.offered, PLAIN)
+        self.settle.decide(self.policy.bandit, self.offered, PLAIN, arm, tokens, seconds)
         if self.timed and (arm.kind == "lookup" or arm.fixed):
             times.overhead = _smoothed(times.overhead, seconds - self.timed)  # the round's bookkeeping
         self.timed = 0.0
@@ -283,7 +293,12 @@ class Adaptive(Mode):
         words = {a.key: a.describe() for a in self.policy.arms}
         return {
             "arms": dict(pulls),
-            "rounds_by_arm": {words.get(key, key): n for key, n in pulls},
+            "rounds_by_arm": {words.get(key, key): n for key, n in pulls}
+            | (
+                {"plain decoding, settled (no bookkeeping)": self.settled_rounds}
+                if self.settled_rounds
+                else {}
+            ),
             "mean_exit_layer": sum(exits) / len(exits) if exits else None,
             "settled_rounds": self.settled_rounds,
         }

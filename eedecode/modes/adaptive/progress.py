@@ -15,9 +15,9 @@ class BatchProgress:
     a plain round is worth exactly the batch size. (The mean gain of the laggards would credit a round that
     starts from tied rows with its average row, not its slowest, and rate drafting arms above
     plain decoding where a batch runs slower with them, as on the demo model at batch 4.) A
-    round is credited at most its largest row's gain: a laggard that stops (EOS) moves the
-    frontier to the next row, which that round did not earn. At batch size 1, the tokens the
-    round produced."""
+    round is credited at most its largest row's gain, and its frontier is taken over the rows
+    that ran in it: a laggard that stopped (EOS) moves the frontier to the next row, which no
+    round earned. At batch size 1, the tokens the round produced."""
 
     def __init__(self, batch_size: int, max_new_tokens: int):
         self.progress = [0] * batch_size  # tokens each row emitted in rounds
@@ -43,7 +43,15 @@ class BatchProgress:
         that did not run); then each row's progress (a row that emitted nothing, or all it may,
         is done)."""
         running = [c for c in counts if c > 0]
-        before = self.frontier()
+        # the frontier before the round, over the rows that ran in it: a row that stopped (EOS)
+        # in an earlier round is known to be done only now, and moves no frontier this round
+        finish = self.max_new - 1
+        ran = [
+            finish if self.done[b] else self.progress[b]
+            for b, c in enumerate(counts[: len(self.progress)])
+            if c > 0
+        ]
+        before = min(ran, default=finish)
         for b, c in enumerate(counts[: len(self.progress)]):
             self.progress[b] += c
             self.done[b] = self.done[b] or c == 0 or self.progress[b] >= self.max_new - 1

@@ -74,6 +74,7 @@ class Policy:
     probe_runs: dict[str, RunLengths] = field(default_factory=dict)  # the probe's alone, by drafter
     probed: dict[str, int] = field(default_factory=dict)  # prompt positions the probe has seen
     calls: int = 0
+    reprobe_due: bool = False  # a probe of every layer is due at the next call not settled
     times: dict[int, StepTimes] = field(default_factory=dict)  # by batch-size bucket
     settled: dict[int, Settle] = field(default_factory=dict)  # by batch-size bucket (not saved)
     #: Statistics read from a file and not yet used (they become live on a device, at a length).
