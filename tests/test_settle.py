@@ -18,7 +18,6 @@ from eedecode.modes.adaptive.settle import (
     CHECK_PULLS,
     FIRST_STRETCH,
     LONGEST_STRETCH,
-    UNSETTLED_MEMORY,
     Settle,
 )
 
@@ -111,19 +110,19 @@ def test_a_check_plays_the_best_drafting_arm_and_a_slow_one_doubles_the_stretch(
 
 def test_a_check_judges_its_fresh_rounds_alone_and_a_fast_arm_ends_the_settlement():
     """An arm with a long slow history that is now fast: two fresh rounds decide, however heavy
-    its history, and the bucket's estimates then fade so that the bandit relearns quickly."""
+    its history, and then are its estimate, so that the bandit plays it."""
     bandit = Bandit(ARMS)
     played(bandit, NONE, 10, 100.0)
     played(bandit, EXIT, 5, 60.0)
     played(bandit, LOOKUP, 200, 80.0)
     s = settled_with(bandit)
-    exit_weight = bandit._known(EXIT).rounds
+    exit_before = bandit._known(EXIT).rounds
     round_of(s, bandit, ARMS, LOOKUP, 300.0)
     assert bandit.rate(LOOKUP) < bandit.rate(NONE)  # its whole history still says slower
     round_of(s, bandit, ARMS, LOOKUP, 300.0)
     assert not s.active and not s.checking and s.stretch == FIRST_STRETCH
     assert bandit.rate(LOOKUP) == pytest.approx(300.0)  # its estimate is the fresh rounds now
-    assert bandit._known(EXIT).rounds == pytest.approx(UNSETTLED_MEMORY * DISCOUNT**2 * exit_weight)
+    assert bandit._known(EXIT).rounds == pytest.approx(DISCOUNT**2 * exit_before)  # the others keep theirs
     s.decide(bandit, [NONE, LOOKUP], NONE, NONE, 1.0, 0.01)
     assert not s.active  # plain decoding no longer measures fastest
 

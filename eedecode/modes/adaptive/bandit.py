@@ -132,11 +132,6 @@ class Bandit:
         """Rounds ``arm`` was played in the current bucket and context (plain decoding: either)."""
         return self._known(arm).pulls
 
-    def fade_bucket(self, factor: float) -> None:
-        """Every estimate of the current bucket keeps ``factor`` of its weight (its rate stays)."""
-        for stats in self._in_bucket():
-            stats.fade(factor)
-
     def replace(self, arm: Arm, tokens: float, seconds: float, rounds: float) -> None:
         """``arm``'s estimate in the current bucket and context becomes these rounds alone."""
         stats = self._stats(arm)
