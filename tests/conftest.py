@@ -99,16 +99,6 @@ def cached_tiny_model(arch: str = "llama", seed: int = 0, **overrides):
     return tiny_model(arch, seed, **dict(overrides))
 
 
-@pytest.fixture(autouse=True)
-def settling_only_where_tested(request, monkeypatch):
-    """The adaptive mode settles on plain decoding when its wall-time measurements say so, and
-    cached models keep what it learned from test to test: so that no other test's drafting
-    depends on timing and order, only tests/test_settle.py lets it settle."""
-    from eedecode.modes.adaptive import settle
-
-    monkeypatch.setattr(settle, "ENABLED", request.module.__name__.endswith("test_settle"))
-
-
 @pytest.fixture(params=ARCHS)
 def arch(request):
     return request.param

@@ -21,6 +21,15 @@ from eedecode.modes.adaptive.store import Policy, Tuned
 NEW = 40
 
 
+@pytest.fixture(autouse=True)
+def no_settling(monkeypatch):
+    """These tests check what the bandit's arms do; the mode's settling on plain decoding
+    (tests/test_settle.py) depends on wall time and would skip them at random."""
+    from eedecode.modes.adaptive import settle
+
+    monkeypatch.setattr(settle, "ENABLED", False)
+
+
 def policies(model) -> dict:
     """The adaptive mode's learned policies for ``model`` (in its memory), by options."""
     return memory_of(model).modes.get("adaptive", {})
