@@ -40,6 +40,15 @@ def round_of(s: Settle, bandit: Bandit, available, arm: Arm, rate: float) -> Non
     s.decide(bandit, available, NONE, arm, 1.0, 1.0 / rate)
 
 
+def measured_bandit(lookup_rounds: int = 5) -> Bandit:
+    """Plain decoding at 100 tokens/s, exit drafts at 60, lookup drafts at 80."""
+    bandit = Bandit(ARMS)
+    played(bandit, NONE, 10, 100.0)
+    played(bandit, EXIT, 5, 60.0)
+    played(bandit, LOOKUP, lookup_rounds, 80.0)
+    return bandit
+
+
 def settled_with(bandit: Bandit) -> Settle:
     """A settlement whose first stretch has just ended (its check starts)."""
     s = Settle()
@@ -88,14 +97,11 @@ def test_an_arm_no_longer_offered_does_not_block_settling():
 
 
 def test_a_check_plays_the_best_drafting_arm_and_a_slow_one_doubles_the_stretch():
-    bandit = Bandit(ARMS)
-    played(bandit, NONE, 10, 100.0)
-    played(bandit, EXIT, 5, 60.0)
-    played(bandit, LOOKUP, 5, 80.0)
+    bandit = measured_bandit()
     s = settled_with(bandit)
     assert s.forced(bandit, ARMS) == LOOKUP  # the best challenger
     assert s.forced(bandit, [NONE, EXIT]) == EXIT  # the best of those this round can play
-    for _i in range(CHECK_PULLS):
+    for _ in range(CHECK_PULLS):
         assert not s.active
         round_of(s, bandit, ARMS, LOOKUP, 90.0)  # still slower than plain decoding
     assert s.active and s.left == 2 * FIRST_STRETCH and s.settled == 2
@@ -111,10 +117,7 @@ def test_a_check_plays_the_best_drafting_arm_and_a_slow_one_doubles_the_stretch(
 def test_a_check_judges_its_fresh_rounds_alone_and_a_fast_arm_ends_the_settlement():
     """An arm with a long slow history that is now fast: two fresh rounds decide, however heavy
     its history, and then are its estimate, so that the bandit plays it."""
-    bandit = Bandit(ARMS)
-    played(bandit, NONE, 10, 100.0)
-    played(bandit, EXIT, 5, 60.0)
-    played(bandit, LOOKUP, 200, 80.0)
+    bandit = measured_bandit(lookup_rounds=200)
     s = settled_with(bandit)
     exit_before = bandit._known(EXIT).rounds
     round_of(s, bandit, ARMS, LOOKUP, 300.0)
@@ -128,10 +131,7 @@ def test_a_check_judges_its_fresh_rounds_alone_and_a_fast_arm_ends_the_settlemen
 
 
 def test_a_check_round_with_nothing_to_draft_passes():
-    bandit = Bandit(ARMS)
-    played(bandit, NONE, 10, 100.0)
-    played(bandit, EXIT, 5, 60.0)
-    played(bandit, LOOKUP, 5, 80.0)
+    bandit = measured_bandit()
     s = settled_with(bandit)
     s.decide(bandit, [NONE], NONE, NONE, 1.0, 0.01)  # no match, no exit layer offered
     assert s.active and s.settled == 2
