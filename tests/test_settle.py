@@ -137,6 +137,32 @@ def test_a_check_round_with_nothing_to_draft_passes():
     assert s.active and s.settled == 2
 
 
+def test_with_nothing_to_offer_until_the_next_plan_it_settles_once_plain_is_measured():
+    bandit, s = Bandit(ARMS), Settle()
+    played(bandit, NONE, MIN_PULLS - 1, 100.0)
+    s.decide(bandit, [NONE], NONE, NONE, 1.0, 0.01, idle=True)
+    assert not s.active  # plain decoding not yet measured
+    played(bandit, NONE, 1, 100.0)
+    s.decide(bandit, [NONE], NONE, NONE, 1.0, 0.01, idle=False)
+    assert not s.active  # a round without a match, where lookup drafts may come: nothing decided
+    s.decide(bandit, [NONE], NONE, NONE, 1.0, 0.01, idle=True)
+    assert s.active and s.left == FIRST_STRETCH
+
+
+def test_lookup_off_and_no_exit_layer_offered_settles_on_plain_decoding(monkeypatch):
+    """``lookup=False`` where the plan offers no exit layer: nothing to choose, so the rounds
+    after plain decoding's first measured ones are settled (no bookkeeping); the same tokens."""
+    monkeypatch.setattr(planner, "PAYS", float("inf"))  # no exit layer predicted to pay
+    model = cached_tiny_model("llama", eos_token_id=None, num_hidden_layers=4)
+    memory_of(model).reset()
+    x = torch.randint(3, 97, (1, 9), generator=torch.Generator().manual_seed(4))
+    out = eedecode.generate(model, x, max_new_tokens=24, lookup=False, return_dict_in_generate=True)
+    assert torch.equal(out.sequences, eedecode.generate(model, x, max_new_tokens=24, mode="autoregressive"))
+    rounds = out.stats.details["rounds_by_arm"]
+    assert rounds.get("plain decoding, settled (no bookkeeping)", 0) == 23 - MIN_PULLS
+    assert out.stats.drafted_tokens == 0
+
+
 def test_settling_can_be_switched_off(monkeypatch):
     monkeypatch.setattr(settle, "ENABLED", False)
     bandit, s = Bandit(ARMS), Settle()

@@ -248,6 +248,15 @@ class Adaptive(Mode):
         self.proposal = proposal
         return rnd
 
+    def _nothing_to_offer(self) -> bool:
+        """No drafting arm can come up before the next plan: no lookup drafts (``lookup=False``),
+        no layer set to draft through, and no exit layer offered."""
+        if self.lookup is not None:
+            return False
+        paying = self.planner.paying
+        arms = self.policy.arms
+        return not any(a.kind == "skip" or (a.kind != "none" and a.drafter in paying) for a in arms)
+
     def _verify(self, state, proposal) -> Round:
         """:func:`verify`, timed on a CPU (where the host waits for the work) for the cost model."""
         if not self.on_cpu:
@@ -272,7 +281,9 @@ class Adaptive(Mode):
         tokens = self.progress.reward(view.counts) if view.counts is not None else 0
         arm, times = self.arm, self.planner.times
         self.policy.bandit.update(arm, tokens, seconds)
-        self.settle.decide(self.policy.bandit, self.offered, PLAIN, arm, tokens, seconds)
+        self.settle.decide(
+            self.policy.bandit, self.offered, PLAIN, arm, tokens, seconds, idle=self._nothing_to_offer()
+        )
         if self.timed and (arm.kind == "lookup" or arm.fixed):
             times.overhead = _smoothed(times.overhead, seconds - self.timed)  # the round's bookkeeping
         self.timed = 0.0

@@ -22,6 +22,9 @@ kept in the policy, per bucket).
   bandit exploring every arm again, at batch 16 on the demo model 0.81x plain decoding), and
   the next stretch starts at ``FIRST_STRETCH`` again. A
   check round that can play no drafting arm (no lookup match, no exit layer offered) passes.
+* Where no drafting arm can come up before the next plan (``lookup=False`` and no exit layer
+  offered) there is nothing to choose: the mode settles as soon as plain decoding has its
+  ``MIN_PULLS`` rounds.
 
 A check is a couple of losing rounds per stretch, and a losing round is expensive exactly where
 drafting does not pay (at batch size 16 on the demo model, a round that verifies seven tokens
@@ -75,11 +78,20 @@ class Settle:
         return max(drafting, key=bandit.rate, default=None)
 
     def decide(
-        self, bandit: Bandit, available: list[Arm], plain: Arm, arm: Arm, tokens: float, seconds: float
+        self,
+        bandit: Bandit,
+        available: list[Arm],
+        plain: Arm,
+        arm: Arm,
+        tokens: float,
+        seconds: float,
+        idle: bool = False,
     ):
         """After a round's update: settle (again) if the evidence says plain decoding wins (see
         the module docstring). ``available``: the arms that round could have played; ``arm``,
-        ``tokens``, ``seconds``: what it played and what that gave."""
+        ``tokens``, ``seconds``: what it played and what that gave; ``idle``: no drafting arm can
+        be offered before the next plan (then there is nothing to choose, and plain decoding,
+        once measured, settles at once)."""
         if not ENABLED or plain not in available:
             return
         drafting = [a for a in available if a.kind != "none"]
@@ -98,6 +110,9 @@ class Settle:
                         self.stretch = FIRST_STRETCH
                         for checked, (n, t, sec) in self.fresh.items():
                             bandit.replace(checked, t, sec, n)
+            return
+        if not drafting and idle and bandit.pulls(plain) >= MIN_PULLS:
+            self._settle(bandit, plain)  # nothing to choose until the next plan
             return
         if not drafting or any(bandit.pulls(a) < MIN_PULLS for a in available):
             return  # a round with nothing to choose, or an arm not yet tried in this context
