@@ -92,6 +92,54 @@ def tune(model, tokenizer, out: Path, layers, steps: int, warm_tokens: int):
     )
 
 
+def _pair(method: str) -> str:
+    """``E = 2, k = 1`` from ``eedecode_ss@exit_layer=2@num_speculations=1``."""
+    opts = dict(kv.split("=", 1) for kv in method.split("@")[1:])
+    return f"E = {opts['exit_layer']}, k = {opts['num_speculations']}"
+
+
+def _cell(r: dict, key: str) -> str:
+    runs = r.get(f"{key}_runs") or []
+    span = f" ({min(runs):.2f}–{max(runs):.2f})" if len(runs) > 1 else ""
+    return f"{r[key]:.2f}×{span}"
+
+
+def doc_table(record: dict) -> str:
+    """The table docs/adaptive.md gives: one row per method of the interleaved run, speed-ups as
+    the median with the lowest and highest repeat in brackets."""
+    hf_ee, best, median = (record["results"][i]["method"] for i in (1, 4, 5))
+    oracle = record["results"][-1]["method"].split("=")[-1]
+    names = [
+        "HF generate",
+        f"HF assistant_early_exit, best ({_pair(hf_ee)})",
+        "HF prompt lookup",
+        "eedecode autoregressive",
+        f"eedecode static, best ({_pair(best)})",
+        f"eedecode static, median ({_pair(median)})",
+        "**adaptive** (no settings)",
+        "adaptive, `lookup=False`",
+        "adaptive, tuned policy (`policy_in`)",
+        "adaptive, tuned, `draft_vocab=1024`",
+        "adaptive, `translator` (tuned lens)",
+        f"oracle bound (E = {oracle})",
+    ]
+    n = record["settings"]["num_prompts"]
+    lines = [
+        "| method | tokens/s | vs HF generate | vs eedecode AR | acceptance | drafts/round "
+        "| tokens/round | exit layer | identical |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, r in zip(names, record["results"], strict=True):
+        cells = [name, f"{r['tokens_per_s']:.1f}", _cell(r, "speedup_vs_hf"), _cell(r, "speedup_vs_ar")]
+        cells += ["" if r.get("acceptance_rate") is None else f"{r['acceptance_rate']:.1%}"]
+        for key in ("mean_drafts_per_round", "mean_tokens_per_round"):
+            cells += ["" if r.get(key) is None else f"{r[key]:.2f}"]
+        cells += ["" if r.get("mean_exit_layer") is None else f"{r['mean_exit_layer']:.1f}"]
+        cells += [f"{r['identical_to_hf']}/{n}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="demo")
@@ -106,7 +154,13 @@ def main(argv=None) -> None:
     p.add_argument("--draft-vocab", type=int, default=1024)
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--out", required=True)
+    p.add_argument(
+        "--render", action="store_true", help="print the docs' table from --out's record.json and exit"
+    )
     args = p.parse_args(argv)
+    if args.render:
+        print(doc_table(json.loads((Path(args.out) / "record.json").read_text())))
+        return
     torch.set_num_threads(1)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -165,6 +219,7 @@ def main(argv=None) -> None:
         "max_new_tokens": args.max_new_tokens,
         "num_prompts": len(prompt_ids),
         "num_layers": L,
+        "repeats": args.repeats,
     }
     results = [{**vars(r)} for r in res.values()]
     costs = measure_step_costs(model, prompt_ids[0], spec.exit_layer, spec.num_speculations)
@@ -173,6 +228,7 @@ def main(argv=None) -> None:
     table = markdown_table(record).replace(f"{out}/", "")  # the tuned files by their names
     (out / "record.json").write_text(json.dumps(record, indent=1, default=str))
     (out / "table.md").write_text(table + "\n")
+    (out / "doc_table.md").write_text(doc_table(record) + "\n")
     print(f"{machine_line(record)}\n\n{table}\n\n{LEGEND}\n\n{time.perf_counter() - t0:.0f} s; record: {out}")
 
 
