@@ -31,7 +31,7 @@ from eedecode.api.generation import generate
 from eedecode.bench import load_prompts, markdown_table, measure_step_costs, time_methods
 from eedecode.bench.measure import encode_prompts
 from eedecode.bench.methods import Speculation
-from eedecode.bench.report import LEGEND, complete, machine_line
+from eedecode.bench.report import LEGEND, complete, machine_line, speedup_cell
 from eedecode.model.corpus import stdlib_root
 from eedecode.model.loading import load_model
 from eedecode.model.runner import ModelRunner
@@ -98,12 +98,6 @@ def _pair(method: str) -> str:
     return f"E = {opts['exit_layer']}, k = {opts['num_speculations']}"
 
 
-def _cell(r: dict, key: str) -> str:
-    runs = r.get(f"{key}_runs") or []
-    span = f" ({min(runs):.2f}–{max(runs):.2f})" if len(runs) > 1 else ""
-    return f"{r[key]:.2f}×{span}"
-
-
 def doc_table(record: dict) -> str:
     """The table docs/adaptive.md gives: one row per method of the interleaved run, speed-ups as
     the median with the lowest and highest repeat in brackets."""
@@ -130,7 +124,8 @@ def doc_table(record: dict) -> str:
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, r in zip(names, record["results"], strict=True):
-        cells = [name, f"{r['tokens_per_s']:.1f}", _cell(r, "speedup_vs_hf"), _cell(r, "speedup_vs_ar")]
+        cells = [name, f"{r['tokens_per_s']:.1f}"]
+        cells += [speedup_cell(r, "speedup_vs_hf"), speedup_cell(r, "speedup_vs_ar")]
         cells += ["" if r.get("acceptance_rate") is None else f"{r['acceptance_rate']:.1%}"]
         for key in ("mean_drafts_per_round", "mean_tokens_per_round"):
             cells += ["" if r.get(key) is None else f"{r[key]:.2f}"]
