@@ -16,6 +16,7 @@ from eedecode.modes.adaptive.arms import Arm
 from eedecode.modes.adaptive.bandit import DISCOUNT, MIN_PULLS, Bandit
 from eedecode.modes.adaptive.settle import (
     CHECK_PULLS,
+    CHECK_WAIT,
     FIRST_STRETCH,
     LONGEST_STRETCH,
     Settle,
@@ -130,10 +131,38 @@ def test_a_check_judges_its_fresh_rounds_alone_and_a_fast_arm_ends_the_settlemen
     assert not s.active  # plain decoding no longer measures fastest
 
 
-def test_a_check_round_with_nothing_to_draft_passes():
+def test_a_check_waits_for_a_round_that_can_draft_then_plays_it():
+    """A stale estimate (lookup slow on other text) must not hold the mode on plain decoding: rounds
+    without a lookup match wait, and the first round with one is checked."""
     bandit = measured_bandit()
     s = settled_with(bandit)
-    s.decide(bandit, [NONE], NONE, NONE, 1.0, 0.01)  # no match, no exit layer offered
+    for _ in range(CHECK_WAIT - 1):
+        s.decide(bandit, [NONE], NONE, NONE, 1.0, 0.01)  # no match, no exit layer offered
+        assert not s.active and s.checking
+    assert s.forced(bandit, [NONE, LOOKUP]) == LOOKUP  # a match: the check plays lookup
+    for _ in range(CHECK_PULLS):
+        round_of(s, bandit, [NONE, LOOKUP], LOOKUP, 300.0)  # faster than plain decoding now
+    assert not s.active and not s.checking and s.stretch == FIRST_STRETCH
+
+
+def test_a_check_that_finds_nothing_to_draft_passes_after_waiting():
+    bandit = measured_bandit()
+    s = settled_with(bandit)
+    for _ in range(CHECK_WAIT - 1):
+        s.decide(bandit, [NONE], NONE, NONE, 1.0, 0.01)
+    assert not s.active
+    s.decide(bandit, [NONE], NONE, NONE, 1.0, 0.01)
+    assert s.active and s.settled == 2 and s.left == 2 * FIRST_STRETCH
+    for _ in range(s.left):  # the next check waits afresh
+        s.take()
+    s.decide(bandit, [NONE], NONE, NONE, 1.0, 0.01)
+    assert not s.active and s.waited == 1
+
+
+def test_a_check_with_nothing_to_offer_until_the_next_plan_passes_at_once():
+    bandit = measured_bandit()
+    s = settled_with(bandit)
+    s.decide(bandit, [NONE], NONE, NONE, 1.0, 0.01, idle=True)  # lookup off, no exit layer offered
     assert s.active and s.settled == 2
 
 

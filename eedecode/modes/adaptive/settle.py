@@ -20,8 +20,11 @@ kept in the policy, per bucket).
   and learns whether the text changed; the other arms keep their estimates (a check plays an arm
   where it is at its best, a lookup arm on repeating text, and fading every estimate sent the
   bandit exploring every arm again, at batch 16 on the demo model 0.81x plain decoding), and
-  the next stretch starts at ``FIRST_STRETCH`` again. A
-  check round that can play no drafting arm (no lookup match, no exit layer offered) passes.
+  the next stretch starts at ``FIRST_STRETCH`` again. A check round that can play no drafting
+  arm (no lookup match, no exit layer offered) is a plain round, and the check waits for one that
+  can, up to ``CHECK_WAIT`` rounds; then it passes. (A check that passed at once on such a round
+  let a stale estimate hold the mode on plain decoding for thousands of rounds: a lookup arm
+  judged slow on other text is checked again only where the laggard finds a match.)
 * Where no drafting arm can come up before the next plan (``lookup=False`` and no exit layer
   offered) there is nothing to choose: the mode settles as soon as plain decoding has its
   ``MIN_PULLS`` rounds.
@@ -43,6 +46,8 @@ from .bandit import MIN_PULLS, Bandit
 ENABLED = True
 #: Rounds of the best drafting arm when a stretch ends, judged alone against plain decoding.
 CHECK_PULLS = 2
+#: Rounds a check waits for one that can play a drafting arm (a lookup match), before it passes.
+CHECK_WAIT = 32
 #: The first stretch, in rounds; each confirmed one doubles the next, up to ``LONGEST_STRETCH``.
 FIRST_STRETCH = 64
 LONGEST_STRETCH = 1024
@@ -56,6 +61,7 @@ class Settle:
     stretch: int = FIRST_STRETCH  # the length of the next stretch
     settled: int = 0  # stretches so far
     checking: bool = False  # a stretch ended: the next drafting rounds are the check
+    waited: int = 0  # rounds of the current check that could play no drafting arm
     plain_rate: float = 0.0  # plain decoding's measured rate when the mode settled (tokens/s)
     fresh: dict[Arm, list[float]] = field(default_factory=dict)  # the check's rounds: [n, tokens, s]
 
@@ -67,7 +73,7 @@ class Settle:
         """One plain round of the stretch; after the last, the check starts."""
         self.left -= 1
         if self.left == 0:
-            self.checking, self.fresh = True, {}
+            self.checking, self.fresh, self.waited = True, {}, 0
 
     def forced(self, bandit: Bandit, available: list[Arm]) -> Arm | None:
         """During a check, the available drafting arm with the best measured rate; else None
@@ -90,14 +96,16 @@ class Settle:
         """After a round's update: settle (again) if the evidence says plain decoding wins (see
         the module docstring). ``available``: the arms that round could have played; ``arm``,
         ``tokens``, ``seconds``: what it played and what that gave; ``idle``: no drafting arm can
-        be offered before the next plan (then there is nothing to choose, and plain decoding,
-        once measured, settles at once)."""
+        be offered before the next plan (then there is nothing to choose: plain decoding, once
+        measured, settles at once, and a check passes)."""
         if not ENABLED or plain not in available:
             return
         drafting = [a for a in available if a.kind != "none"]
         if self.checking:
-            if not drafting:  # nothing to check this round could play: the check passes
-                self._settle(bandit, plain)
+            if not drafting:  # nothing this round could check: wait for a round that can
+                self.waited += 1
+                if idle or self.waited >= CHECK_WAIT:
+                    self._settle(bandit, plain)
             elif arm.kind != "none":
                 n, t, sec = self.fresh.get(arm, (0.0, 0.0, 0.0))
                 self.fresh[arm] = [n + 1, t + tokens, sec + seconds]
