@@ -32,6 +32,7 @@ from pathlib import Path
 import torch
 
 from eedecode.drafting.step_costs import measure_step_costs
+from eedecode.kernels.cpu_matmul import ONEDNN_NEVER
 from eedecode.model.costs import expected_tokens_per_round, ideal_speedup
 from eedecode.model.memory import memory_of
 from eedecode.model.synthetic import SHAPES, synthetic_model
@@ -73,14 +74,16 @@ def measure(shape: str, dtype: torch.dtype, exit_layers: list[int], reps: int, p
             "v": {k: r["v"] for k, r in rows.items()},
         }
     params = sum(p.numel() for p in model.parameters())
-    onednn = memory_of(model).small_blocks_onednn.get(torch.get_num_threads())  # for 2-3 rows
+    onednn = memory_of(model).onednn_from_rows.get(torch.get_num_threads())  # measured threshold
     return {
         "shape": shape,
         "dtype": str(dtype),
         "parameters": params,
         "build_s": built,
         "costs": costs,
-        "small_blocks": {None: "not chosen", True: "oneDNN", False: "MKL"}[onednn],
+        "onednn_from_rows": "not measured"
+        if onednn is None
+        else ("never" if onednn >= ONEDNN_NEVER else onednn),
     }
 
 
@@ -116,7 +119,8 @@ def projection_table(record: dict) -> str:
     L = SHAPES[record["shape"]]["num_hidden_layers"]
     lines = [
         f"{record['shape']} ({record['parameters'] / 1e9:.2f}B parameters, {record['dtype']}, "
-        f"{L} layers), step costs measured here; 2- and 3-row products: {record['small_blocks']}",
+        f"{L} layers), step costs measured here; "
+        f"oneDNN from rows: {record.get('onednn_from_rows', 'not recorded')}",
         "",
         "| exit layer | plain step ms | c (draft step) | "
         + " | ".join(f"v, k={k}" for k in DRAFT_LENGTHS)

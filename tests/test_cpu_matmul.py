@@ -73,6 +73,15 @@ def test_last_level_cache_decides_streaming():
     assert cpu_matmul.streams_from_memory(llc + 1) and not cpu_matmul.streams_from_memory(llc)
 
 
+def test_before_timing_the_cache_size_rule_and_tiny_models_have_nothing_to_time(monkeypatch):
+    rule = cpu_matmul.library_before_timing
+    small = [torch.zeros(256, 768)]  # 16 rows x 196k multiply-adds: over ONEDNN_MIN_MACS
+    assert rule(small) == (cpu_matmul.ONEDNN_MIN_ROWS, True)
+    assert rule([torch.zeros(32, 96)]) == (cpu_matmul.ONEDNN_MIN_ROWS, False)  # always MKL
+    monkeypatch.setattr(cpu_matmul, "last_level_cache_bytes", lambda: 256 * 768 * 4 - 1)
+    assert rule(small) == (cpu_matmul.STREAM_MIN_ROWS, True)  # more than the cache: streams
+
+
 def test_which_library_serves_which_product(monkeypatch):
     monkeypatch.setattr(cpu_matmul, "onednn_available", lambda: True)
     use = cpu_matmul.use_onednn
@@ -80,9 +89,10 @@ def test_which_library_serves_which_product(monkeypatch):
     assert use(4, 1024, 1024, torch.float32)
     assert not use(64, 32, 64, torch.float32)  # small: oneDNN's fixed cost does not pay
     assert not use(16, 1024, 1024, torch.bfloat16)
-    assert use(2, 1024, 1024, torch.float32, stream=True) and not use(
-        1, 1024, 1024, torch.float32, stream=True
-    )
+    f32 = torch.float32
+    assert use(2, 1024, 1024, f32, onednn_from=2) and not use(1, 1024, 1024, f32, onednn_from=1)
+    assert not use(15, 1024, 1024, f32, onednn_from=16) and use(16, 1024, 1024, f32, onednn_from=16)
+    assert not use(4096, 1024, 1024, f32, onednn_from=cpu_matmul.ONEDNN_NEVER)
 
 
 @needs_onednn
@@ -92,7 +102,7 @@ def test_onednn_rounds_every_row_as_if_alone(monkeypatch):
         monkeypatch.setattr(cpu_matmul, name, 0)
     x, w, _, _ = _case(48, 256, 320, False)
     w_t = w.t().contiguous()
-    alone = matmul_t(x[:1], w_t)
+    alone = cpu_matmul._onednn(x[:1], w_t.t(), None)  # one row alone (the hot path sends it to MKL)
     for rows in (2, 3, 4, 9, 48):
         assert torch.equal(matmul_t(x[:rows], w_t)[:1], alone)
 
@@ -104,17 +114,22 @@ def _streaming_model(monkeypatch, **overrides):
 
     from eedecode.model import runner as runner_module
 
-    monkeypatch.setattr(runner_module, "streams_from_memory", lambda nbytes: True)
+    monkeypatch.setattr(
+        runner_module, "library_before_timing", lambda weights: (cpu_matmul.STREAM_MIN_ROWS, True)
+    )
     kw = dict(hidden_size=512, intermediate_size=1024, num_attention_heads=8, num_key_value_heads=4)
     return tiny_model(**{**kw, **overrides})
 
 
-@pytest.mark.parametrize("onednn_faster", [True, False])
-def test_small_blocks_library_is_measured_once_per_model(monkeypatch, onednn_faster):
-    """A model whose weights stream from memory: before its first 2- or 3-row block the runner
-    times a 2-token pass with each library, keeps the faster in the model's memory (per thread
-    count), and a later runner of the same model reads it instead of timing again; reset()
-    forgets it."""
+@pytest.mark.parametrize(
+    "faster_from, threshold",
+    [(2, 2), (4, 4), (16, 16), (None, "never")],
+)
+def test_block_library_is_measured_once_per_model(monkeypatch, faster_from, threshold):
+    """Before its first block of 2 to 16 rows the runner times a full-depth pass over 2, 4 and 16
+    tokens with each library, lets oneDNN serve products from the smallest row count from which
+    it was faster at every larger one, keeps that in the model's memory (per thread count), and a
+    later runner of the same model reads it instead of timing again; reset() forgets it."""
     from eedecode.model import costs
     from eedecode.model.memory import memory_of
     from eedecode.model.runner import ModelRunner
@@ -122,34 +137,58 @@ def test_small_blocks_library_is_measured_once_per_model(monkeypatch, onednn_fas
     model = _streaming_model(monkeypatch)
     timed = []
     real = costs._scratch_passes
+    never = cpu_matmul.ONEDNN_NEVER
 
     def fake_passes(runner, batch_size, sizes):
         real(runner, batch_size, sizes)  # the scratch cache, built as for real
+        assert sizes == list(costs.LIBRARY_ROWS)
 
         def seconds(i):
-            timed.append(runner.stream)
-            return 1.0 if runner.stream == onednn_faster else 2.0
+            onednn = runner.onednn_from == 2
+            assert runner.onednn_from in (2, never)
+            timed.append((sizes[i], onednn))
+            return 1.0 if onednn == (faster_from is not None and sizes[i] >= faster_from) else 2.0
 
         return seconds
 
     monkeypatch.setattr(costs, "_scratch_passes", fake_passes)
     runner = ModelRunner(model)
-    ids = torch.tensor([[3, 7, 11, 5, 9]])
+    ids = torch.randint(3, 90, (1, 40), generator=torch.Generator().manual_seed(0))
     runner.logits(runner.run_layers(runner.embed(ids[:, :1]), 0, runner.num_layers))  # one row: no timing
-    assert timed == [] and memory_of(model).small_blocks_onednn == {}
+    runner.run_layers(runner.embed(ids), 0, runner.num_layers)  # a prompt of 40 tokens: no timing
+    assert timed == [] and memory_of(model).onednn_from_rows == {}
     runner.run_layers(runner.embed(ids[:, :2]), 0, runner.num_layers)
-    assert timed.count(True) == timed.count(False) == 3  # both libraries, taking turns
+    for T in costs.LIBRARY_ROWS:  # both libraries at each size, taking turns, after a warm-up turn
+        assert timed.count((T, True)) == timed.count((T, False)) == 3
     threads = torch.get_num_threads()
-    assert runner.stream is onednn_faster and memory_of(model).small_blocks_onednn == {threads: onednn_faster}
+    expected = never if threshold == "never" else threshold
+    assert runner.onednn_from == expected and memory_of(model).onednn_from_rows == {threads: expected}
     n = len(timed)
     again = ModelRunner(model)
     again.run_layers(again.embed(ids[:, :3]), 0, again.num_layers)
-    assert len(timed) == n and again.stream is onednn_faster  # read from memory, not timed again
+    assert len(timed) == n and again.onednn_from == expected  # read from memory, not timed again
     memory_of(model).reset()
-    assert memory_of(model).small_blocks_onednn == {}
+    assert memory_of(model).onednn_from_rows == {}
 
 
-def test_small_blocks_library_is_chosen_inside_a_call_and_tokens_match(monkeypatch):
+def test_onednn_faster_only_at_small_blocks_is_not_chosen(monkeypatch):
+    """The threshold holds for every larger block: oneDNN faster at 2 rows but not at 16 stays off."""
+    from eedecode.model import costs
+    from eedecode.model.runner import ModelRunner
+
+    model = _streaming_model(monkeypatch)
+    real = costs._scratch_passes
+
+    def fake_passes(runner, batch_size, sizes):
+        real(runner, batch_size, sizes)
+        return lambda i: 1.0 if (runner.onednn_from == 2) == (sizes[i] < 16) else 2.0
+
+    monkeypatch.setattr(costs, "_scratch_passes", fake_passes)
+    runner = ModelRunner(model)
+    assert costs.choose_block_library(runner) == cpu_matmul.ONEDNN_NEVER
+
+
+def test_block_library_is_chosen_inside_a_call_and_tokens_match(monkeypatch):
     """The choice made on the real clock in the middle of a self-speculative call, between the
     prompt and the first verification: the call's tokens equal autoregressive decoding's (the
     timing passes use a scratch cache, never the call's), and the choice is kept."""
@@ -157,21 +196,21 @@ def test_small_blocks_library_is_chosen_inside_a_call_and_tokens_match(monkeypat
     from eedecode.model.memory import memory_of
 
     model = _streaming_model(monkeypatch)
-    ids = torch.tensor([[3, 7, 11, 5, 9, 4, 8, 2]])
+    ids = torch.randint(3, 90, (1, 24), generator=torch.Generator().manual_seed(1))
     plain = eedecode.generate(model, ids, mode="autoregressive", max_new_tokens=16)
-    assert memory_of(model).small_blocks_onednn == {}  # one-row steps never ask
+    assert memory_of(model).onednn_from_rows == {}  # one-row steps and the prompt never ask
     kw = dict(exit_layer=1, num_speculations=1, max_new_tokens=16)
     spec = eedecode.generate(model, ids, mode="self_speculative", **kw)
     assert torch.equal(spec, plain)
-    assert set(memory_of(model).small_blocks_onednn) == {torch.get_num_threads()}
+    assert set(memory_of(model).onednn_from_rows) == {torch.get_num_threads()}
 
 
 def test_without_packed_matrices_there_is_nothing_to_choose(monkeypatch):
-    from eedecode.model.costs import choose_small_block_library
+    from eedecode.model.costs import choose_block_library
     from eedecode.model.memory import memory_of
     from eedecode.model.runner import ModelRunner
 
     model = _streaming_model(monkeypatch)
     runner = ModelRunner(model, pack="none")
-    assert choose_small_block_library(runner) is runner.stream
-    assert memory_of(model).small_blocks_onednn == {}
+    assert choose_block_library(runner) == runner.onednn_from
+    assert memory_of(model).onednn_from_rows == {}

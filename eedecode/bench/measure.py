@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from ..kernels.cpu_matmul import ONEDNN_NEVER
 from ..model.memory import memory_of
 from ..model.packing import pack_head, pack_layer, packed_layer
 from . import steps
@@ -261,9 +262,11 @@ def run_measurements(
         settings["bandwidth_bytes_per_s"] = median(bandwidths)  # read rate, sampled between turns
         settings["bandwidth_samples"] = len(bandwidths)
     costs = measure_step_costs(model, prompt_ids[0], spec.exit_layer, spec.num_speculations)
-    # whether oneDNN served 2- and 3-row blocks, per thread count (empty: nothing was chosen, as
-    # when the weights fit in the cache, off a CPU, or when no such block ran)
-    settings["small_blocks_onednn"] = dict(memory_of(model).small_blocks_onednn)
+    # from how many rows oneDNN served products, per thread count (empty: nothing was measured, as
+    # off a CPU or when no block of 2 to 16 rows ran; "never": MKL throughout)
+    settings["onednn_from_rows"] = {
+        t: "never" if n >= ONEDNN_NEVER else n for t, n in memory_of(model).onednn_from_rows.items()
+    }
     results = [asdict(r) for r in results]
     return {"settings": settings, "step_costs": costs, "results": results, "skipped": skipped}
 

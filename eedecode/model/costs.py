@@ -23,6 +23,7 @@ import time
 
 import torch
 
+from ..kernels.cpu_matmul import ONEDNN_NEVER
 from .memory import memory_of
 
 #: Positions already in the scratch cache when a block is timed.
@@ -42,43 +43,54 @@ def _time_blocks(runner, batch_size: int, sizes: list[int], reps: int) -> list[f
     return [t / best[0] for t in best]
 
 
-#: oneDNN serves small blocks only if it is at least this much faster than MKL (the rule that
-#: does not depend on a noisy difference is MKL's: its one-row kernel serves every decoding step).
+#: oneDNN serves blocks only if it is at least this much faster than MKL (the rule that does not
+#: depend on a noisy difference is MKL's: its one-row kernel serves every decoding step).
 ONEDNN_MARGIN = 0.97
+#: The blocks (tokens of a full-depth pass, batch size 1) at which the two libraries are timed.
+LIBRARY_ROWS = (2, 4, 16)
 
 
 @torch.no_grad()
-def choose_small_block_library(runner, reps: int = 2) -> bool:
-    """Whether oneDNN should serve the products of 2- and 3-row blocks (a verification of one or
-    two drafts, a batch of 2 or 3 rows) of a model whose weights stream from memory
-    (:func:`eedecode.kernels.cpu_matmul.streams_from_memory`), measured: a full-depth pass over 2
-    tokens with each library, taking turns, the minimum of ``reps`` after a warm-up turn; oneDNN
-    if it is faster by :data:`ONEDNN_MARGIN`. Which is faster depends on the CPU and the shapes:
-    oneDNN took 0.70-0.87x MKL's time on SmolLM2 on an AMD EPYC, and 1.4x on a Llama-3.2-1B shape
-    on an Intel Xeon. Measured once per model and thread count (the runner asks before its first
-    such block: one scratch prefill and six 2-token passes) and kept in the model's memory; sets
-    ``runner.stream``. A runner without packed matrices has nothing to choose."""
-    runner._choose_stream = False  # asked once per runner
+def choose_block_library(runner, reps: int = 2) -> int:
+    """From how many rows oneDNN should serve the products of a model's blocks (a verification of
+    drafts, a batch, a prompt), measured: a full-depth pass over each of :data:`LIBRARY_ROWS`
+    tokens with each library, taking turns, the minimum of ``reps`` after a warm-up turn. The
+    threshold is the smallest of those row counts from which oneDNN was faster by
+    :data:`ONEDNN_MARGIN` at every larger one; :data:`~eedecode.kernels.cpu_matmul.ONEDNN_NEVER`
+    if it was not faster at the largest. Which is faster depends on the CPU and the shapes: on an
+    Intel Xeon MKL was faster at every row count, on the demo model and SmolLM2; on an AMD EPYC
+    oneDNN was 2x faster at 16-48 rows. Measured once per model and thread count (the runner asks
+    before its first block of 2 to 16 rows: one scratch prefill and 3 x 2 passes per row count)
+    and kept in the model's memory; sets ``runner.onednn_from``. A runner without packed matrices
+    has nothing to choose."""
+    runner._choose_library = False  # asked once per runner
     if all(p is None for p in runner.packed) and runner.head_t is None:
-        return runner.stream  # its products do not read the flag
-    chosen = memory_of(runner.model).small_blocks_onednn
+        return runner.onednn_from  # its products do not read the threshold
+    chosen = memory_of(runner.model).onednn_from_rows
     threads = torch.get_num_threads()
     if threads not in chosen:
-        before, best = runner.stream, {True: float("inf"), False: float("inf")}
+        before = runner.onednn_from
+        best = {(T, lib): float("inf") for T in LIBRARY_ROWS for lib in (True, False)}
         try:
-            timed = _scratch_passes(runner, 1, [2])
+            timed = _scratch_passes(runner, 1, list(LIBRARY_ROWS))
             for turn in range(reps + 1):  # the first turn warms both libraries up
-                for onednn in best:
-                    runner.stream = onednn
-                    seconds = timed(0)
-                    if turn:
-                        best[onednn] = min(best[onednn], seconds)
+                for i, T in enumerate(LIBRARY_ROWS):
+                    for onednn in (True, False):
+                        runner.onednn_from = 2 if onednn else ONEDNN_NEVER
+                        seconds = timed(i)
+                        if turn:
+                            best[T, onednn] = min(best[T, onednn], seconds)
         except BaseException:
-            runner.stream, runner._choose_stream = before, True  # as it was: ask again next time
+            runner.onednn_from, runner._choose_library = before, True  # as it was: ask again next time
             raise
-        chosen[threads] = best[True] < ONEDNN_MARGIN * best[False]
-    runner.stream = chosen[threads]
-    return runner.stream
+        threshold = ONEDNN_NEVER
+        for T in reversed(LIBRARY_ROWS):
+            if best[T, True] >= ONEDNN_MARGIN * best[T, False]:
+                break
+            threshold = T
+        chosen[threads] = threshold
+    runner.onednn_from = chosen[threads]
+    return runner.onednn_from
 
 
 def _scratch_passes(runner, batch_size: int, sizes: list[int]):

@@ -25,8 +25,8 @@ class ModelMemory:
     def __init__(self):
         self.block_costs: dict[tuple[int, int], list[float]] = {}  # (batch, tokens) -> costs
         self.weight_counts: tuple[int, int] | None = None  # (one layer, the LM head)
-        #: Whether oneDNN serves products of 2 and 3 rows, per thread count (model.costs)
-        self.small_blocks_onednn: dict[int, bool] = {}
+        #: From how many rows oneDNN serves products, per thread count (model.costs)
+        self.onednn_from_rows: dict[int, int] = {}
         self.modes: dict[str, object] = {}  # mode name -> what the mode learned (its own type)
         #: The packed copy of the weights (eedecode.model.packing): (fingerprint, layers, head, sums).
         self.packed: tuple | None = None
@@ -41,14 +41,14 @@ class ModelMemory:
         """Forget every measurement and everything learned for this model."""
         self.block_costs.clear()
         self.weight_counts = None
-        self.small_blocks_onednn.clear()
+        self.onednn_from_rows.clear()
         self.modes.clear()
         self.packed = None
 
     def __repr__(self) -> str:
         return (
             f"ModelMemory(packed copy: {self.packed is not None}, block cost tables: "
-            f"{len(self.block_costs)}, oneDNN for small blocks: {self.small_blocks_onednn}, "
+            f"{len(self.block_costs)}, oneDNN from rows: {self.onednn_from_rows}, "
             f"modes with learned state: {sorted(self.modes)})"
         )
 

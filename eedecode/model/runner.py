@@ -14,10 +14,10 @@ import torch
 import torch.nn.functional as F
 
 from ..kernels import DEFAULT_STATS, ExitHeadStats, exit_head, exit_head_logits, logits_stats
-from ..kernels.cpu_matmul import ONEDNN_MIN_ROWS, linear, matmul_t, streams_from_memory
+from ..kernels.cpu_matmul import library_before_timing, linear, matmul_t
 from .cache import BlockContext, KVCache
 from .compat import check_supported
-from .costs import choose_small_block_library
+from .costs import LIBRARY_ROWS, choose_block_library
 from .layer_ops import (
     ROPE_TABLE_MIN,
     STATIC_ROPE,
@@ -113,9 +113,8 @@ class ModelRunner:
         head, lm = self.head_t, getattr(self.lm_head, "weight", None)
         self.head_weight = head.t() if head is not None else lm
         weights = [t for p in self.packed if p for t in (p.qkv, p.o, p.gate_up, p.down)] + [lm]
-        nbytes = sum(t.nbytes for t in weights if t is not None)
-        # weights streaming from memory: 2- and 3-row products' library is timed before the first
-        self.stream = self._choose_stream = streams_from_memory(nbytes)
+        # oneDNN from this many rows: the cache-size rule until timed (before the first 2-16-row block)
+        self.onednn_from, self._choose_library = library_before_timing([t for t in weights if t is not None])
 
     # -- cache -----------------------------------------------------------------------------------
     def new_cache(self, batch_size: int, max_len: int) -> KVCache:
@@ -143,8 +142,8 @@ class ModelRunner:
         Returns the states leaving layer ``end - 1``, ``[B, T, H]``.
         """
         B, T = hidden.shape[:2]
-        if self._choose_stream and 2 <= B * T < ONEDNN_MIN_ROWS and hidden.is_cpu:
-            choose_small_block_library(self)  # once
+        if self._choose_library and 2 <= B * T <= LIBRARY_ROWS[-1] and hidden.is_cpu:
+            choose_block_library(self)  # once, before the first decoding-sized block (not a prompt)
         if cache is None:
             ctx = BlockContext.standalone(B, T, hidden.device, hidden.dtype)
         else:
@@ -224,19 +223,19 @@ class ModelRunner:
         ``[B or 1, 1, T, D]``."""
         B, T, H = x.shape
         Hq, Hqk, Hall, D = self._head_counts
-        calls, stream = self._calls[i], self.stream
+        calls, onednn_from = self._calls[i], self.onednn_from
         x = x.view(B * T, H)
-        qkv = matmul_t(calls[0](x), p.qkv, p.qkv_bias, stream).view(B, T, Hall, D).transpose(1, 2)
+        qkv = matmul_t(calls[0](x), p.qkv, p.qkv_bias, onednn_from).view(B, T, Hall, D).transpose(1, 2)
         qk = rotate(qkv[:, :Hqk], cos, sin)  # [B, Hq + Hkv, T, D]: q and k rotated together
         keys, values = qk[:, Hq:], qkv[:, Hqk:]  # [B, Hkv, T, D]
         if cache is not None:
             keys, values = cache.write(i, ctx, keys, values)  # [B, Hkv, S, D]
         o = self._attend(i, qk[:, :Hq], keys, values, ctx).transpose(1, 2).reshape(B * T, Hq * D)
-        x = x + matmul_t(o, p.o, p.o_bias, stream)
-        gate_up = matmul_t(calls[5](x), p.gate_up, p.gate_up_bias, stream)  # [B T, 2 I]
+        x = x + matmul_t(o, p.o, p.o_bias, onednn_from)
+        gate_up = matmul_t(calls[5](x), p.gate_up, p.gate_up_bias, onednn_from)  # [B T, 2 I]
         inter = p.down.shape[0]
         act = F.silu(gate_up[:, :inter]).mul_(gate_up[:, inter:])
-        return x.add_(matmul_t(act, p.down, p.down_bias, stream)).view(B, T, H)
+        return x.add_(matmul_t(act, p.down, p.down_bias, onednn_from)).view(B, T, H)
 
     def layer_kv(self, i: int, hidden: Tensor) -> tuple[Tensor, Tensor]:
         """Layer ``i``'s input norm, then its key and value projections: ``[B, T, H]`` ->
@@ -251,7 +250,7 @@ class ModelRunner:
             return k_proj(h).view(B, T, Hkv, D), v_proj(h).view(B, T, Hkv, D)
         q = self.num_heads * D
         bias = None if p.qkv_bias is None else p.qkv_bias[q:]
-        kv = matmul_t(h.reshape(B * T, H), p.qkv[:, q:], bias, self.stream).view(B, T, 2 * Hkv, D)
+        kv = matmul_t(h.reshape(B * T, H), p.qkv[:, q:], bias, self.onednn_from).view(B, T, 2 * Hkv, D)
         return kv[:, :, :Hkv], kv[:, :, Hkv:]
 
     def apply_rope(self, x: Tensor, positions: Tensor, length: int | None = None) -> Tensor:
@@ -271,7 +270,7 @@ class ModelRunner:
         if torch.is_grad_enabled() or not self._plain_head:
             logits = self._head(h)
         else:  # the product the weights' layout reads fastest (eedecode/kernels/cpu_matmul.py)
-            flat = linear(h.reshape(-1, h.shape[-1]), self.head_weight, self.lm_head.bias, self.stream)
+            flat = linear(h.reshape(-1, h.shape[-1]), self.head_weight, self.lm_head.bias, self.onednn_from)
             logits = flat.view(*h.shape[:-1], flat.shape[-1])
         return logits if logits.dtype == torch.float32 else logits.float()
 
