@@ -1,7 +1,9 @@
 """What the measured library choice of the CPU products is worth: eedecode autoregressive and the
 default call, each with oneDNN from the row count the runner measured for the model and with the
 fixed rule it replaced (oneDNN from 4 rows, from 2 when the weights exceed the last-level cache),
-taking turns on every batch of prompts in one process. Tokens are compared too.
+taking turns on every batch of prompts in one process. Each rule keeps its own learned state (the
+adaptive policy, the measured cost tables), so that neither learns from rounds run under the other.
+Tokens are compared too.
 
     python benchmarks/library_rule.py --model demo --batch-sizes 1,4
 """
@@ -43,6 +45,7 @@ def main() -> int:
     name = {ONEDNN_NEVER: "never"}
     print(f"{args.model}: oneDNN from rows, measured: {name.get(measured, measured)}; fixed rule: {fixed}")
     rules = {"measured": measured, "fixed rule": fixed}
+    learned = {r: ({}, {}) for r in rules}  # per rule: the model memory's modes and cost tables
     modes = {"autoregressive": {"mode": "autoregressive"}, "default": {}}
     ids = encode_prompts(tok, load_prompts(None, args.num_prompts), model.config.vocab_size, "cpu")
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
@@ -51,7 +54,9 @@ def main() -> int:
         runs = [(m, r) for m in modes for r in rules]
 
         def call(m, r, x, mask):
-            memory_of(model).onednn_from_rows[threads] = rules[r]  # what the next runner reads
+            memory = memory_of(model)
+            memory.onednn_from_rows[threads] = rules[r]  # what the next runner reads
+            memory.modes, memory.block_costs = learned[r]  # this rule's own learned state
             kw = dict(max_new_tokens=args.max_new_tokens, do_sample=False, pad_token_id=pad)
             return eedecode.generate(model, input_ids=x, attention_mask=mask, **modes[m], **kw)
 
