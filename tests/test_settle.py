@@ -145,6 +145,44 @@ def test_a_check_waits_for_a_round_that_can_draft_then_plays_it():
     assert not s.active and not s.checking and s.stretch == FIRST_STRETCH
 
 
+def test_checks_take_turns_and_wait_for_a_round_where_their_arm_can_play():
+    """The arm with the best estimate is not always the one that pays on the text at hand: checks
+    take turns (the arm checked least recently, the best measured among those), and a check for
+    lookup drafts waits through rounds without a match (plain rounds) for one with a match."""
+    bandit = measured_bandit()  # lookup drafts 80 tokens/s, exit drafts 60, plain decoding 100
+    s = settled_with(bandit)
+    no_match, match = [NONE, EXIT], [NONE, LOOKUP, EXIT]
+    assert s.forced(bandit, match, ARMS) == LOOKUP  # neither checked yet: the best measured
+    for _ in range(CHECK_PULLS):
+        round_of(s, bandit, match, LOOKUP, 70.0)  # slower than plain decoding
+    assert s.active
+    for _ in range(s.left):
+        s.take()
+    assert s.forced(bandit, match, ARMS) == EXIT  # exit drafts' turn, though measured slower
+    for _ in range(CHECK_PULLS):
+        round_of(s, bandit, match, EXIT, 60.0)
+    assert s.active
+    for _ in range(s.left):
+        s.take()
+    assert s.forced(bandit, no_match, ARMS) == NONE  # lookup is due: wait for a match
+    s.decide(bandit, no_match, NONE, NONE, 1.0, 0.01)
+    assert not s.active and s.checking and s.waited == 1
+    assert s.forced(bandit, match, ARMS) == LOOKUP
+    for _ in range(CHECK_PULLS):
+        round_of(s, bandit, match, LOOKUP, 300.0)  # on this text lookup drafts pay now
+    assert not s.active and not s.checking and s.stretch == FIRST_STRETCH
+    assert bandit.rate(LOOKUP) == pytest.approx(300.0)
+
+
+def test_a_check_that_waited_long_enough_plays_the_best_arm_it_can():
+    bandit = measured_bandit()
+    s = settled_with(bandit)  # lookup is due (the best measured, never checked)
+    for _ in range(CHECK_WAIT):
+        assert s.forced(bandit, [NONE, EXIT], ARMS) == NONE
+        s.decide(bandit, [NONE, EXIT], NONE, NONE, 1.0, 0.01)
+    assert s.forced(bandit, [NONE, EXIT], ARMS) == EXIT
+
+
 def test_a_check_that_finds_nothing_to_draft_passes_after_waiting():
     bandit = measured_bandit()
     s = settled_with(bandit)
@@ -220,9 +258,9 @@ def test_stretches_that_end_mid_call_leave_the_output_unchanged(monkeypatch):
     checks = []
     real_forced = Settle.forced
 
-    def spy(self, bandit, available):
-        arm = real_forced(self, bandit, available)
-        if arm is not None:
+    def spy(self, bandit, available, offerable=None):
+        arm = real_forced(self, bandit, available, offerable)
+        if arm is not None and arm.kind != "none":
             checks.append(arm.key)
         return arm
 

@@ -90,6 +90,7 @@ class Adaptive(Mode):
         self.drafters: dict[str, object] = {}  # by arm key
         self.arm: Arm | None = None  # this round's (None: a settled round)
         self.offered: list[Arm] = []  # the arms this round could play
+        self.offerable: list[Arm] = []  # the arms a round could play now, lookup match or not
         self.settle = self.policy.settle_at(1)
         self.settled_rounds = 0  # plain rounds played settled (no choice, no bookkeeping)
         self.proposal = None
@@ -171,6 +172,7 @@ class Adaptive(Mode):
             or (a.kind == "exit" and a.drafter in paying)
             or (a.kind == "mixed" and can_mix and a.drafter in paying)
         ]
+        self.offerable = available  # before this round's lookup: what a settled check may wait for
         if k == 0 or not available:  # the last token of a row, or nothing else to choose
             return [PLAIN]
         self.policy.bandit.matched = False
@@ -214,7 +216,7 @@ class Adaptive(Mode):
             self.lookup.catch_up(state)
         self.started = time.perf_counter()
         available = self.offered = self.available(state, k)
-        arm = settle.forced(bandit, available) or bandit.choose(
+        arm = settle.forced(bandit, available, self.offerable) or bandit.choose(
             available, planner.priors(available, bandit.rate(PLAIN))
         )
         self.arm = arm

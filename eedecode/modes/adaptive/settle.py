@@ -12,19 +12,21 @@ kept in the policy, per bucket).
   at least every other current arm's in the bucket (in either context, at least ``MIN_PULLS``
   rounds). No margin: where an arm is about as fast as plain decoding, a stretch of plain
   rounds loses about nothing, and the checks keep an arm that does pay from being shut out.
-* When a stretch ends it checks: the drafting arm with the best measured rate among those the
-  round can play is played ``CHECK_PULLS`` rounds, and those fresh rounds alone are compared
-  with plain decoding's rate (an estimate with a long history would hardly move with them). No
-  faster: the next stretch is twice as long, up to ``LONGEST_STRETCH``. Faster: the checked
-  arm's estimate (in the round's context) becomes its fresh rounds, so that the bandit plays it
-  and learns whether the text changed; the other arms keep their estimates (a check plays an arm
-  where it is at its best, a lookup arm on repeating text, and fading every estimate sent the
-  bandit exploring every arm again, at batch 16 on the demo model 0.81x plain decoding), and
-  the next stretch starts at ``FIRST_STRETCH`` again. A check round that can play no drafting
-  arm (no lookup match, no exit layer offered) is a plain round, and the check waits for one that
-  can, up to ``CHECK_WAIT`` rounds; then it passes. (A check that passed at once on such a round
-  let a stale estimate hold the mode on plain decoding for thousands of rounds: a lookup arm
-  judged slow on other text is checked again only where the laggard finds a match.)
+* When a stretch ends it checks: one drafting arm is played ``CHECK_PULLS`` rounds, and those
+  fresh rounds alone are compared with plain decoding's rate (an estimate with a long history
+  would hardly move with them). The arm checked is the one the mode could offer that was checked
+  least recently, the best measured among those: checks take turns among the arms, since the
+  arm with the best estimate may not be the one that pays on the text at hand (on the plain demo
+  model, exit drafts from layer 2 measured better than lookup drafts in the first rounds, and
+  checking them alone held the mode on plain decoding where lookup drafts ran 1.3x). The check
+  waits, up to ``CHECK_WAIT`` rounds (plain rounds), for a round in which that arm can play (a
+  lookup arm: a round where the laggard found a match); then it checks the best arm the round
+  can play, or passes if there is none. No faster: the next stretch is twice as long, up to
+  ``LONGEST_STRETCH``. Faster: the checked arm's estimate (in the round's context) becomes its
+  fresh rounds, so that the bandit plays it and learns whether the text changed; the other arms
+  keep their estimates (a check plays an arm where it is at its best, a lookup arm on repeating
+  text, and fading every estimate sent the bandit exploring every arm again, at batch 16 on the
+  demo model 0.81x plain decoding), and the next stretch starts at ``FIRST_STRETCH`` again.
 * Where no drafting arm can come up before the next plan (``lookup=False`` and no exit layer
   offered) there is nothing to choose: the mode settles as soon as plain decoding has its
   ``MIN_PULLS`` rounds.
@@ -46,7 +48,7 @@ from .bandit import MIN_PULLS, Bandit
 ENABLED = True
 #: Rounds of the best drafting arm when a stretch ends, judged alone against plain decoding.
 CHECK_PULLS = 2
-#: Rounds a check waits for one that can play a drafting arm (a lookup match), before it passes.
+#: Rounds a check waits for one in which the arm it checks can play (a lookup match).
 CHECK_WAIT = 32
 #: The first stretch, in rounds; each confirmed one doubles the next, up to ``LONGEST_STRETCH``.
 FIRST_STRETCH = 64
@@ -61,7 +63,8 @@ class Settle:
     stretch: int = FIRST_STRETCH  # the length of the next stretch
     settled: int = 0  # stretches so far
     checking: bool = False  # a stretch ended: the next drafting rounds are the check
-    waited: int = 0  # rounds of the current check that could play no drafting arm
+    waited: int = 0  # plain rounds of the current check (waiting for its arm)
+    checked: dict[str, int] = field(default_factory=dict)  # arm key -> the stretch it was last checked
     plain_rate: float = 0.0  # plain decoding's measured rate when the mode settled (tokens/s)
     fresh: dict[Arm, list[float]] = field(default_factory=dict)  # the check's rounds: [n, tokens, s]
 
@@ -75,13 +78,25 @@ class Settle:
         if self.left == 0:
             self.checking, self.fresh, self.waited = True, {}, 0
 
-    def forced(self, bandit: Bandit, available: list[Arm]) -> Arm | None:
-        """During a check, the available drafting arm with the best measured rate; else None
-        (the bandit chooses)."""
+    def forced(self, bandit: Bandit, available: list[Arm], offerable: list[Arm] | None = None) -> Arm | None:
+        """During a check, the arm this round plays: the drafting arm the check is for, if the
+        round can play it; else plain decoding while the check waits; after ``CHECK_WAIT`` rounds
+        the available drafting arm with the best measured rate. Outside a check: None (the bandit
+        chooses). ``offerable``: the arms the mode could offer in any round now (default:
+        ``available``); the check is for the one of them checked least recently (the best
+        measured among those)."""
         if self.active or not self.checking:
             return None
         drafting = [a for a in available if a.kind != "none"]
-        return max(drafting, key=bandit.rate, default=None)
+        candidates = [a for a in (offerable or available) if a.kind != "none"]
+        if not drafting or not candidates:
+            return None
+        due = min(candidates, key=lambda a: (self.checked.get(a.key, -1), -bandit.rate(a)))
+        if due in drafting:
+            return due
+        if self.waited < CHECK_WAIT:
+            return next((a for a in available if a.kind == "none"), None)  # wait for a round it can play
+        return max(drafting, key=bandit.rate)
 
     def decide(
         self,
@@ -102,16 +117,18 @@ class Settle:
             return
         drafting = [a for a in available if a.kind != "none"]
         if self.checking:
-            if not drafting:  # nothing this round could check: wait for a round that can
+            if arm.kind == "none":  # waiting for a round that can play the arm checked, or none can
                 self.waited += 1
-                if idle or self.waited >= CHECK_WAIT:
+                if idle or (not drafting and self.waited >= CHECK_WAIT):
                     self._settle(bandit, plain)
-            elif arm.kind != "none":
+            else:
                 n, t, sec = self.fresh.get(arm, (0.0, 0.0, 0.0))
                 self.fresh[arm] = [n + 1, t + tokens, sec + seconds]
                 rounds, tokens, seconds = (sum(f[i] for f in self.fresh.values()) for i in range(3))
                 if rounds >= CHECK_PULLS:
                     self.checking = False
+                    for checked in self.fresh:
+                        self.checked[checked.key] = self.settled
                     if seconds <= 0 or tokens / seconds <= self.plain_rate:
                         self._settle(bandit, plain)
                     else:  # the text or the machine changed: the arm's estimate is its fresh rounds
