@@ -71,7 +71,7 @@ def test_it_settles_only_once_every_arm_is_measured_and_plain_is_fastest():
     s.decide(bandit, [NONE], NONE, NONE, 1.0, 0.01)
     assert not s.active  # a round with nothing to choose decides nothing
     s.decide(bandit, [NONE, EXIT], NONE, NONE, 1.0, 0.01)
-    assert s.active and s.left == FIRST_STRETCH and s.stretch == 2 * FIRST_STRETCH
+    assert s.active and s.left == FIRST_STRETCH and s.stretch == FIRST_STRETCH  # doubles once checks agree
     for _ in range(FIRST_STRETCH):
         s.take()
     assert not s.active and s.checking
@@ -97,21 +97,28 @@ def test_an_arm_no_longer_offered_does_not_block_settling():
     assert s.active
 
 
-def test_a_check_plays_the_best_drafting_arm_and_a_slow_one_doubles_the_stretch():
+def test_checks_that_find_every_arm_slower_double_the_stretch():
     bandit = measured_bandit()
     s = settled_with(bandit)
-    assert s.forced(bandit, ARMS) == LOOKUP  # the best challenger
     assert s.forced(bandit, [NONE, EXIT]) == EXIT  # the best of those this round can play
+    assert s.forced(bandit, ARMS) == LOOKUP  # the best challenger (neither checked yet)
     for _ in range(CHECK_PULLS):
         assert not s.active
         round_of(s, bandit, ARMS, LOOKUP, 90.0)  # still slower than plain decoding
-    assert s.active and s.left == 2 * FIRST_STRETCH and s.settled == 2
+    assert s.active and s.left == FIRST_STRETCH and s.settled == 2  # exit drafts not checked yet
     assert s.forced(bandit, ARMS) is None  # no check while settled
-    for _ in range(10):  # stretches stop growing
+    for _ in range(s.left):
+        s.take()
+    assert s.forced(bandit, ARMS) == EXIT
+    for _ in range(CHECK_PULLS):
+        round_of(s, bandit, ARMS, EXIT, 50.0)
+    assert s.active and s.left == 2 * FIRST_STRETCH  # every arm checked at this length: twice as long
+    for _ in range(20):  # stretches stop growing
         s.left = 1
         s.take()
+        arm = s.forced(bandit, ARMS)
         for _ in range(CHECK_PULLS):
-            round_of(s, bandit, ARMS, LOOKUP, 90.0)
+            round_of(s, bandit, ARMS, arm, 50.0)
     assert s.left == LONGEST_STRETCH
 
 

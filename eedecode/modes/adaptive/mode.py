@@ -38,7 +38,8 @@ what pays on this model, this machine and this text. It needs no training, and i
 model for the life of the process, so later calls start warm. It can also be saved and loaded
 (``policy_out`` / ``policy_in``, :mod:`.policy_file`). Where plain decoding's measured rate beats
 every arm's, the mode settles (:mod:`.settle`): a stretch of plain rounds with no bookkeeping,
-then a check of two rounds, each confirmed stretch twice as long. Every arm is verified by the full model,
+then a check of two rounds of one drafting arm, the arms taking turns, the stretches doubling
+once every arm was checked and found slower. Every arm is verified by the full model,
 so the output is lossless: greedy output equals plain decoding, and sampling is exact. DEL and
 the survey's bandit thresholds (UCBEE, CeeBERT) motivate the design."""
 

@@ -21,7 +21,9 @@ kept in the policy, per bucket).
   checking them alone held the mode on plain decoding where lookup drafts ran 1.3x). The check
   waits, up to ``CHECK_WAIT`` rounds (plain rounds), for a round in which that arm can play (a
   lookup arm: a round where the laggard found a match); then it checks the best arm the round
-  can play, or passes if there is none. No faster: the next stretch is twice as long, up to
+  can play, or passes if there is none. No faster: another stretch of the same length, and once
+  every arm the mode could offer has had its check at that length (an arm that could not play
+  in ``CHECK_WAIT`` rounds counts as checked), the next stretches are twice as long, up to
   ``LONGEST_STRETCH``. Faster: the checked arm's estimate (in the round's context) becomes its
   fresh rounds, so that the bandit plays it and learns whether the text changed; the other arms
   keep their estimates (a check plays an arm where it is at its best, a lookup arm on repeating
@@ -65,6 +67,9 @@ class Settle:
     checking: bool = False  # a stretch ended: the next drafting rounds are the check
     waited: int = 0  # plain rounds of the current check (waiting for its arm)
     checked: dict[str, int] = field(default_factory=dict)  # arm key -> the stretch it was last checked
+    due: str | None = None  # the arm the current check is for
+    candidates: frozenset[str] = frozenset()  # the arms the mode could offer at the last check
+    rotation: set[str] = field(default_factory=set)  # arms checked (and slower) at this length
     plain_rate: float = 0.0  # plain decoding's measured rate when the mode settled (tokens/s)
     fresh: dict[Arm, list[float]] = field(default_factory=dict)  # the check's rounds: [n, tokens, s]
 
@@ -89,9 +94,12 @@ class Settle:
             return None
         drafting = [a for a in available if a.kind != "none"]
         candidates = [a for a in (offerable or available) if a.kind != "none"]
-        if not drafting or not candidates:
+        if not candidates:
             return None
         due = min(candidates, key=lambda a: (self.checked.get(a.key, -1), -bandit.rate(a)))
+        self.due, self.candidates = due.key, frozenset(a.key for a in candidates)
+        if not drafting:
+            return None
         if due in drafting:
             return due
         if self.waited < CHECK_WAIT:
@@ -120,7 +128,7 @@ class Settle:
             if arm.kind == "none":  # waiting for a round that can play the arm checked, or none can
                 self.waited += 1
                 if idle or (not drafting and self.waited >= CHECK_WAIT):
-                    self._settle(bandit, plain)
+                    self._settle(bandit, plain, [self.due] if self.due and not idle else [])
             else:
                 n, t, sec = self.fresh.get(arm, (0.0, 0.0, 0.0))
                 self.fresh[arm] = [n + 1, t + tokens, sec + seconds]
@@ -130,9 +138,9 @@ class Settle:
                     for checked in self.fresh:
                         self.checked[checked.key] = self.settled
                     if seconds <= 0 or tokens / seconds <= self.plain_rate:
-                        self._settle(bandit, plain)
+                        self._settle(bandit, plain, [a.key for a in self.fresh])
                     else:  # the text or the machine changed: the arm's estimate is its fresh rounds
-                        self.stretch = FIRST_STRETCH
+                        self.stretch, self.rotation = FIRST_STRETCH, set()
                         for checked, (n, t, sec) in self.fresh.items():
                             bandit.replace(checked, t, sec, n)
             return
@@ -145,11 +153,15 @@ class Settle:
         if bandit.rate(plain) >= best:
             self._settle(bandit, plain)
         else:
-            self.stretch = FIRST_STRETCH
+            self.stretch, self.rotation = FIRST_STRETCH, set()
 
-    def _settle(self, bandit: Bandit, plain: Arm) -> None:
+    def _settle(self, bandit: Bandit, plain: Arm, checked=()) -> None:
+        """A stretch of plain rounds. ``checked``: the arms a check just found slower; once every
+        arm the mode could offer was (none: at every settlement), the stretch doubles."""
+        self.rotation |= set(checked)
+        if self.settled and self.rotation >= self.candidates:
+            self.stretch, self.rotation = min(2 * self.stretch, LONGEST_STRETCH), set()
         self.left, self.checking = self.stretch, False
-        self.stretch = min(2 * self.stretch, LONGEST_STRETCH)
         self.settled += 1
         self.plain_rate = bandit.rate(plain)
 
