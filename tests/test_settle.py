@@ -182,17 +182,38 @@ def test_checks_take_turns_and_wait_for_a_round_where_their_arm_can_play():
 
 
 def test_a_check_that_waited_long_enough_plays_the_best_arm_it_can():
+    """The arm waited for counts as checked: the turn moves on, and once both arms had theirs the
+    stretch doubles (on text without repeats, lookup is not waited for at every stretch)."""
     bandit = measured_bandit()
     s = settled_with(bandit)  # lookup is due (the best measured, never checked)
     for _ in range(CHECK_WAIT):
         assert s.forced(bandit, [NONE, EXIT], ARMS) == NONE
         s.decide(bandit, [NONE, EXIT], NONE, NONE, 1.0, 0.01)
     assert s.forced(bandit, [NONE, EXIT], ARMS) == EXIT
+    for _ in range(CHECK_PULLS):
+        round_of(s, bandit, [NONE, EXIT], EXIT, 50.0)
+    assert s.active and s.left == 2 * FIRST_STRETCH  # lookup (could not play) and exit: both had a turn
+    assert s.checked[LOOKUP.key] == s.checked[EXIT.key]
+
+
+def test_a_check_with_no_arm_to_offer_does_not_keep_an_earlier_checks_arms():
+    bandit = measured_bandit()
+    s = settled_with(bandit)
+    assert s.forced(bandit, ARMS, ARMS) == LOOKUP  # candidates: lookup and exit
+    for _ in range(CHECK_PULLS):
+        round_of(s, bandit, ARMS, LOOKUP, 50.0)
+    for _ in range(s.left):
+        s.take()
+    assert s.forced(bandit, [NONE], [NONE]) is None  # nothing the mode could offer now
+    assert s.due is None and s.candidates == frozenset()
+    s.decide(bandit, [NONE], NONE, NONE, 1.0, 0.01, idle=True)
+    assert s.active and s.left == 2 * FIRST_STRETCH  # nothing left to check: twice as long
 
 
 def test_a_check_that_finds_nothing_to_draft_passes_after_waiting():
     bandit = measured_bandit()
     s = settled_with(bandit)
+    assert s.forced(bandit, [NONE], [NONE, LOOKUP]) is None  # lookup is due, and cannot play
     for _ in range(CHECK_WAIT - 1):
         s.decide(bandit, [NONE], NONE, NONE, 1.0, 0.01)
     assert not s.active

@@ -13,7 +13,7 @@ by every weight matrix once per step. On the CPU two libraries that torch ships 
 Which is faster for a block of rows depends on the CPU and the shapes (benchmarks/
 bench_cpu_matmul.py, docs/benchmarks.md). On an AMD EPYC (Zen 4) oneDNN was about flat from 1 to 8
 rows and 2x MKL at 16-48 rows; on an Intel Xeon (AVX-512) MKL was faster at every row count from
-1 to 48, on the demo model (at 4 rows 1.10 ms against 1.56 ms a pass) and on SmolLM2. So the
+1 to 48, on the demo model (at 4 rows 1.37 ms against 2.45 ms a pass) and on SmolLM2. So the
 runner **measures** it, once per model and thread count: a full-depth pass over 2, 4 and 16
 tokens with each library (:func:`eedecode.model.costs.choose_block_library`), and oneDNN serves
 products from the smallest of those row counts from which it was faster at every larger one

@@ -67,8 +67,9 @@ def choose_block_library(runner, reps: int = 2) -> int:
     :data:`ONEDNN_MARGIN` at every larger one; :data:`~eedecode.kernels.cpu_matmul.ONEDNN_NEVER`
     if it was not faster at the largest. Which is faster depends on the CPU and the shapes: on an
     Intel Xeon MKL was faster at every row count, on the demo model and SmolLM2; on an AMD EPYC
-    oneDNN was 2x faster at 16-48 rows. Measured once per model and thread count (the runner asks
-    before its first block of 2 to 16 rows: one scratch prefill and 3 x 2 passes per row count)
+    oneDNN was 2x faster at 16-48 rows. Larger blocks (long prompts) follow the 16-row choice.
+    Measured once per model and thread count (the runner asks before its first block of 2 to 16
+    rows, a short prompt's included: one scratch prefill and 3 x 2 passes per row count)
     and kept in the model's memory; sets ``runner.onednn_from``. A runner without packed matrices
     has nothing to choose."""
     runner._choose_library = False  # asked once per runner

@@ -144,7 +144,7 @@ class ModelRunner:
         """
         B, T = hidden.shape[:2]
         if self._choose_library and 2 <= B * T <= LIBRARY_ROWS[-1] and hidden.is_cpu:
-            choose_block_library(self)  # once, before the first decoding-sized block (not a prompt)
+            choose_block_library(self)  # once, before the first block of 2-16 rows (a short prompt too)
         if cache is None:
             ctx = BlockContext.standalone(B, T, hidden.device, hidden.dtype)
         else:

@@ -95,6 +95,7 @@ class Settle:
         drafting = [a for a in available if a.kind != "none"]
         candidates = [a for a in (offerable or available) if a.kind != "none"]
         if not candidates:
+            self.due, self.candidates = None, frozenset()
             return None
         due = min(candidates, key=lambda a: (self.checked.get(a.key, -1), -bandit.rate(a)))
         self.due, self.candidates = due.key, frozenset(a.key for a in candidates)
@@ -104,7 +105,14 @@ class Settle:
             return due
         if self.waited < CHECK_WAIT:
             return next((a for a in available if a.kind == "none"), None)  # wait for a round it can play
+        self._could_not_play()  # its turn is spent: the best arm this round can play is checked
         return max(drafting, key=bandit.rate)
+
+    def _could_not_play(self) -> None:
+        """The arm a check waited ``CHECK_WAIT`` rounds for could not play: it counts as checked."""
+        if self.due is not None:
+            self.checked[self.due] = self.settled
+            self.rotation.add(self.due)
 
     def decide(
         self,
@@ -128,7 +136,9 @@ class Settle:
             if arm.kind == "none":  # waiting for a round that can play the arm checked, or none can
                 self.waited += 1
                 if idle or (not drafting and self.waited >= CHECK_WAIT):
-                    self._settle(bandit, plain, [self.due] if self.due and not idle else [])
+                    if not idle:
+                        self._could_not_play()
+                    self._settle(bandit, plain)
             else:
                 n, t, sec = self.fresh.get(arm, (0.0, 0.0, 0.0))
                 self.fresh[arm] = [n + 1, t + tokens, sec + seconds]
