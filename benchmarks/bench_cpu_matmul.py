@@ -73,7 +73,8 @@ def main() -> int:
     nbytes = 4 * sum(w.numel() for w in weights)
     stream = cpu_matmul.streams_from_memory(nbytes)
     fns = methods(weights, weights_t, onednn_from)
-    rule = "never (MKL throughout)" if onednn_from >= cpu_matmul.ONEDNN_NEVER else f"from {onednn_from} rows"
+    rule = cpu_matmul.onednn_from_text(onednn_from)
+    rule = "never (MKL throughout)" if rule == "never" else f"from {rule} rows"
     print(
         f"{args.model}: {len(dims)} products, {nbytes / 1e6:.1f} MB of fp32 weights per pass "
         f"({'more' if stream else 'less'} than the last-level cache); the runner measured oneDNN "

@@ -19,7 +19,7 @@ import torch
 
 import eedecode
 from eedecode.bench.measure import _batches, encode_prompts, load_prompts
-from eedecode.kernels.cpu_matmul import ONEDNN_NEVER, library_before_timing
+from eedecode.kernels.cpu_matmul import library_before_timing, onednn_from_text
 from eedecode.model.costs import choose_block_library
 from eedecode.model.loading import load_model
 from eedecode.model.memory import memory_of
@@ -42,8 +42,7 @@ def main() -> int:
     measured = choose_block_library(runner)
     weights = [t for q in runner.packed if q for t in (q.qkv, q.o, q.gate_up, q.down)] + [runner.head_t]
     fixed = library_before_timing([w for w in weights if w is not None])[0]
-    name = {ONEDNN_NEVER: "never"}
-    print(f"{args.model}: oneDNN from rows, measured: {name.get(measured, measured)}; fixed rule: {fixed}")
+    print(f"{args.model}: oneDNN from rows, measured: {onednn_from_text(measured)}; fixed rule: {fixed}")
     rules = {"measured": measured, "fixed rule": fixed}
     learned = {r: ({}, {}) for r in rules}  # per rule: the model memory's modes and cost tables
     modes = {"autoregressive": {"mode": "autoregressive"}, "default": {}}

@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 
 from eedecode.drafting.step_costs import measure_step_costs
-from eedecode.kernels.cpu_matmul import ONEDNN_NEVER
+from eedecode.kernels.cpu_matmul import onednn_from_text
 from eedecode.model.costs import expected_tokens_per_round, ideal_speedup
 from eedecode.model.memory import memory_of
 from eedecode.model.synthetic import SHAPES, synthetic_model
@@ -81,9 +81,7 @@ def measure(shape: str, dtype: torch.dtype, exit_layers: list[int], reps: int, p
         "parameters": params,
         "build_s": built,
         "costs": costs,
-        "onednn_from_rows": "not measured"
-        if onednn is None
-        else ("never" if onednn >= ONEDNN_NEVER else onednn),
+        "onednn_from_rows": "not measured" if onednn is None else onednn_from_text(onednn),
     }
 
 

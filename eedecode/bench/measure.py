@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from ..kernels.cpu_matmul import ONEDNN_NEVER
+from ..kernels.cpu_matmul import onednn_from_text
 from ..model.memory import memory_of
 from ..model.packing import pack_head, pack_layer, packed_layer
 from . import steps
@@ -265,7 +265,7 @@ def run_measurements(
     # from how many rows oneDNN served products, per thread count (empty: nothing was measured, as
     # off a CPU or when no block of 2 to 16 rows ran; "never": MKL throughout)
     settings["onednn_from_rows"] = {
-        t: "never" if n >= ONEDNN_NEVER else n for t, n in memory_of(model).onednn_from_rows.items()
+        t: onednn_from_text(n) for t, n in memory_of(model).onednn_from_rows.items()
     }
     results = [asdict(r) for r in results]
     return {"settings": settings, "step_costs": costs, "results": results, "skipped": skipped}

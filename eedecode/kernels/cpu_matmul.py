@@ -46,6 +46,8 @@ ONEDNN_MIN_ROWS = 4
 STREAM_MIN_ROWS = 2
 #: A threshold that no block reaches: every product on MKL.
 ONEDNN_NEVER = 1 << 62
+#: The blocks (tokens of a full-depth pass, batch size 1) at which the runner times the libraries.
+LIBRARY_ROWS = (2, 4, 16)
 #: ... and only products of at least this many multiply-adds (its fixed cost is ~11 µs).
 ONEDNN_MIN_MACS = 1 << 20
 #: Set to 0 to keep every product on MKL (for comparisons).
@@ -124,11 +126,18 @@ def streams_from_memory(weight_bytes: int) -> bool:
     return weight_bytes > last_level_cache_bytes()
 
 
-def library_before_timing(weights: list[Tensor], rows: int = 16) -> tuple[int, bool]:
+def onednn_from_text(onednn_from: int) -> int | str:
+    """A threshold as records and reports show it: the row count, or "never"."""
+    return "never" if onednn_from >= ONEDNN_NEVER else onednn_from
+
+
+def library_before_timing(weights: list[Tensor], rows: int | None = None) -> tuple[int, bool]:
     """For a model's matrices: from how many rows oneDNN serves its products before the runner
     has timed the two libraries (:data:`STREAM_MIN_ROWS` if the weights stream from memory, else
     :data:`ONEDNN_MIN_ROWS`), and whether timing them can change anything (a product of ``rows``
-    rows by one of them reaches :data:`ONEDNN_MIN_MACS`; tiny models stay on MKL whatever)."""
+    rows (default: the largest of :data:`LIBRARY_ROWS`) by one of them reaches
+    :data:`ONEDNN_MIN_MACS`; tiny models stay on MKL whatever)."""
+    rows = LIBRARY_ROWS[-1] if rows is None else rows
     nbytes = sum(w.nbytes for w in weights)
     matters = any(rows * w.numel() >= ONEDNN_MIN_MACS for w in weights)
     return (STREAM_MIN_ROWS if streams_from_memory(nbytes) else ONEDNN_MIN_ROWS), matters

@@ -23,7 +23,7 @@ import time
 
 import torch
 
-from ..kernels.cpu_matmul import ONEDNN_NEVER, library_before_timing
+from ..kernels.cpu_matmul import LIBRARY_ROWS, ONEDNN_NEVER, library_before_timing
 from .memory import memory_of
 
 #: Positions already in the scratch cache when a block is timed.
@@ -46,8 +46,6 @@ def _time_blocks(runner, batch_size: int, sizes: list[int], reps: int) -> list[f
 #: oneDNN serves blocks only if it is at least this much faster than MKL (the rule that does not
 #: depend on a noisy difference is MKL's: its one-row kernel serves every decoding step).
 ONEDNN_MARGIN = 0.97
-#: The blocks (tokens of a full-depth pass, batch size 1) at which the two libraries are timed.
-LIBRARY_ROWS = (2, 4, 16)
 
 
 def block_library(model, weights: list[torch.Tensor]) -> tuple[int, bool]:
