@@ -393,7 +393,16 @@ def test_checkpoint_reloads_with_same_logits_ids_and_held_out_stats(tiny_run):
     assert 1 <= loaded.settings["exit_layer"] < cfg.num_layers
 
 
-def test_time_budget_stops_cleanly(tiny_run, tmp_path):
+def test_time_budget_stops_cleanly(tiny_run, tmp_path, monkeypatch):
+    from eedecode.training import loop
+
+    clock = [0.0]
+
+    def tick() -> float:  # every read of the clock is 0.05 s later: a budget of 1.2 s is ~10 steps
+        clock[0] += 0.05
+        return clock[0]
+
+    monkeypatch.setattr(loop, "time", type("Clock", (), {"time": staticmethod(tick)}))
     cfg, _ = tiny_run
     fields = {**TINY, "max_steps": 100_000, "time_budget_min": 0.02, "eval_every": 0}
     budget = tr.TrainConfig(variant="plain", output_dir=str(tmp_path), tokenizer=cfg.output_dir, **fields)
