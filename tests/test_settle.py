@@ -9,6 +9,7 @@ import torch
 from conftest import cached_tiny_model
 
 import eedecode
+from eedecode.engine.steps import plain_step
 from eedecode.model.memory import memory_of
 from eedecode.modes.adaptive import mode as adaptive
 from eedecode.modes.adaptive import planner, probe, settle
@@ -85,6 +86,57 @@ def test_an_arm_faster_than_plain_in_either_context_keeps_the_bandit_choosing():
     bandit.matched = False
     s.decide(bandit, [NONE, EXIT], NONE, NONE, 1.0, 0.01)
     assert not s.active and s.stretch == FIRST_STRETCH  # and the next stretch starts short again
+
+
+def test_plain_decoding_is_judged_by_its_bare_steps_once_they_are_timed():
+    """Plain rounds pay the choosing (the lookup search, the bandit) that a settled round does
+    not: an arm faster than plain rounds but slower than their steps alone loses to settling."""
+    bandit, s = Bandit([NONE, EXIT]), Settle()
+    played(bandit, NONE, 10, 100.0)  # plain rounds, choosing included
+    played(bandit, EXIT, 10, 110.0)
+    for _ in range(MIN_PULLS - 1):
+        s.plain_step(1.0, 1.0 / 125.0)  # the same rounds' steps alone
+    s.decide(bandit, [NONE, EXIT], NONE, NONE, 1.0, 0.01)
+    assert not s.active  # too few bare steps timed: the rounds' rate decides, and the arm wins
+    s.plain_step(1.0, 1.0 / 125.0)
+    s.decide(bandit, [NONE, EXIT], NONE, NONE, 1.0, 0.01)
+    assert s.active and s.plain_rate == pytest.approx(125.0)  # a check's arm must beat the bare rate
+    for _ in range(s.left):
+        s.take()
+    for _ in range(CHECK_PULLS):
+        round_of(s, bandit, [NONE, EXIT], EXIT, 115.0)
+    assert s.active  # the check's rounds beat plain rounds, not the steps a stretch runs
+
+
+def test_the_mode_times_its_plain_rounds_steps_alone(monkeypatch):
+    """Each plain round the mode plays gives the settlement its step's seconds: the step and the
+    round's end, not the choosing before it. (A clock that moves only where the test says.)"""
+    model = cached_tiny_model("llama", eos_token_id=None, num_hidden_layers=4)
+    memory_of(model).reset()
+    monkeypatch.setattr(settle, "ENABLED", False)
+    now = [0.0]
+    monkeypatch.setattr(adaptive, "time", type("Clock", (), {"perf_counter": staticmethod(lambda: now[0])}))
+    timed = []
+    real = Settle.plain_step
+    monkeypatch.setattr(Settle, "plain_step", lambda self, t, sec: timed.append(sec) or real(self, t, sec))
+
+    def slow_available(self, state, k):
+        now[0] += 0.02  # the choosing
+        return [NONE]  # plain rounds only
+
+    def timed_step(state):
+        now[0] += 0.001  # the step
+        return plain_step(state)
+
+    monkeypatch.setattr(adaptive.Adaptive, "available", slow_available)
+    monkeypatch.setattr(adaptive, "plain_step", timed_step)
+    x = torch.randint(3, 97, (1, 9), generator=torch.Generator().manual_seed(5))
+    out = eedecode.generate(model, x, max_new_tokens=12, return_dict_in_generate=True)
+    assert torch.equal(out.sequences, eedecode.generate(model, x, max_new_tokens=12, mode="autoregressive"))
+    assert out.stats.details["arms"]["none"] == 11 and timed == [pytest.approx(0.001)] * 11
+    policy = next(iter(memory_of(model).modes["adaptive"].values()))
+    assert policy.settle_at(1).bare.rate == pytest.approx(1000.0)
+    assert policy.bandit.rate(NONE) == pytest.approx(1 / 0.021)  # the rounds, choosing included
 
 
 def test_an_arm_no_longer_offered_does_not_block_settling():

@@ -36,12 +36,12 @@ The plan's predicted rate of an arm counts as a few rounds of its estimate, so a
 rounds on a shared machine do not shut out an arm predicted to pay. The policy therefore learns
 what pays on this model, this machine and this text. It needs no training, and it is kept per
 model for the life of the process, so later calls start warm. It can also be saved and loaded
-(``policy_out`` / ``policy_in``, :mod:`.policy_file`). Where plain decoding's measured rate beats
-every arm's, the mode settles (:mod:`.settle`): a stretch of plain rounds with no bookkeeping,
-then a check of two rounds of one drafting arm, the arms taking turns, the stretches doubling
-once every arm was checked and found slower. Every arm is verified by the full model,
-so the output is lossless: greedy output equals plain decoding, and sampling is exact. DEL and
-the survey's bandit thresholds (UCBEE, CeeBERT) motivate the design."""
+(``policy_out`` / ``policy_in``, :mod:`.policy_file`). Where plain decoding's measured rate (its
+steps', without the choosing) beats every arm's, the mode settles (:mod:`.settle`): a stretch of
+plain rounds with no bookkeeping, then a check of two rounds of one drafting arm, the arms
+taking turns, the stretches doubling once every arm was checked and found slower. Every arm is
+verified by the full model, so the output is lossless: greedy output equals plain decoding, and
+sampling is exact. DEL and the survey's bandit thresholds (UCBEE, CeeBERT) motivate the design."""
 
 from __future__ import annotations
 
@@ -97,6 +97,7 @@ class Adaptive(Mode):
         self.proposal = None
         self.started = 0.0
         self.timed = 0.0  # seconds of this round's drafting and verification, when timed
+        self.stepped = 0.0  # when this round's plain step started (a plain round)
         self.pulls: dict[str, int] = {}
         self.exit_layers: list[int] = []
         self.progress = BatchProgress(1, 0)  # the batch's progress, row by row (set by prefill)
@@ -223,6 +224,7 @@ class Adaptive(Mode):
         self.arm = arm
         self.pulls[arm.key] = self.pulls.get(arm.key, 0) + 1
         if arm.kind == "none":
+            self.stepped = time.perf_counter()  # the bare step, as a settled round runs it
             return plain_step(state)
         if arm.kind == "lookup":
             return self._verify(state, with_point_masses(state, self.lookup.propose(state, k)))
@@ -280,10 +282,13 @@ class Adaptive(Mode):
             return
         if self.lookup is not None:  # the lookup drafts of this round, whichever arm played
             self.lookup.judge(rnd, view.counts)
-        seconds = time.perf_counter() - self.started
+        now = time.perf_counter()
+        seconds = now - self.started
         tokens = self.progress.reward(view.counts) if view.counts is not None else 0
         arm, times = self.arm, self.planner.times
         self.policy.bandit.update(arm, tokens, seconds)
+        if arm.kind == "none":
+            self.settle.plain_step(tokens, now - self.stepped)
         self.settle.decide(
             self.policy.bandit, self.offered, PLAIN, arm, tokens, seconds, idle=self._nothing_to_offer()
         )
