@@ -90,35 +90,54 @@ def test_an_arm_faster_than_plain_in_either_context_keeps_the_bandit_choosing():
 
 def test_plain_decoding_is_judged_by_its_bare_steps_once_they_are_timed():
     """Plain rounds pay the choosing (the lookup search, the bandit) that a settled round does
-    not: an arm faster than plain rounds but slower than their steps alone loses to settling."""
+    not: an arm faster than plain rounds but slower than their steps alone loses to settling,
+    and a check is judged against the steps' rate at the time of the check."""
     bandit, s = Bandit([NONE, EXIT]), Settle()
     played(bandit, NONE, 10, 100.0)  # plain rounds, choosing included
     played(bandit, EXIT, 10, 110.0)
     for _ in range(MIN_PULLS - 1):
-        s.plain_step(1.0, 1.0 / 125.0)  # the same rounds' steps alone
+        s.timed(1.0, 1.0 / 125.0)  # the same rounds' steps alone
     s.decide(bandit, [NONE, EXIT], NONE, NONE, 1.0, 0.01)
     assert not s.active  # too few bare steps timed: the rounds' rate decides, and the arm wins
-    s.plain_step(1.0, 1.0 / 125.0)
+    s.timed(1.0, 1.0 / 125.0)
     s.decide(bandit, [NONE, EXIT], NONE, NONE, 1.0, 0.01)
-    assert s.active and s.plain_rate == pytest.approx(125.0)  # a check's arm must beat the bare rate
+    assert s.active and s.plain(bandit, NONE) == pytest.approx(125.0)
     for _ in range(s.left):
         s.take()
+        s.timed(1.0, 1.0 / 125.0)  # the settled steps
     for _ in range(CHECK_PULLS):
         round_of(s, bandit, [NONE, EXIT], EXIT, 115.0)
     assert s.active  # the check's rounds beat plain rounds, not the steps a stretch runs
+    for _ in range(s.left):
+        s.take()
+        s.timed(1.0, 1.0 / 105.0)  # the steps slowed down during the stretch (a longer context)
+    for _ in range(CHECK_PULLS):
+        round_of(s, bandit, [NONE, EXIT], EXIT, 115.0)
+    assert not s.active and not s.checking  # now the arm is faster than the steps are
+
+
+def test_the_bare_steps_estimate_fades_with_every_round():
+    s = Settle()
+    for _ in range(10):
+        s.timed(1.0, 0.01)
+    rounds = s.bare.rounds
+    s.timed(3.0, None)  # a drafting round: nothing added, the old steps fade
+    assert s.bare.rounds == pytest.approx(DISCOUNT * rounds) and s.bare.pulls == 10
+    assert s.bare.rate == pytest.approx(100.0)
 
 
 def test_the_mode_times_its_plain_rounds_steps_alone(monkeypatch):
-    """Each plain round the mode plays gives the settlement its step's seconds: the step and the
-    round's end, not the choosing before it. (A clock that moves only where the test says.)"""
+    """Each plain round the mode plays, settled or not, gives the settlement its step's seconds:
+    the step and the round's end, not the choosing before it. (A clock that moves only where the
+    test says.)"""
     model = cached_tiny_model("llama", eos_token_id=None, num_hidden_layers=4)
     memory_of(model).reset()
     monkeypatch.setattr(settle, "ENABLED", False)
     now = [0.0]
     monkeypatch.setattr(adaptive, "time", type("Clock", (), {"perf_counter": staticmethod(lambda: now[0])}))
     timed = []
-    real = Settle.plain_step
-    monkeypatch.setattr(Settle, "plain_step", lambda self, t, sec: timed.append(sec) or real(self, t, sec))
+    real = Settle.timed
+    monkeypatch.setattr(Settle, "timed", lambda self, t, sec: timed.append(sec) or real(self, t, sec))
 
     def slow_available(self, state, k):
         now[0] += 0.02  # the choosing
@@ -137,6 +156,13 @@ def test_the_mode_times_its_plain_rounds_steps_alone(monkeypatch):
     policy = next(iter(memory_of(model).modes["adaptive"].values()))
     assert policy.settle_at(1).bare.rate == pytest.approx(1000.0)
     assert policy.bandit.rate(NONE) == pytest.approx(1 / 0.021)  # the rounds, choosing included
+    assert out.stats.speedup_over_plain is not None  # reported against the steps' rate
+    # settled rounds time their steps too, and nothing else
+    timed.clear()
+    monkeypatch.setattr(settle, "ENABLED", True)
+    policy.settle_at(1).left = 100
+    out = eedecode.generate(model, x, max_new_tokens=12, return_dict_in_generate=True)
+    assert out.stats.details["settled_rounds"] == 11 and timed == [pytest.approx(0.001)] * 11
 
 
 def test_an_arm_no_longer_offered_does_not_block_settling():

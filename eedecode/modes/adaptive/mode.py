@@ -128,6 +128,7 @@ class Adaptive(Mode):
         policy.calls += 1
         policy.reprobe_due = policy.reprobe_due or policy.calls % REPROBE_EVERY == 0
         policy.bandit.bucket = bucket_of(input_ids.shape[0])  # this call's (a settled call never plans)
+        self.settle = policy.settle_at(policy.bandit.bucket)
         self.lookup_behind = False
         if any(a.kind in ("lookup", "mixed") for a in policy.arms):
             self.lookup = LookupDrafter(self.options.lookup_ngram, self.stats("lookup"))
@@ -206,6 +207,7 @@ class Adaptive(Mode):
             settle.take()
             self.arm = None
             self.settled_rounds += 1
+            self.stepped = time.perf_counter()  # keeps the plain steps' rate current
             return plain_step(state)
         planner, bandit = self.planner, self.policy.bandit
         if planner.due:  # plan the call, and again later
@@ -275,20 +277,19 @@ class Adaptive(Mode):
         return rnd
 
     def observe(self, rnd: Round, view) -> None:
-        if self.arm is None:  # a settled round: only the batch's progress is kept
+        ended = time.perf_counter()  # a plain step's end, before this round's judging
+        if self.arm is None:  # a settled round: the batch's progress and the step's time
             if view.counts is not None:
-                self.progress.reward(view.counts)
+                self.settle.timed(self.progress.reward(view.counts), ended - self.stepped)
             self.lookup_behind = self.lookup is not None
             return
         if self.lookup is not None:  # the lookup drafts of this round, whichever arm played
             self.lookup.judge(rnd, view.counts)
-        now = time.perf_counter()
-        seconds = now - self.started
+        seconds = time.perf_counter() - self.started
         tokens = self.progress.reward(view.counts) if view.counts is not None else 0
         arm, times = self.arm, self.planner.times
         self.policy.bandit.update(arm, tokens, seconds)
-        if arm.kind == "none":
-            self.settle.plain_step(tokens, now - self.stepped)
+        self.settle.timed(tokens, ended - self.stepped if arm.kind == "none" else None)
         self.settle.decide(
             self.policy.bandit, self.offered, PLAIN, arm, tokens, seconds, idle=self._nothing_to_offer()
         )
@@ -323,12 +324,13 @@ class Adaptive(Mode):
         }
 
     def speedup_over_plain(self, stats, decode_rate: float):
-        """Against the plain rounds' measured rate (this call's, else earlier calls' on this model)."""
-        plain = self.policy.bandit.rate(PLAIN)
+        """Against plain decoding's steps, timed alone as the mode settles on them (in this
+        call's plain rounds, settled or not, else earlier calls' on this model)."""
+        plain = self.settle.plain(self.policy.bandit, PLAIN)
         if plain <= 0 or decode_rate <= 0:
             return None
-        n = self.pulls.get(PLAIN.key, 0)
-        where = f"in {n} plain rounds of this call" if n else "in plain rounds of earlier calls"
+        n = self.pulls.get(PLAIN.key, 0) + self.settled_rounds
+        where = f"in {n} plain steps of this call" if n else "in plain steps of earlier calls"
         rates = f"{decode_rate:.1f} tok/s after the prefill against {plain:.1f} tok/s"
         return decode_rate / plain, f"{rates} {where}"
 

@@ -13,22 +13,23 @@ kept in the policy, per bucket).
   rounds). No margin: where an arm is about as fast as plain decoding, a stretch of plain
   rounds loses about nothing, and the checks keep an arm that does pay from being shut out.
 * Plain decoding's rate here is that of its steps alone, as a stretch runs them: each plain
-  round's step is timed from the step to the round's end, without the choosing before it (the
-  lookup search, the plan, the bandit), once ``MIN_PULLS`` steps were timed. A drafting arm pays
-  that choosing in every round it plays, a stretch does not: at batch 4 on the demo model a plain
-  round with its choosing took 6.6-8.4 ms where a step took 4-7, and arms between the two kept
-  the mode drafting at 0.9x plain decoding.
+  round's step, settled or not, is timed from the step to the round's end, without the choosing
+  before it (the lookup search, the bandit) or the judging of lookup drafts after it, once
+  ``MIN_PULLS`` steps were timed; the estimate fades with every round of the bucket, as the
+  bandit's do, and the settled rounds keep it current (two clock reads a round). A drafting arm
+  pays the choosing in every round it plays, a stretch does not (it defers the lookup index's
+  updates to one catch-up when the stretch ends, which no rate counts).
 * When a stretch ends it checks: one drafting arm is played ``CHECK_PULLS`` rounds, and those
-  fresh rounds alone are compared with plain decoding's rate (its steps') (an estimate with a long history
-  would hardly move with them). The arm checked is the one the mode could offer that was checked
-  least recently, the best measured among those: checks take turns among the arms, since the
-  arm with the best estimate may not be the one that pays on the text at hand (on the plain demo
-  model, exit drafts from layer 2 measured better than lookup drafts in the first rounds, and
-  checking them alone held the mode on plain decoding where lookup drafts ran 1.3x). The check
-  waits, up to ``CHECK_WAIT`` rounds (plain rounds), for a round in which that arm can play (a
-  lookup arm: a round where the laggard found a match); then it checks the best arm the round
-  can play, or passes if there is none. No faster: another stretch of the same length, and once
-  every arm the mode could offer has had its check at that length (an arm that could not play
+  fresh rounds alone (an estimate with a long history would hardly move with them) are compared
+  with plain decoding's steps' rate at that time. The arm checked is the one the mode could offer
+  that was checked least recently, the best measured among those: checks take turns among the
+  arms, since the arm with the best estimate may not be the one that pays on the text at hand (on
+  the plain demo model, exit drafts from layer 2 measured better than lookup drafts in the first
+  rounds, and checking them alone held the mode on plain decoding where lookup drafts ran 1.3x).
+  The check waits, up to ``CHECK_WAIT`` rounds (plain rounds), for a round in which that arm can
+  play (a lookup arm: a round where the laggard found a match); then it checks the best arm the
+  round can play, or passes if there is none. No faster: another stretch of the same length, and
+  once every arm the mode could offer has had its check at that length (an arm that could not play
   in ``CHECK_WAIT`` rounds counts as checked), the next stretches are twice as long, up to
   ``LONGEST_STRETCH``. Faster: the checked arm's estimate (in the round's context) becomes its
   fresh rounds, so that the bandit plays it and learns whether the text changed; the other arms
@@ -76,8 +77,7 @@ class Settle:
     due: str | None = None  # the arm the current check is for
     candidates: frozenset[str] = frozenset()  # the arms the mode could offer at the last check
     rotation: set[str] = field(default_factory=set)  # arms checked (and slower) at this length
-    plain_rate: float = 0.0  # plain decoding's measured rate when the mode settled (tokens/s)
-    bare: ArmStats = field(default_factory=ArmStats)  # plain rounds' steps alone (see plain_step)
+    bare: ArmStats = field(default_factory=ArmStats)  # plain steps alone, settled or not (see timed)
     fresh: dict[Arm, list[float]] = field(default_factory=dict)  # the check's rounds: [n, tokens, s]
 
     @property
@@ -90,14 +90,17 @@ class Settle:
         if self.left == 0:
             self.checking, self.fresh, self.waited = True, {}, 0
 
-    def plain_step(self, tokens: float, seconds: float) -> None:
-        """A plain round's step alone: timed from the step to the round's end, as a settled round
-        runs, without the choosing (the lookup search, the bandit) that the round paid before it."""
+    def timed(self, tokens: float, step_seconds: float | None) -> None:
+        """A round of the bucket: the bare steps' estimate fades, as the bandit's do every round;
+        a plain round, settled or not, adds its step alone (``step_seconds``, timed from the step
+        to the round's end, without the choosing before it or the judging of lookup drafts after
+        it; None: a drafting round)."""
         self.bare.fade(DISCOUNT)
-        self.bare.add(tokens, seconds)
+        if step_seconds is not None and tokens > 0:
+            self.bare.add(tokens, step_seconds)
 
     def plain(self, bandit: Bandit, plain: Arm) -> float:
-        """Plain decoding's rate as a stretch would run it: its bare steps' once ``MIN_PULLS`` were
+        """Plain decoding's rate as a stretch runs it: its bare steps' once ``MIN_PULLS`` were
         timed, else its rounds'."""
         return self.bare.rate if self.bare.pulls >= MIN_PULLS else bandit.rate(plain)
 
@@ -165,7 +168,7 @@ class Settle:
                     self.checking = False
                     for checked in self.fresh:
                         self.checked[checked.key] = self.settled
-                    if seconds <= 0 or tokens / seconds <= self.plain_rate:
+                    if seconds <= 0 or tokens / seconds <= self.plain(bandit, plain):
                         self._settle(bandit, plain, [a.key for a in self.fresh])
                     else:  # the text or the machine changed: the arm's estimate is its fresh rounds
                         self.stretch, self.rotation = FIRST_STRETCH, set()
@@ -191,7 +194,6 @@ class Settle:
             self.stretch, self.rotation = min(2 * self.stretch, LONGEST_STRETCH), set()
         self.left, self.checking = self.stretch, False
         self.settled += 1
-        self.plain_rate = self.plain(bandit, plain)
 
 
 def rates_in(bandit: Bandit, exclude: str) -> list[float]:
