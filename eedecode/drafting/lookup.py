@@ -13,6 +13,8 @@ repetition. (HF takes the earliest.)
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 
 from ..engine.mode import Round
@@ -67,6 +69,41 @@ def lookup_drafts(
     return drafts, counts
 
 
+class LookupMemory:
+    """What earlier calls on a model wrote and were given, for lookup drafts across calls (suffix
+    decoding's idea: requests repeat each other). For every n-gram of at least ``ngram_min``
+    tokens in the rows taken in, the ``span`` tokens that followed its latest occurrence; the
+    oldest n-grams are forgotten past ``capacity``. A row's own context is searched first, at
+    each n-gram length (:meth:`NgramIndex.drafts`)."""
+
+    def __init__(self, capacity: int = 1 << 17, span: int = 16, ngram_min: int = 2):
+        self.capacity, self.span, self.ngram_min = capacity, span, ngram_min
+        self.next: dict[tuple[int, ...], list[int]] = {}
+
+    def __len__(self) -> int:
+        return len(self.next)
+
+    def add(self, rows: list[list[int]], ngram_max: int) -> None:
+        """Take in finished rows (tokens, no padding); the latest occurrence of an n-gram wins."""
+        ngrams = range(self.ngram_min, ngram_max + 1)
+        table = self.next
+        for row in rows:
+            for j in range(len(row) - 1):
+                follows = row[j + 1 : j + 1 + self.span]
+                for n in ngrams:
+                    if j + 1 >= n:
+                        key = tuple(row[j + 1 - n : j + 1])
+                        table.pop(key, None)  # re-inserted: the newest, the last to be forgotten
+                        table[key] = follows
+        excess = len(table) - self.capacity
+        if excess > 0:
+            for key in list(itertools.islice(table, excess)):
+                del table[key]
+
+    def get(self, key: tuple[int, ...]) -> list[int] | None:
+        return self.next.get(key) if len(key) >= self.ngram_min else None
+
+
 class NgramIndex:
     """:func:`lookup_drafts` on the host, kept up to date as rows grow (for a CPU, where a round's
     bookkeeping runs right after a forward pass has pushed the interpreter's code and data out
@@ -77,8 +114,16 @@ class NgramIndex:
     ``ngram_min .. ngram_max`` tokens that is followed by a token, where its latest occurrence
     ends. Drafts are the same as :func:`lookup_drafts`' (past a row's drafts, the filler is 0)."""
 
-    def __init__(self, prompt: Tensor, pad: Tensor, ngram_max: int = 3, ngram_min: int = 1):
+    def __init__(
+        self,
+        prompt: Tensor,
+        pad: Tensor,
+        ngram_max: int = 3,
+        ngram_min: int = 1,
+        memory: LookupMemory | None = None,
+    ):
         self.ngrams = range(ngram_min, ngram_max + 1)
+        self.memory = memory  # earlier calls' n-grams, searched after the row's own at each length
         self.rows = [row[p:] for row, p in zip(prompt.tolist(), pad.tolist(), strict=True)]
         self.ends: list[dict[tuple[int, ...], int]] = [{} for _ in self.rows]
         self.indexed = [0] * len(self.rows)  # per row: n-grams ending before this are indexed
@@ -106,6 +151,7 @@ class NgramIndex:
     def drafts(self, k: int) -> tuple[list[list[int]], list[int]]:
         """Each row's drafts (``k`` each, filler past its count) and count (0: no match)."""
         drafts, counts = [], []
+        memory = self.memory
         for row, ends in zip(self.rows, self.ends, strict=True):
             found = []
             for n in reversed(self.ngrams):
@@ -113,6 +159,11 @@ class NgramIndex:
                 if j is not None:
                     found = row[j + 1 : j + 1 + k]
                     break
+                if memory is not None and len(row) >= n:
+                    found = memory.get(tuple(row[-n:])) or []
+                    if found:
+                        found = found[:k]
+                        break
             counts.append(len(found))
             drafts.append(found + [0] * (k - len(found)))
         return drafts, counts
@@ -140,10 +191,18 @@ class LookupDrafter(Drafter):
         self.found = None  # this round's drafts: (drafts, counts) lists, or a Proposal
         self.judged = None  # this round's (drafts, drafts per running row), for judge
 
-    def start(self, state, input_ids: Tensor, on_cpu: bool) -> None:
-        """At the prefill: keep each row's n-grams on the host (``on_cpu``), or search on the device."""
-        self.index = NgramIndex(input_ids, state.cache.pad, self.ngram_max) if on_cpu else None
+    def start(self, state, input_ids: Tensor, on_cpu: bool, memory: LookupMemory | None = None) -> None:
+        """At the prefill: keep each row's n-grams on the host (``on_cpu``), or search on the
+        device. ``memory``: earlier calls' n-grams, searched after each row's own (host only)."""
+        self.index = NgramIndex(input_ids, state.cache.pad, self.ngram_max, memory=memory) if on_cpu else None
         self.found = self.judged = None
+
+    def remember(self, state, memory: LookupMemory) -> None:
+        """Give ``memory`` this call's rows: each prompt (no padding) and what it was given."""
+        pads, lengths = state.cache.pad.tolist(), state.out_len.tolist()
+        prompts, outs = state.prompt.tolist(), state.out.tolist()
+        rows = [p[pad:] + o[:n] for p, pad, o, n in zip(prompts, pads, outs, lengths, strict=True)]
+        memory.add(rows, self.ngram_max)
 
     def catch_up(self, state) -> None:
         """Index the rows' tokens emitted since the last look (on the host; nothing on a device)."""

@@ -50,13 +50,14 @@ import time
 import torch
 
 from ...drafting.exit import ExitDrafter
-from ...drafting.lookup import LookupDrafter
+from ...drafting.lookup import LookupDrafter, LookupMemory
 from ...drafting.mixed import MixedDrafter
 from ...drafting.skip import SkipDrafter
 from ...drafting.stop_rules import CalibratedStop
 from ...drafting.verify import verify, with_point_masses
 from ...engine.mode import Mode, Round, register
 from ...engine.steps import plain_step
+from ...model.memory import memory_of
 from . import policy_file, probe
 from .arms import Arm
 from .bandit import bucket_of
@@ -86,6 +87,14 @@ class Adaptive(Mode):
         E = options.exit_layer
         self.planner = Planner(runner, self.policy, options.max_drafts, E if isinstance(E, int) else None)
         self.on_cpu = torch.device(runner.device).type == "cpu"
+        self.memory = None  # earlier calls' n-grams (lookup_memory)
+        if options.lookup_memory:
+            if not self.on_cpu:
+                raise ValueError(
+                    f"lookup_memory: needs a model on the CPU (the host's n-gram index), got {runner.device}"
+                )
+            self.memory = memory_of(runner.model).of_mode("lookup_memory", LookupMemory)
+        self.state = None  # this call's (for the memory, at the end)
         self.lookup: LookupDrafter | None = None  # lookup drafts, looked for every round (if an arm)
         self.lookup_behind = False  # settled rounds ran: the lookup index must catch up first
         self.drafters: dict[str, object] = {}  # by arm key
@@ -130,11 +139,12 @@ class Adaptive(Mode):
         policy.bandit.bucket = bucket_of(input_ids.shape[0])  # this call's (a settled call never plans)
         self.settle = policy.settle_at(policy.bandit.bucket)
         self.lookup_behind = False
+        self.state = state
         if any(a.kind in ("lookup", "mixed") for a in policy.arms):
             self.lookup = LookupDrafter(self.options.lookup_ngram, self.stats("lookup"))
             self.lookup_behind = policy.settle_at(policy.bandit.bucket).active
             if not self.lookup_behind:  # else started when a round first looks (a stretch ended)
-                self.lookup.start(state, input_ids, self.on_cpu)
+                self.lookup.start(state, input_ids, self.on_cpu, self.memory)
         if policy.settle_at(policy.bandit.bucket).active:
             return super().prefill(state, input_ids)  # settled on plain decoding: no probe
         again, policy.reprobe_due = policy.reprobe_due, False
@@ -216,7 +226,7 @@ class Adaptive(Mode):
         planner.rounds += 1
         if self.lookup_behind:  # after a stretch: index the tokens it emitted, untimed
             self.lookup_behind = False
-            self.lookup.start(state, state.prompt, self.on_cpu)
+            self.lookup.start(state, state.prompt, self.on_cpu, self.memory)
             self.lookup.catch_up(state)
         self.started = time.perf_counter()
         available = self.offered = self.available(state, k)
@@ -304,6 +314,8 @@ class Adaptive(Mode):
         self.proposal = None
 
     def finish(self) -> None:
+        if self.memory is not None and self.lookup is not None and self.state is not None:
+            self.lookup.remember(self.state, self.memory)  # settled or not
         if self.options.policy_out is not None:
             policy_file.save(self.policy, self.options.policy_out)
 

@@ -35,6 +35,9 @@ class AdaptiveOptions:
     lookup: bool = option(True, "also draft by prompt lookup (n-gram continuation from the context)")
     exit_drafts: bool = option(True, "also draft from exit layers (the model's first layers and its head)")
     lookup_ngram: int = option(3, f"longest n-gram prompt lookup matches (1..{LOOKUP_NGRAM_MAX})")
+    lookup_memory: bool = option(
+        False, "lookup drafts also from earlier calls' prompts and outputs on this model (CPU)"
+    )
     policy_in: str | None = option(None, "start from a saved drafting policy (JSON, e.g. from eedecode tune)")
     policy_out: str | None = option(None, "save the learned drafting policy here (JSON)")
     draft_vocab: int | None = option(
@@ -51,7 +54,7 @@ class AdaptiveOptions:
             raise ValueError(f"exit_layer: must be 'auto' or {allowed}, got {E!r}")
         if not is_int(self.max_drafts) or not 1 <= self.max_drafts <= MAX_DRAFTS_LIMIT:
             raise ValueError(f"max_drafts: must be an int in 1..{MAX_DRAFTS_LIMIT}, got {self.max_drafts!r}")
-        for name in ("lookup", "exit_drafts"):
+        for name in ("lookup", "exit_drafts", "lookup_memory"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name}: must be True or False, got {getattr(self, name)!r}")
         n = self.lookup_ngram
@@ -64,6 +67,8 @@ class AdaptiveOptions:
                 raise ValueError(
                     "draft_vocab: needs policy_in, a policy from `eedecode tune` (it ranks the tokens)"
                 )
+        if self.lookup_memory and not self.lookup:
+            raise ValueError("lookup_memory: needs lookup=True (it extends lookup drafts to earlier calls)")
         if not (self.lookup or self.exit_drafts):
             raise ValueError(
                 "lookup, exit_drafts: both False leaves nothing to draft with; use mode='autoregressive'"
@@ -100,6 +105,7 @@ def _policy_key(options: AdaptiveOptions) -> tuple:
         o.lookup,
         o.exit_drafts,
         o.lookup_ngram,
+        o.lookup_memory,
         o.policy_in,
         _file_stamp(o.policy_in) if o.policy_in is not None else None,  # a rewritten file is read again
         o.draft_vocab,
