@@ -8,9 +8,11 @@ import torch
 from conftest import cached_tiny_model
 
 import eedecode
+from eedecode.bench import measure
 from eedecode.drafting.lookup import LookupMemory, NgramIndex
 from eedecode.model.memory import memory_of
 from eedecode.modes.adaptive import settle
+from eedecode.modes.adaptive.options import AdaptiveOptions
 
 
 def test_the_memory_keeps_what_followed_each_ngrams_latest_occurrence():
@@ -111,6 +113,7 @@ def test_a_failed_call_adds_nothing():
     [
         ({"lookup_memory": "yes"}, "lookup_memory: must be True or False, got 'yes'"),
         ({"lookup_memory": True, "lookup": False}, "lookup_memory: needs lookup=True"),
+        ({"lookup_memory": True, "lookup_ngram": 1}, "lookup_memory: needs lookup_ngram >= 2"),
     ],
 )
 def test_bad_values_are_named(kwargs, message):
@@ -119,3 +122,25 @@ def test_bad_values_are_named(kwargs, message):
     with pytest.raises(ValueError, match=message):
         eedecode.generate(model, x, max_new_tokens=4, **kwargs)
     assert "lookup_memory" not in memory_of(model).modes
+
+
+def test_a_model_off_the_cpu_is_refused_before_anything_runs():
+    options = AdaptiveOptions(lookup_memory=True)
+    with pytest.raises(ValueError, match="lookup_memory: needs a model on the CPU"):
+        options.validate_device(torch.device("cuda", 0))
+    options.validate_device(torch.device("cpu"))
+    AdaptiveOptions().validate_device(torch.device("cuda", 0))  # without the option: nothing to check
+
+
+def test_the_benchmark_starts_every_repeat_with_no_memory(monkeypatch):
+    """A benchmark repeats its prompts: a repeat (or the warm-up) must not leave its outputs in
+    the memory for the next one to draft back."""
+    model = _model()
+    forgotten = []
+    real = measure.forget_calls
+    monkeypatch.setattr(measure, "forget_calls", lambda m: forgotten.append(m) or real(m))
+    prompts = [torch.randint(3, 97, (1, 6), generator=torch.Generator().manual_seed(s)) for s in (1, 2)]
+    methods = ["hf", "eedecode_auto@lookup_memory=True"]
+    res = measure.time_methods(model, methods, prompts, max_new_tokens=6, warmup=1, repeats=3)
+    assert len(forgotten) == 3 and all(m is model for m in forgotten)  # once per repeat, after the warm-up
+    assert res[methods[1]].identical_to_hf == 2  # HF's tokens on both prompts

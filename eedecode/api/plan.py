@@ -255,6 +255,8 @@ def prepare(
     validation.check_unsupported(gen, chosen)
     options = _mode_options(mode, engine, gen, chosen)
     _validate(options, mode, num_layers, engine_given if inferred else None, chosen)
+    if hasattr(options, "validate_device"):  # a mode's checks that need the model's device
+        options.validate_device(next(model.parameters()).device)
 
     B = input_ids.shape[0]
     with _quiet():

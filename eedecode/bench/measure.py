@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from ..drafting.lookup import forget_calls
 from ..kernels.cpu_matmul import onednn_from_text
 from ..model.memory import memory_of
 from ..model.packing import pack_head, pack_layer, packed_layer
@@ -145,6 +146,10 @@ def time_methods(
     outputs = {n: [] for n in names}  # of the first repeat, with the prompt length
     new_tokens = dict.fromkeys(names, 0)
     for turn, (rep, (ids, mask)) in enumerate((r, b) for r in range(repeats) for b in batches):
+        if turn % len(batches) == 0:  # a repeat (and the warm-up) must not lend its calls' text
+            for on in (model, packed_model):  # to later ones: lookup_memory would draft it back
+                if on is not None:
+                    forget_calls(on)
         for m in chosen[turn % len(chosen) :] + chosen[: turn % len(chosen)]:
             on = packed_model if m.packed_in_place else model
             m.prepare(on, ids, mask, max_new_tokens, spec)

@@ -6,8 +6,9 @@ followed that occurrence are proposed as drafts. On code, where names and whole 
 such drafts are often long and right. On an accelerator the search is batched on the device, one
 row per batch row, with no host synchronisation (:func:`lookup_drafts`); on a CPU, where the
 host is the device, an index of each row's n-grams kept on the host answers with a few
-dictionary reads (:class:`NgramIndex`). Both give the same drafts and counts. Longer n-grams
-are tried first. For each n, the latest occurrence wins, which continues the most recent
+dictionary reads (:class:`NgramIndex`). Both give the same drafts and counts (the host index
+can also look in a memory of earlier calls, :class:`LookupMemory`, which the device search has
+not). Longer n-grams are tried first. For each n, the latest occurrence wins, which continues the most recent
 repetition. (HF takes the earliest.)
 """
 
@@ -69,6 +70,17 @@ def lookup_drafts(
     return drafts, counts
 
 
+#: Where a model's memory of earlier calls is kept (``memory_of(model).modes``).
+MEMORY = "lookup_memory"
+
+
+def forget_calls(model) -> None:
+    """Drop ``model``'s memory of earlier calls (``lookup_memory``), if it has one."""
+    from ..model.memory import memory_of
+
+    memory_of(model).modes.pop(MEMORY, None)
+
+
 class LookupMemory:
     """What earlier calls on a model wrote and were given, for lookup drafts across calls (suffix
     decoding's idea: requests repeat each other). For every n-gram of at least ``ngram_min``
@@ -112,7 +124,9 @@ class NgramIndex:
 
     Per row: its tokens (the prompt without padding, then the output) and, for every n-gram of
     ``ngram_min .. ngram_max`` tokens that is followed by a token, where its latest occurrence
-    ends. Drafts are the same as :func:`lookup_drafts`' (past a row's drafts, the filler is 0)."""
+    ends. Drafts are the same as :func:`lookup_drafts`' (past a row's drafts, the filler is 0),
+    unless a ``memory`` of earlier calls is given: then, at each n-gram length, a row with no
+    match of its own takes the memory's continuation."""
 
     def __init__(
         self,

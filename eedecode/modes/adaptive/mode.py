@@ -50,7 +50,7 @@ import time
 import torch
 
 from ...drafting.exit import ExitDrafter
-from ...drafting.lookup import LookupDrafter, LookupMemory
+from ...drafting.lookup import MEMORY, LookupDrafter, LookupMemory
 from ...drafting.mixed import MixedDrafter
 from ...drafting.skip import SkipDrafter
 from ...drafting.stop_rules import CalibratedStop
@@ -60,7 +60,7 @@ from ...engine.steps import plain_step
 from ...model.memory import memory_of
 from . import policy_file, probe
 from .arms import Arm
-from .bandit import bucket_of
+from .bandit import MIN_PULLS, bucket_of
 from .options import AdaptiveOptions, draft_head, policy_for
 from .planner import PROBED, Planner
 from .progress import BatchProgress
@@ -87,13 +87,9 @@ class Adaptive(Mode):
         E = options.exit_layer
         self.planner = Planner(runner, self.policy, options.max_drafts, E if isinstance(E, int) else None)
         self.on_cpu = torch.device(runner.device).type == "cpu"
-        self.memory = None  # earlier calls' n-grams (lookup_memory)
-        if options.lookup_memory:
-            if not self.on_cpu:
-                raise ValueError(
-                    f"lookup_memory: needs a model on the CPU (the host's n-gram index), got {runner.device}"
-                )
-            self.memory = memory_of(runner.model).of_mode("lookup_memory", LookupMemory)
+        self.memory = None  # earlier calls' n-grams (lookup_memory; a CPU model, checked before)
+        if options.lookup_memory and self.on_cpu:
+            self.memory = memory_of(runner.model).of_mode(MEMORY, LookupMemory)
         self.state = None  # this call's (for the memory, at the end)
         self.lookup: LookupDrafter | None = None  # lookup drafts, looked for every round (if an arm)
         self.lookup_behind = False  # settled rounds ran: the lookup index must catch up first
@@ -336,15 +332,17 @@ class Adaptive(Mode):
         }
 
     def speedup_over_plain(self, stats, decode_rate: float):
-        """Against plain decoding's steps, timed alone as the mode settles on them (in this
-        call's plain rounds, settled or not, else earlier calls' on this model)."""
-        plain = self.settle.plain(self.policy.bandit, PLAIN)
+        """Against plain decoding's rate as the mode settles on it: its steps timed alone (an
+        estimate kept across calls on this model), else, before enough were timed, its rounds."""
+        bandit = self.policy.bandit
+        plain = self.settle.plain(bandit, PLAIN)
         if plain <= 0 or decode_rate <= 0:
             return None
+        alone = self.settle.bare.pulls >= MIN_PULLS
+        what = "plain steps timed alone" if alone else "plain rounds, choosing included"
         n = self.pulls.get(PLAIN.key, 0) + self.settled_rounds
-        where = f"in {n} plain steps of this call" if n else "in plain steps of earlier calls"
-        rates = f"{decode_rate:.1f} tok/s after the prefill against {plain:.1f} tok/s"
-        return decode_rate / plain, f"{rates} {where}"
+        rates = f"{decode_rate:.1f} tok/s after the prefill against {plain:.1f} tok/s of {what}"
+        return decode_rate / plain, f"{rates} ({n} in this call, the estimate kept across calls)"
 
     def describe(self) -> str:
         return f"adaptive (best so far: {self.policy.best().describe()})"

@@ -69,6 +69,10 @@ class AdaptiveOptions:
                 )
         if self.lookup_memory and not self.lookup:
             raise ValueError("lookup_memory: needs lookup=True (it extends lookup drafts to earlier calls)")
+        if self.lookup_memory and is_int(n) and n < 2:
+            raise ValueError(
+                f"lookup_memory: needs lookup_ngram >= 2 (it keeps n-grams of 2 or more tokens), got {n}"
+            )
         if not (self.lookup or self.exit_drafts):
             raise ValueError(
                 "lookup, exit_drafts: both False leaves nothing to draft with; use mode='autoregressive'"
@@ -85,6 +89,13 @@ class AdaptiveOptions:
                 raise ValueError(
                     f"exit_layer: {self.translator} has no translator for layer {E} (it has {depths})"
                 )
+
+    def validate_device(self, device: torch.device) -> None:
+        """The checks that need the model's device (before anything runs)."""
+        if self.lookup_memory and device.type != "cpu":
+            raise ValueError(
+                f"lookup_memory: needs a model on the CPU (the host's n-gram index), got one on {device}"
+            )
 
 
 def _file_stamp(path) -> tuple | None:
