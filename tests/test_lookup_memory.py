@@ -142,5 +142,20 @@ def test_the_benchmark_starts_every_repeat_with_no_memory(monkeypatch):
     prompts = [torch.randint(3, 97, (1, 6), generator=torch.Generator().manual_seed(s)) for s in (1, 2)]
     methods = ["hf", "eedecode_auto@lookup_memory=True"]
     res = measure.time_methods(model, methods, prompts, max_new_tokens=6, warmup=1, repeats=3)
-    assert len(forgotten) == 3 and all(m is model for m in forgotten)  # once per repeat, after the warm-up
+    # before the warm-up (earlier batch sizes' calls of the same prompts), then once per repeat
+    assert len(forgotten) == 4 and all(m is model for m in forgotten)
     assert res[methods[1]].identical_to_hf == 2  # HF's tokens on both prompts
+
+
+def test_the_benchmark_checks_the_option_before_it_runs_anything():
+    prompts = [torch.randint(3, 97, (1, 6), generator=torch.Generator().manual_seed(3))]
+    spec = measure.Speculation(exit_layer=2, num_speculations=1)
+    one = measure.resolve_methods(["hf", "eedecode_auto@lookup_memory=True"])
+    with pytest.raises(ValueError, match="lookup_memory: needs a model on the CPU"):
+        measure._check_run(prompts, spec, 4, one, 8, (1,), 0, 1, torch.device("cuda", 0))
+    measure._check_run(prompts, spec, 4, one, 8, (1,), 0, 1, torch.device("cpu"))
+    two = measure.resolve_methods(
+        ["eedecode_auto@lookup_memory=True", "eedecode_auto@lookup_memory=True@max_drafts=4"]
+    )
+    with pytest.raises(ValueError, match="methods: at most one method with lookup_memory=True per run"):
+        measure._check_run(prompts, spec, 4, two, 8, (1,), 0, 1, torch.device("cpu"))

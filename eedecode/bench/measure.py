@@ -24,7 +24,7 @@ from ..model.memory import memory_of
 from ..model.packing import pack_head, pack_layer, packed_layer
 from . import steps
 from .latency import TokenClock, summarize
-from .methods import Speculation, pad_token_id, resolve_methods
+from .methods import Eedecode, Speculation, pad_token_id, resolve_methods
 from .profile import ReadBandwidth
 from .results import MethodResult, _count_new, method_result
 from .steps import measure_step_costs, median, sync
@@ -134,6 +134,7 @@ def time_methods(
     eos = model.generation_config.eos_token_id
     pad = pad_token_id(model)
     batches = list(_batches(prompt_ids, batch_size, 0 if pad is None else pad))
+    _forget(model, packed_model)  # earlier batch sizes' calls of these prompts (lookup_memory)
     for ids, mask in batches[:warmup]:  # the timed path, streamer included
         for m in chosen:
             on = packed_model if m.packed_in_place else model
@@ -147,9 +148,7 @@ def time_methods(
     new_tokens = dict.fromkeys(names, 0)
     for turn, (rep, (ids, mask)) in enumerate((r, b) for r in range(repeats) for b in batches):
         if turn % len(batches) == 0:  # a repeat (and the warm-up) must not lend its calls' text
-            for on in (model, packed_model):  # to later ones: lookup_memory would draft it back
-                if on is not None:
-                    forget_calls(on)
+            _forget(model, packed_model)  # to later ones: lookup_memory would draft it back
         for m in chosen[turn % len(chosen) :] + chosen[: turn % len(chosen)]:
             on = packed_model if m.packed_in_place else model
             m.prepare(on, ids, mask, max_new_tokens, spec)
@@ -214,7 +213,8 @@ def run_measurements(
     chosen = [m for m in chosen if m.name not in skipped]
     if not chosen:
         raise ValueError(f"methods: none can run here ({'; '.join(f'{n}: {w}' for n, w in skipped.items())})")
-    _check_run(prompts, spec, num_layers, chosen, max_new_tokens, batch_sizes, warmup, repeats)
+    device = next(model.parameters()).device
+    _check_run(prompts, spec, num_layers, chosen, max_new_tokens, batch_sizes, warmup, repeats, device)
     device = next(model.parameters()).device
     prompt_ids = encode_prompts(tokenizer, prompts, model.config.vocab_size, device)
     plan = {1: list(chosen)}  # batch size 1 always runs: the ideal is for it
@@ -276,12 +276,30 @@ def run_measurements(
     return {"settings": settings, "step_costs": costs, "results": results, "skipped": skipped}
 
 
-def _check_run(prompts, spec, num_layers, chosen, max_new_tokens, batch_sizes, warmup, repeats) -> None:
+def _forget(*models) -> None:
+    """Drop the models' memories of earlier calls (``lookup_memory``)."""
+    for on in models:
+        if on is not None:
+            forget_calls(on)
+
+
+def _check_run(
+    prompts, spec, num_layers, chosen, max_new_tokens, batch_sizes, warmup, repeats, device=None
+) -> None:
     if not prompts:
         raise ValueError("prompts: need at least one prompt")
     spec.validate(num_layers)  # the step costs need an exit layer and a draft length
     for m in chosen:
-        m.validate(spec, num_layers)
+        if isinstance(m, Eedecode):
+            m.validate(spec, num_layers, device)
+        else:
+            m.validate(spec, num_layers)
+    remembering = [m.name for m in chosen if getattr(m, "fixed", {}).get("lookup_memory")]
+    if len(remembering) > 1:
+        raise ValueError(
+            "methods: at most one method with lookup_memory=True per run (they would share the "
+            f"model's memory of earlier calls and draft each other's outputs), got {', '.join(remembering)}"
+        )
     check_count("max_new_tokens", max_new_tokens)
     check_count("warmup", warmup, minimum=0)
     check_count("repeats", repeats)

@@ -176,8 +176,11 @@ class Eedecode(Method):
         values = {opt: getattr(spec, attr) for opt, attr in SPEC_OPTIONS.items() if opt in own}
         return {**{k: v for k, v in values.items() if v is not None}, **self.fixed}
 
-    def validate(self, spec, num_layers):
-        build_options(get_mode(self.mode), self.settings(spec)).validate(num_layers)
+    def validate(self, spec, num_layers, device=None):
+        options = build_options(get_mode(self.mode), self.settings(spec))
+        options.validate(num_layers)
+        if device is not None and hasattr(options, "validate_device"):
+            options.validate_device(device)
 
     def run(self, model, ids, mask, max_new_tokens, spec, streamer=None):
         common = dict(attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False, streamer=streamer)

@@ -5,7 +5,8 @@ hold for one model on one machine, so they are kept: the packed copy of the weig
 (:mod:`eedecode.model.packing`), the verification cost table per batch size and block length
 (:mod:`eedecode.model.costs`), which library serves its small verification blocks (measured
 once), the weight counts the cost prior is built from, and each decoding
-mode's learned state (the adaptive mode's policies, one per set of drafting options). They live in
+mode's learned state (the adaptive mode's policies, one per set of drafting options, and with
+``lookup_memory=True`` the n-grams of earlier calls). They live in
 the model's :class:`ModelMemory`, which :func:`memory_of` returns (the same object for as long as the
 model lives; nothing is attached to the model itself). ``memory_of(model).reset()`` forgets it all.
 """
@@ -27,7 +28,9 @@ class ModelMemory:
         self.weight_counts: tuple[int, int] | None = None  # (one layer, the LM head)
         #: From how many rows oneDNN serves products, per thread count (model.costs)
         self.onednn_from_rows: dict[int, int] = {}
-        self.modes: dict[str, object] = {}  # mode name -> what the mode learned (its own type)
+        #: What the modes learned, by name (its own type): "adaptive" (the policies),
+        #: "lookup_memory" (earlier calls' n-grams, eedecode.drafting.lookup.LookupMemory), ...
+        self.modes: dict[str, object] = {}
         #: The packed copy of the weights (eedecode.model.packing): (fingerprint, layers, head, sums).
         self.packed: tuple | None = None
 

@@ -342,7 +342,8 @@ class Adaptive(Mode):
         what = "plain steps timed alone" if alone else "plain rounds, choosing included"
         n = self.pulls.get(PLAIN.key, 0) + self.settled_rounds
         rates = f"{decode_rate:.1f} tok/s after the prefill against {plain:.1f} tok/s of {what}"
-        return decode_rate / plain, f"{rates} ({n} in this call, the estimate kept across calls)"
+        kept = f"{n} plain rounds in this call; the estimate is kept across calls"
+        return decode_rate / plain, f"{rates} ({kept})"
 
     def describe(self) -> str:
         return f"adaptive (best so far: {self.policy.best().describe()})"
