@@ -215,7 +215,6 @@ def run_measurements(
         raise ValueError(f"methods: none can run here ({'; '.join(f'{n}: {w}' for n, w in skipped.items())})")
     device = next(model.parameters()).device
     _check_run(prompts, spec, num_layers, chosen, max_new_tokens, batch_sizes, warmup, repeats, device)
-    device = next(model.parameters()).device
     prompt_ids = encode_prompts(tokenizer, prompts, model.config.vocab_size, device)
     plan = {1: list(chosen)}  # batch size 1 always runs: the ideal is for it
     for b in batch_sizes:

@@ -19,6 +19,7 @@ import itertools
 import torch
 
 from ..engine.mode import Round
+from ..model.memory import memory_of
 from .base import Drafter, DraftStats, Proposal
 
 Tensor = torch.Tensor
@@ -76,8 +77,6 @@ MEMORY = "lookup_memory"
 
 def forget_calls(model) -> None:
     """Drop ``model``'s memory of earlier calls (``lookup_memory``), if it has one."""
-    from ..model.memory import memory_of
-
     memory_of(model).modes.pop(MEMORY, None)
 
 

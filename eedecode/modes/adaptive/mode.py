@@ -138,10 +138,10 @@ class Adaptive(Mode):
         self.state = state
         if any(a.kind in ("lookup", "mixed") for a in policy.arms):
             self.lookup = LookupDrafter(self.options.lookup_ngram, self.stats("lookup"))
-            self.lookup_behind = policy.settle_at(policy.bandit.bucket).active
+            self.lookup_behind = self.settle.active
             if not self.lookup_behind:  # else started when a round first looks (a stretch ended)
                 self.lookup.start(state, input_ids, self.on_cpu, self.memory)
-        if policy.settle_at(policy.bandit.bucket).active:
+        if self.settle.active:
             return super().prefill(state, input_ids)  # settled on plain decoding: no probe
         again, policy.reprobe_due = policy.reprobe_due, False
         exits = sorted({a.exit_layer for a in policy.arms if a.kind in ("exit", "mixed")})
